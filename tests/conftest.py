@@ -1,0 +1,28 @@
+"""Test-wide settings: strict numerics, 8 fake CPU devices, deterministic hypothesis."""
+
+import os
+
+# Eight fake CPU devices for the sharding tests; must precede the first backend use.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+# As in equinox's tests: no silent dtype or rank promotion anywhere in the library.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Deterministic property tests: the same examples every run, no deadline (XLA compiles
+# make the first example slow), few examples because each distinct shape compiles.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=15,
+                            print_blob=True)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with 64-bit types enabled (for round-off-limited tolerances)."""
+    with jax.enable_x64(True):
+      yield
