@@ -25,4 +25,4 @@ settings.load_profile("ci")
 def x64():
     """Runs the test with 64-bit types enabled (for round-off-limited tolerances)."""
     with jax.enable_x64(True):
-      yield
+        yield
