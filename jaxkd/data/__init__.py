@@ -1,0 +1,33 @@
+"""Data: the offline digits default, tfds datasets, image folders, few-shot subsets, and
+the input pipeline (normalisation, augmentation, noise, restorable sharded batches).
+
+``import jaxkd.data`` needs only the core install; tfds paths import
+tensorflow-datasets lazily (extra ``jaxkd[tfds]``), and downloading needs TensorFlow
+(``jaxkd[tfds-prepare]``).
+"""
+
+from jaxkd.data._dataset import Dataset, Splits
+from jaxkd.data._load import load
+from jaxkd.data._pipeline import (BatchIterator, add_gaussian_noise, augment,
+                                  check_image_shape, data_sharding, normalization_stats,
+                                  normalize, random_crop, random_flip, resize_images,
+                                  shard_batch)
+from jaxkd.data._subsets import few_shot_subset
+
+__all__ = [
+    "BatchIterator",
+    "Dataset",
+    "Splits",
+    "add_gaussian_noise",
+    "augment",
+    "check_image_shape",
+    "data_sharding",
+    "few_shot_subset",
+    "load",
+    "normalization_stats",
+    "normalize",
+    "random_crop",
+    "random_flip",
+    "resize_images",
+    "shard_batch",
+]

@@ -1,0 +1,90 @@
+"""Stratified, seeded selections: validation carving and nested few-shot subsets."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from jaxkd.data._dataset import Dataset, Splits
+
+# The seed of the fixed train/test split of sources that ship without one (digits,
+# unsplit image folders): the test set must not move when the experiment seed does.
+TEST_SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+def _class_permutation(labels: np.ndarray, cls: int, seed: int, salt: int) -> np.ndarray:
+    """The positions of class ``cls``, in an order that depends only on (seed, salt, cls)."""
+    positions = np.flatnonzero(labels == cls)
+    rng = np.random.default_rng([salt, seed, cls])
+    return positions[rng.permutation(positions.size)]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, *, seed: int,
+                     salt: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Splits positions into (rest, taken) with ``round(fraction * count)`` per class taken.
+
+    Both index arrays are sorted; each class contributes its share to ``taken``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1); got {fraction}.")
+    labels = np.asarray(labels)
+    taken = []
+    for cls in np.unique(labels):
+        order = _class_permutation(labels, int(cls), seed, salt)
+        taken.append(order[:int(round(fraction * order.size))])
+    taken = np.sort(np.concatenate(taken)) if taken else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(labels.size), taken)
+    return rest, taken
+
+
+def carve_validation(train: Dataset, test: Dataset, *, validation_fraction: float,
+                     seed: int) -> Splits:
+    """Splits ``validation_fraction`` of ``train`` (stratified, seeded) off as validation."""
+    if not isinstance(validation_fraction, numbers.Real) or not (
+            0.0 <= validation_fraction < 1.0):
+        raise ValueError(
+            f"validation_fraction must be a number in [0, 1); got {validation_fraction!r}.")
+    rest, taken = stratified_split(train.labels, float(validation_fraction), seed=seed,
+                                   salt=2)
+    return Splits(train=train.take(rest), validation=train.take(taken), test=test)
+
+
+def few_shot_subset(dataset: Dataset, examples_per_class: int, *, seed: int = 0) -> Dataset:
+    """Keeps ``examples_per_class`` examples of every class: stratified, seeded, nested.
+
+    Each class's examples are put in an order that depends only on ``seed`` and the
+    class, and the first ``examples_per_class`` are kept, so for one seed the
+    10-per-class subset lies inside the 50-per-class subset and the learning curves
+    compare like with like. The kept examples stay in their original order.
+
+    Args:
+        dataset: the pool, usually ``splits.train``.
+        examples_per_class: how many examples of each class to keep (``>= 1``).
+        seed: selects which examples.
+
+    Returns:
+        A ``Dataset`` with ``num_classes * examples_per_class`` examples.
+
+    Raises:
+        ValueError: ``examples_per_class`` is not a positive integer, or exceeds the
+            number of examples of some class.
+    """
+    if (isinstance(examples_per_class, bool)
+            or not isinstance(examples_per_class, numbers.Integral)
+            or examples_per_class < 1):
+        raise ValueError(
+            f"examples_per_class must be a positive integer; got {examples_per_class!r}.")
+    counts = dataset.class_counts()
+    short = np.flatnonzero(counts < examples_per_class)
+    if short.size:
+        cls = int(short[0])
+        raise ValueError(
+            f"examples_per_class={examples_per_class} exceeds the {int(counts[cls])} "
+            f"examples of class {cls} ({dataset.class_names[cls]!r}) in "
+            f"{dataset.name!r} ({len(dataset)} examples); the largest possible value is "
+            f"{int(counts.min())}.")
+    kept = [_class_permutation(dataset.labels, cls, seed, salt=3)[:examples_per_class]
+            for cls in range(dataset.num_classes)]
+    return dataset.take(np.sort(np.concatenate(kept)))
