@@ -1,0 +1,162 @@
+"""Attention transfer (Zagoruyko & Komodakis 2017) and its input Jacobian.
+
+Feature maps are NHWC ``[batch, height, width, channels]``. The attention map of a
+layer is the channel sum of ``|A_c|^p``, flattened over space and L2-normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd.losses import _checks
+from jaxkd.losses._jacobian import DEFAULT_EPS, safe_normalize
+
+FeatureFn = Callable[[jax.Array], jax.Array]
+
+
+def attention_map(features: jax.typing.ArrayLike, *, p: float = 2.0,
+                  eps: float = DEFAULT_EPS) -> jax.Array:
+    r"""Spatial attention map of a feature map: ``Q = sum_c |A_c|^p``, L2-normalised.
+
+    .. math::
+        Q(A) = \frac{\mathrm{vec}(\sum_c |A_c|^p)}{\| \mathrm{vec}(\sum_c |A_c|^p) \|_2}
+
+    Args:
+      features: ``[batch_size, height, width, channels]`` feature map (NHWC).
+      p: exponent ``> 0`` (2 in the paper).
+      eps: floor of the norm, so an all-zero map stays finite.
+
+    Returns:
+      ``[batch_size, height * width]`` unit-norm attention maps.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkd.losses import attention_map
+      >>> a = jnp.zeros((1, 2, 2, 3)).at[0, 0, 1, :].set(1.0)
+      >>> print(attention_map(a))
+      [[0. 1. 0. 0.]]
+
+    References:
+      Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017.
+    """
+    _checks.check_floating("features", features)
+    _checks.check_rank("features", features, 4, "[batch_size, height, width, channels]")
+    _checks.check_positive("p", p)
+    features = jnp.asarray(features)
+    q = jnp.sum(jnp.abs(features) ** p, axis=-1)
+    return safe_normalize(q.reshape(q.shape[0], -1), eps)
+
+
+def _check_pair(student, teacher, student_name, teacher_name):
+    for name, f in ((student_name, student), (teacher_name, teacher)):
+        _checks.check_floating(name, f)
+        _checks.check_rank(name, f, 4, "[batch_size, height, width, channels]")
+    s, t = np.shape(student), np.shape(teacher)
+    if s[:3] != t[:3]:
+        raise ValueError(f"`{student_name}` and `{teacher_name}` must agree in batch size and "
+                         f"spatial size [B, H, W, .] (channels may differ), got shapes {s} and "
+                         f"{t}.")
+
+
+def attention_transfer_loss(student_features: jax.typing.ArrayLike | Sequence[jax.Array],
+                            teacher_features: jax.typing.ArrayLike | Sequence[jax.Array],
+                            *,
+                            p: float = 2.0) -> jax.Array:
+    r"""Attention transfer: squared distance of normalised attention maps, per example.
+
+    .. math::
+        \sum_{\text{layers}} \| Q(A_S) - Q(A_T) \|_2^2
+
+    Pass one feature map each, or equal-length sequences of matched layers (summed).
+    Channels may differ between student and teacher; batch and spatial size may not.
+    The teacher is a constant target.
+
+    Args:
+      student_features: ``[batch_size, H, W, C_s]`` or a sequence of such maps.
+      teacher_features: ``[batch_size, H, W, C_t]`` or a sequence matched to the student's.
+      p: exponent of :func:`attention_map`.
+
+    Returns:
+      ``[batch_size]`` losses, each in ``[0, 4 * num_layers]``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkd.losses import attention_transfer_loss
+      >>> s = jnp.zeros((1, 1, 2, 1)).at[0, 0, 0, 0].set(1.0)
+      >>> t = jnp.zeros((1, 1, 2, 4)).at[0, 0, 1, :].set(1.0)
+      >>> print(attention_transfer_loss(s, t))
+      [2.]
+    """
+    if isinstance(student_features, (list, tuple)) or isinstance(teacher_features, (list, tuple)):
+        if (not isinstance(student_features, (list, tuple))
+                or not isinstance(teacher_features, (list, tuple))
+                or len(student_features) != len(teacher_features) or not student_features):
+            raise ValueError("`student_features` and `teacher_features` must both be arrays, or "
+                             "non-empty sequences of the same length (matched layers).")
+        return sum(attention_transfer_loss(s, t, p=p)
+                   for s, t in zip(student_features, teacher_features))
+    _check_pair(student_features, teacher_features, "student_features", "teacher_features")
+    q_t = jax.lax.stop_gradient(attention_map(teacher_features, p=p))
+    q_s = attention_map(student_features, p=p)
+    return jnp.sum(jnp.square(q_s - q_t), axis=-1)
+
+
+def attention_jacobian_loss(student_feature_fn: FeatureFn,
+                            teacher_feature_fn: FeatureFn,
+                            x: jax.typing.ArrayLike,
+                            *,
+                            p: float = 2.0,
+                            eps: float = DEFAULT_EPS) -> jax.Array:
+    r"""Jacobian of attention: match input gradients of the attention at the teacher's peak.
+
+    Let ``j*`` be the position of the largest value of the teacher's attention map
+    ``Q(A_T(x))`` (:func:`attention_map`). With ``g_N = grad_x Q(A_N(x))[j*]`` for
+    ``N`` in {teacher, student}, flattened over the input,
+
+    .. math::
+        \Big\| \frac{g_T}{\|g_T\|_2} - \frac{g_S}{\|g_S\|_2} \Big\|_2^2
+
+    (Srinivas & Fleuret 2018, transfer experiments). One VJP per network for the batch.
+
+    Args:
+      student_feature_fn: pure ``[B, ...] -> [B, H, W, C_s]`` student feature map.
+      teacher_feature_fn: pure ``[B, ...] -> [B, H, W, C_t]`` teacher feature map.
+      x: ``[batch_size, ...]`` floating inputs.
+      p: exponent of :func:`attention_map`.
+      eps: floor of the norms.
+
+    Returns:
+      ``[batch_size]`` losses in ``[0, 4]``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkd.losses import attention_jacobian_loss
+      >>> fn = lambda x: jnp.tanh(x)[:, :, :, None] * jnp.ones((1, 1, 1, 3))
+      >>> print(attention_jacobian_loss(fn, fn, jnp.ones((2, 2, 2))))
+      [0. 0.]
+    """
+    x = jnp.asarray(x)
+    _checks.check_floating("x", x)
+    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
+
+    def teacher_attention(y):
+        return attention_map(teacher_feature_fn(y), p=p, eps=eps)
+
+    def student_attention(y):
+        return attention_map(student_feature_fn(y), p=p, eps=eps)
+
+    _check_pair(jax.eval_shape(student_feature_fn, x), jax.eval_shape(teacher_feature_fn, x),
+                "student_feature_fn(x)", "teacher_feature_fn(x)")
+    q_t, teacher_vjp = jax.vjp(teacher_attention, x)
+    q_s, student_vjp = jax.vjp(student_attention, x)
+    cotangent = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(q_t), axis=-1), q_t.shape[-1],
+                               dtype=q_t.dtype)
+    (g_t,) = teacher_vjp(cotangent)
+    (g_s,) = student_vjp(cotangent.astype(q_s.dtype))
+    g_t = safe_normalize(jax.lax.stop_gradient(g_t).reshape(x.shape[0], -1), eps)
+    g_s = safe_normalize(g_s.reshape(x.shape[0], -1), eps)
+    return jnp.sum(jnp.square(g_t - g_s), axis=-1)

@@ -1,0 +1,163 @@
+"""Jacobian matching: compare the input gradients of teacher and student outputs.
+
+All functions here take the networks as pure functions ``fn(x) -> [B, K]`` that treat
+the examples of a batch independently. Then the Jacobian of the batched function is
+block-diagonal, and one vector-Jacobian product (VJP) with a cotangent of shape
+``[B, K]`` returns every example's input gradient at once: no per-example ``vmap`` of
+the network. Several outputs per example (top-k, all K) are one ``vmap`` over the
+cotangents of the same linearisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxkd.losses import _checks
+
+Fn = Callable[[jax.Array], jax.Array]
+
+OUTPUT_MODES = ("teacher_top1", "label", "top_k", "all")
+
+# Floor of the gradient norm in `normalize`: sqrt(||g||^2 + eps^2). It keeps the loss and
+# its gradient finite at g = 0 (the gradient of g/||g|| is then bounded by 1/eps) and moves
+# the normalised vector by a relative eps^2 / (2 ||g||^2): 5e-13 at ||g|| = 1e-3.
+DEFAULT_EPS = 1e-6
+
+
+def safe_normalize(g: jax.Array, eps: float = DEFAULT_EPS) -> jax.Array:
+    """``g / sqrt(||g||^2 + eps^2)`` along the last axis: finite, with finite gradient, at 0."""
+    return g * jax.lax.rsqrt(jnp.sum(jnp.square(g), axis=-1, keepdims=True) + eps**2)
+
+
+def vjp_rows(fn: Fn, x: jax.Array, cotangents: jax.Array) -> jax.Array:
+    """Input gradients ``v^T J_fn(x)`` for a stack of cotangents, flattened per example.
+
+    Args:
+      fn: pure function ``[B, ...] -> [B, ...out]`` that treats examples independently.
+      x: ``[B, ...]`` inputs.
+      cotangents: ``[n, B, ...out]`` cotangents (e.g. one-hot rows selecting outputs).
+
+    Returns:
+      ``[n, B, D]`` with ``D = prod(x.shape[1:])``.
+    """
+    _, vjp = jax.vjp(fn, x)
+    (g,) = jax.vmap(vjp)(cotangents)
+    return g.reshape(g.shape[:2] + (-1,))
+
+
+def _output_indices(teacher_out: jax.Array, labels, outputs: str, k: int) -> jax.Array:
+    """``[n, B]`` indices of the outputs to match, chosen from the teacher (or labels)."""
+    batch, num_classes = teacher_out.shape
+    if outputs == "teacher_top1":
+        return jnp.argmax(teacher_out, axis=-1)[None]
+    if outputs == "label":
+        return jnp.asarray(labels)[None]
+    if outputs == "top_k":
+        return jax.lax.top_k(teacher_out, k)[1].T
+    return jnp.broadcast_to(jnp.arange(num_classes)[:, None], (num_classes, batch))
+
+
+def _check_outputs_mode(x, labels, outputs: str, k: int) -> None:
+    _checks.check_choice("outputs", outputs, OUTPUT_MODES)
+    if outputs == "label":
+        if labels is None:
+            raise ValueError('`outputs="label"` needs `labels` ([batch_size] integer class '
+                             'indices); got labels=None.')
+        _checks.check_integer("labels", labels)
+        _checks.check_rank("labels", labels, 1, "[batch_size]")
+        if jnp.shape(labels)[0] != x.shape[0]:
+            raise ValueError(f"`labels` must have shape [{x.shape[0]}] to match `x` of shape "
+                             f"{x.shape}, got {jnp.shape(labels)}.")
+    if outputs == "top_k":
+        _checks.check_count("k", k)
+
+
+def jacobian_matching_loss(student_fn: Fn,
+                           teacher_fn: Fn,
+                           x: jax.typing.ArrayLike,
+                           *,
+                           labels: jax.typing.ArrayLike | None = None,
+                           outputs: str = "teacher_top1",
+                           k: int = 1,
+                           normalize: bool = True,
+                           eps: float = DEFAULT_EPS) -> jax.Array:
+    r"""Jacobian matching: distance between teacher and student input gradients.
+
+    For each selected output ``i`` the input gradients ``g_T = grad_x T^i(x)`` and
+    ``g_S = grad_x S^i(x)`` are flattened over the input and compared:
+
+    .. math::
+        \mathrm{JM}_i(x) = \Big\| \frac{g_T}{\|g_T\|_2} - \frac{g_S}{\|g_S\|_2} \Big\|_2^2
+        \quad (\texttt{normalize=True}), \qquad
+        \| g_T - g_S \|_2^2 \quad (\texttt{normalize=False}).
+
+    Which outputs ``i``:
+
+    * ``"teacher_top1"``: the teacher's arg-max class (one VJP per network);
+    * ``"label"``: the true class ``labels``;
+    * ``"top_k"``: the teacher's ``k`` largest outputs, terms **averaged** over the k;
+    * ``"all"``: all K outputs, terms **summed**, so that ``normalize=False, outputs="all"``
+      is ``sum_i ||grad T^i - grad S^i||^2 = ||J_T - J_S||_F^2``, the Jacobian term of
+      Proposition 1 of Srinivas & Fleuret (2018) (and the quantity that
+      :func:`vjp_projection_loss` and :func:`jvp_projection_loss` estimate).
+
+    The normalised form is the practical loss of KD implementations of the paper; it is
+    invariant to positive rescaling of either network's outputs. Norms are floored as
+    ``sqrt(||g||^2 + eps^2)`` so a zero gradient gives a finite loss and gradient.
+
+    The teacher is a constant target (its gradients are wrapped in ``stop_gradient``).
+    Differentiating this loss with respect to the student's parameters goes through the
+    student's VJP (reverse-over-reverse); :func:`jvp_projection_loss` avoids that.
+
+    Args:
+      student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent (inference mode).
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      x: ``[batch_size, ...]`` floating inputs (e.g. NHWC images).
+      labels: ``[batch_size]`` integer classes; required for ``outputs="label"``.
+      outputs: which outputs to match: ``"teacher_top1"``, ``"label"``, ``"top_k"``, ``"all"``.
+      k: number of teacher outputs for ``outputs="top_k"`` (``1 <= k <= K``).
+      normalize: compare L2-normalised gradients (True) or raw gradients (False).
+      eps: floor of the gradient norm when normalising.
+
+    Returns:
+      ``[batch_size]`` losses.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkd.losses import jacobian_matching_loss
+      >>> teacher = lambda x: jnp.stack([x[:, 0] + x[:, 1], -x[:, 0]], axis=-1)
+      >>> student = lambda x: jnp.stack([2.0 * x[:, 0], -x[:, 0]], axis=-1)
+      >>> x = jnp.ones((1, 2))
+      >>> print(jacobian_matching_loss(student, teacher, x, normalize=False, outputs="all"))
+      [2.]
+      >>> print(jacobian_matching_loss(student, teacher, x).round(4))  # 2 - 2 cos(45 deg)
+      [0.5858]
+
+    References:
+      Srinivas & Fleuret, "Knowledge Transfer with Jacobian Matching", ICML 2018.
+    """
+    x = jnp.asarray(x)
+    _checks.check_floating("x", x)
+    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
+    _check_outputs_mode(x, labels, outputs, k)
+
+    teacher_out, teacher_vjp = jax.vjp(teacher_fn, x)
+    student_out, student_vjp = jax.vjp(student_fn, x)
+    _checks.check_network_outputs(x, student_out, teacher_out)
+    num_classes = teacher_out.shape[-1]
+    if outputs == "top_k" and k > num_classes:
+        raise ValueError(f"`k` must be <= the number of classes K={num_classes}, got k={k}.")
+
+    index = _output_indices(jax.lax.stop_gradient(teacher_out), labels, outputs, k)
+    cotangents = jax.nn.one_hot(index, num_classes, dtype=teacher_out.dtype)  # [n, B, K]
+    (g_t,) = jax.vmap(teacher_vjp)(cotangents)
+    (g_s,) = jax.vmap(student_vjp)(cotangents.astype(student_out.dtype))
+    g_t = jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,)))
+    g_s = g_s.reshape(g_s.shape[:2] + (-1,))
+    if normalize:
+        g_t, g_s = safe_normalize(g_t, eps), safe_normalize(g_s, eps)
+    per_output = jnp.sum(jnp.square(g_t - g_s), axis=-1)  # [n, B]
+    return jnp.sum(per_output, axis=0) if outputs == "all" else jnp.mean(per_output, axis=0)
