@@ -15,65 +15,65 @@ BN_EPSILON = 1e-5
 
 
 class Classifier(nnx.Module):
-  """A classifier that returns logits and, on request, named feature maps.
+    """A classifier that returns logits and, on request, named feature maps.
 
-  Subclasses implement ``forward(x) -> (logits, features)`` where ``features`` maps a
-  tap name to an NHWC map ``[batch, height, width, channels]``. Tap names are chosen so
-  that a teacher and a student of the same family share names at equal spatial size
-  (attention transfer matches maps by name).
+    Subclasses implement ``forward(x) -> (logits, features)`` where ``features`` maps a
+    tap name to an NHWC map ``[batch, height, width, channels]``. Tap names are chosen so
+    that a teacher and a student of the same family share names at equal spatial size
+    (attention transfer matches maps by name).
 
-  Mode: BatchNorm layers follow the usual NNX attributes (``model.train()`` /
-  ``model.eval()``); :func:`jaxkd.models.split` and the pure functions built from it
-  set the mode explicitly, so the attribute only matters for direct calls.
-  """
+    Mode: BatchNorm layers follow the usual NNX attributes (``model.train()`` /
+    ``model.eval()``); :func:`jaxkd.models.split` and the pure functions built from it
+    set the mode explicitly, so the attribute only matters for direct calls.
+    """
 
-  def forward(self, x: jax.Array) -> tuple[jax.Array, Features]:
-    raise NotImplementedError
+    def forward(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        raise NotImplementedError
 
-  def __call__(self, x: jax.Array, *, return_features: bool = False):
-    """Returns logits ``[B, K]``, or ``(logits, features)`` if ``return_features``."""
-    logits, features = self.forward(x)
-    return (logits, features) if return_features else logits
+    def __call__(self, x: jax.Array, *, return_features: bool = False):
+        """Returns logits ``[B, K]``, or ``(logits, features)`` if ``return_features``."""
+        logits, features = self.forward(x)
+        return (logits, features) if return_features else logits
 
-  def features(self, x: jax.Array) -> Features:
-    """Returns the named feature maps ``{name: [B, H, W, C]}`` of ``x``."""
-    return self.forward(x)[1]
+    def features(self, x: jax.Array) -> Features:
+        """Returns the named feature maps ``{name: [B, H, W, C]}`` of ``x``."""
+        return self.forward(x)[1]
 
 
 def check_input(x: jax.Array, in_channels: int, name: str) -> None:
-  """Raises a clear ValueError for an input that is not ``[B, H, W, in_channels]``."""
-  if x.ndim != 4 or x.shape[-1] != in_channels:
-    raise ValueError(
-        f"{name} expects images [batch, height, width, {in_channels}], got shape "
-        f"{tuple(x.shape)}.")
+    """Raises a clear ValueError for an input that is not ``[B, H, W, in_channels]``."""
+    if x.ndim != 4 or x.shape[-1] != in_channels:
+        raise ValueError(
+            f"{name} expects images [batch, height, width, {in_channels}], got shape "
+            f"{tuple(x.shape)}.")
 
 
 class ConvBN(nnx.Module):
-  """3x3 (by default) convolution without bias, BatchNorm, optional ReLU."""
+    """3x3 (by default) convolution without bias, BatchNorm, optional ReLU."""
 
-  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, kernel: int = 3,
-               stride: int = 1, relu: bool = True):
-    self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME",
-                         use_bias=False, rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
-    self.relu = relu
+    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, kernel: int = 3,
+                 stride: int = 1, relu: bool = True):
+        self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME",
+                             use_bias=False, rngs=rngs)
+        self.bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.relu = relu
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.bn(self.conv(x))
-    return jax.nn.relu(y) if self.relu else y
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.bn(self.conv(x))
+        return jax.nn.relu(y) if self.relu else y
 
 
 def max_pool_if_room(x: jax.Array) -> jax.Array:
-  """2x2 max-pool, stride 2, unless the map is already smaller than 4x4.
+    """2x2 max-pool, stride 2, unless the map is already smaller than 4x4.
 
-  This is what lets the 32x32 plans run unchanged on 8x8 digits: a pool that would
-  leave less than 2x2 is skipped. The rule depends only on the static input shape and
-  the block index, so teacher and student taps of the same name keep equal sizes.
-  """
-  if x.shape[1] < 4 or x.shape[2] < 4:
-    return x
-  return nnx.max_pool(x, (2, 2), strides=(2, 2))
+    This is what lets the 32x32 plans run unchanged on 8x8 digits: a pool that would
+    leave less than 2x2 is skipped. The rule depends only on the static input shape and
+    the block index, so teacher and student taps of the same name keep equal sizes.
+    """
+    if x.shape[1] < 4 or x.shape[2] < 4:
+        return x
+    return nnx.max_pool(x, (2, 2), strides=(2, 2))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-  return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x, axis=(1, 2))

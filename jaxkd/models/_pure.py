@@ -27,69 +27,69 @@ from jaxkd.models._base import Features
 
 
 class Split(NamedTuple):
-  """A model as data: static ``graphdef``, trainable ``params``, other state ``rest``."""
-  graphdef: nnx.GraphDef
-  params: nnx.State
-  rest: nnx.State
+    """A model as data: static ``graphdef``, trainable ``params``, other state ``rest``."""
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    rest: nnx.State
 
 
 def split(model: nnx.Module) -> Split:
-  """Splits ``model`` into ``Split(graphdef, params, rest)`` (``rest``: BatchNorm stats)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  return Split(graphdef, params, rest)
+    """Splits ``model`` into ``Split(graphdef, params, rest)`` (``rest``: BatchNorm stats)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return Split(graphdef, params, rest)
 
 
 def merge(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, *,
           train: bool = False) -> nnx.Module:
-  """Rebuilds the model in train (batch statistics) or inference (running stats) mode."""
-  # copy=True: the merged model owns fresh Variables, so a train-mode pass never
-  # mutates the caller's ``rest`` (NNX merge shares Variables by default).
-  model = nnx.merge(graphdef, params, rest, copy=True)
-  model.set_attributes(use_running_average=not train, deterministic=not train,
-                       raise_if_not_found=False)
-  return model
+    """Rebuilds the model in train (batch statistics) or inference (running stats) mode."""
+    # copy=True: the merged model owns fresh Variables, so a train-mode pass never
+    # mutates the caller's ``rest`` (NNX merge shares Variables by default).
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    model.set_attributes(use_running_average=not train, deterministic=not train,
+                         raise_if_not_found=False)
+    return model
 
 
 def apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, x: jax.Array, *,
           train: bool = False) -> tuple[jax.Array, Features, nnx.State]:
-  """One forward pass: ``(logits [B, K], features {name: [B, H, W, C]}, new_rest)``.
+    """One forward pass: ``(logits [B, K], features {name: [B, H, W, C]}, new_rest)``.
 
-  With ``train=True`` BatchNorm normalises with the batch statistics and ``new_rest``
-  holds the updated running statistics; with ``train=False`` ``new_rest`` is ``rest``.
-  """
-  model = merge(graphdef, params, rest, train=train)
-  logits, features = model(x, return_features=True)
-  return logits, features, nnx.state(model, nnx.Not(nnx.Param))
+    With ``train=True`` BatchNorm normalises with the batch statistics and ``new_rest``
+    holds the updated running statistics; with ``train=False`` ``new_rest`` is ``rest``.
+    """
+    model = merge(graphdef, params, rest, train=train)
+    logits, features = model(x, return_features=True)
+    return logits, features, nnx.state(model, nnx.Not(nnx.Param))
 
 
 def logits_fn(graphdef: nnx.GraphDef, params: nnx.State,
               rest: nnx.State) -> Callable[[jax.Array], jax.Array]:
-  """The pure inference-mode function ``x [B, ...] -> logits [B, K]``.
+    """The pure inference-mode function ``x [B, ...] -> logits [B, K]``.
 
-  Example::
+    Example::
 
-    student_fn = logits_fn(*split(model))
-    jax.jvp(student_fn, (x,), (u,))
-  """
-  def fn(x: jax.Array) -> jax.Array:
-    return merge(graphdef, params, rest)(x)
-  return fn
+      student_fn = logits_fn(*split(model))
+      jax.jvp(student_fn, (x,), (u,))
+    """
+    def fn(x: jax.Array) -> jax.Array:
+        return merge(graphdef, params, rest)(x)
+    return fn
 
 
 def features_fn(graphdef: nnx.GraphDef, params: nnx.State,
                 rest: nnx.State) -> Callable[[jax.Array], Features]:
-  """The pure inference-mode function ``x -> {name: [B, H, W, C]}``."""
-  def fn(x: jax.Array) -> Features:
-    return merge(graphdef, params, rest).features(x)
-  return fn
+    """The pure inference-mode function ``x -> {name: [B, H, W, C]}``."""
+    def fn(x: jax.Array) -> Features:
+        return merge(graphdef, params, rest).features(x)
+    return fn
 
 
 def feature_fn(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                name: str) -> Callable[[jax.Array], jax.Array]:
-  """The pure inference-mode function ``x -> features[name]`` (``[B, H, W, C]``)."""
-  def fn(x: jax.Array) -> jax.Array:
-    features = merge(graphdef, params, rest).features(x)
-    if name not in features:
-      raise KeyError(f"model has no feature tap {name!r}; taps: {sorted(features)}.")
-    return features[name]
-  return fn
+    """The pure inference-mode function ``x -> features[name]`` (``[B, H, W, C]``)."""
+    def fn(x: jax.Array) -> jax.Array:
+        features = merge(graphdef, params, rest).features(x)
+        if name not in features:
+            raise KeyError(f"model has no feature tap {name!r}; taps: {sorted(features)}.")
+        return features[name]
+    return fn

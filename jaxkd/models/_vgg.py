@@ -33,55 +33,55 @@ VGG4_PLAN: tuple[tuple[int, ...], ...] = ((1,), (2,), (4,))
 
 
 class VGG(Classifier):
-  """A VGG network given by a plan of blocks of 3x3 conv-BN-ReLU layers.
+    """A VGG network given by a plan of blocks of 3x3 conv-BN-ReLU layers.
 
-  Each block is a tuple of channel multipliers of ``width``; a 2x2 max-pool follows
-  every block but the last (skipped when the map is smaller than 4x4), then global
-  average pooling and one linear layer.
+    Each block is a tuple of channel multipliers of ``width``; a 2x2 max-pool follows
+    every block but the last (skipped when the map is smaller than 4x4), then global
+    average pooling and one linear layer.
 
-  Taps: ``block{i}`` (1-based), the output of block ``i`` before its pool.
+    Taps: ``block{i}`` (1-based), the output of block ``i`` before its pool.
 
-  Args:
-    in_channels: input channels ``C``.
-    num_classes: number of logits ``K``.
-    plan: blocks of channel multipliers, e.g. :data:`VGG9_PLAN`.
-    width: base width ``w`` (64 for the paper-scale models; 4 in tests).
-  """
+    Args:
+      in_channels: input channels ``C``.
+      num_classes: number of logits ``K``.
+      plan: blocks of channel multipliers, e.g. :data:`VGG9_PLAN`.
+      width: base width ``w`` (64 for the paper-scale models; 4 in tests).
+    """
 
-  def __init__(self, in_channels: int, num_classes: int, *,
-               plan: Sequence[Sequence[int]], width: int = 64, rngs: nnx.Rngs):
-    self.in_channels = in_channels
-    blocks = []
-    cin = in_channels
-    for block in plan:
-      layers = []
-      for mult in block:
-        layers.append(ConvBN(cin, mult * width, rngs=rngs))
-        cin = mult * width
-      blocks.append(nnx.List(layers))
-    self.blocks = nnx.List(blocks)
-    self.head = nnx.Linear(cin, num_classes, rngs=rngs)
+    def __init__(self, in_channels: int, num_classes: int, *,
+                 plan: Sequence[Sequence[int]], width: int = 64, rngs: nnx.Rngs):
+        self.in_channels = in_channels
+        blocks = []
+        cin = in_channels
+        for block in plan:
+            layers = []
+            for mult in block:
+                layers.append(ConvBN(cin, mult * width, rngs=rngs))
+                cin = mult * width
+            blocks.append(nnx.List(layers))
+        self.blocks = nnx.List(blocks)
+        self.head = nnx.Linear(cin, num_classes, rngs=rngs)
 
-  def forward(self, x: jax.Array) -> tuple[jax.Array, Features]:
-    check_input(x, self.in_channels, type(self).__name__)
-    features = {}
-    h = x
-    for i, block in enumerate(self.blocks):
-      if i > 0:
-        h = max_pool_if_room(h)
-      for layer in block:
-        h = layer(h)
-      features[f"block{i + 1}"] = h
-    return self.head(global_avg_pool(h)), features
+    def forward(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        check_input(x, self.in_channels, type(self).__name__)
+        features = {}
+        h = x
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                h = max_pool_if_room(h)
+            for layer in block:
+                h = layer(h)
+            features[f"block{i + 1}"] = h
+        return self.head(global_avg_pool(h)), features
 
 
 def vgg9(in_channels: int = 3, num_classes: int = 100, *, width: int = 64,
          rngs: nnx.Rngs) -> VGG:
-  """The VGG-9 teacher: 8 conv-BN-ReLU layers in 4 blocks and a linear classifier."""
-  return VGG(in_channels, num_classes, plan=VGG9_PLAN, width=width, rngs=rngs)
+    """The VGG-9 teacher: 8 conv-BN-ReLU layers in 4 blocks and a linear classifier."""
+    return VGG(in_channels, num_classes, plan=VGG9_PLAN, width=width, rngs=rngs)
 
 
 def vgg4(in_channels: int = 3, num_classes: int = 100, *, width: int = 64,
          rngs: nnx.Rngs) -> VGG:
-  """The VGG-4 student: 3 conv-BN-ReLU layers in 3 blocks and a linear classifier."""
-  return VGG(in_channels, num_classes, plan=VGG4_PLAN, width=width, rngs=rngs)
+    """The VGG-4 student: 3 conv-BN-ReLU layers in 3 blocks and a linear classifier."""
+    return VGG(in_channels, num_classes, plan=VGG4_PLAN, width=width, rngs=rngs)

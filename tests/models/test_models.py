@@ -31,108 +31,108 @@ TINY = {
 
 @pytest.fixture(scope="module", params=sorted(TINY))
 def tiny(request):
-  make, shape, k, taps = TINY[request.param]
-  model = make()
-  x = jax.random.normal(jax.random.key(1), shape)
-  return model, x, k, taps
+    make, shape, k, taps = TINY[request.param]
+    model = make()
+    x = jax.random.normal(jax.random.key(1), shape)
+    return model, x, k, taps
 
 
 def _with_random_stats(model: nnx.Module) -> nnx.Module:
-  """Gives BatchNorm non-trivial running statistics, so inference mode is not identity."""
-  graphdef, params, rest = models.split(model)
-  leaves, tree = jax.tree.flatten(rest)
-  keys = jax.random.split(jax.random.key(7), max(len(leaves), 1))
-  leaves = [0.5 + jax.random.uniform(k, v.shape) for k, v in zip(keys, leaves)]
-  return nnx.merge(graphdef, params, jax.tree.unflatten(tree, leaves))
+    """Gives BatchNorm non-trivial running statistics, so inference mode is not identity."""
+    graphdef, params, rest = models.split(model)
+    leaves, tree = jax.tree.flatten(rest)
+    keys = jax.random.split(jax.random.key(7), max(len(leaves), 1))
+    leaves = [0.5 + jax.random.uniform(k, v.shape) for k, v in zip(keys, leaves)]
+    return nnx.merge(graphdef, params, jax.tree.unflatten(tree, leaves))
 
 
 def test_output_shapes_and_feature_taps(tiny):
-  model, x, k, taps = tiny
-  logits, features = jax.eval_shape(lambda x: models.apply(*models.split(model), x)[:2], x)
-  assert logits.shape == (x.shape[0], k)
-  assert logits.dtype == jnp.float32
-  assert sorted(features) == sorted(taps)
-  for name, size in taps.items():
-    b, h, w, _ = features[name].shape
-    assert (b, h, w) == (x.shape[0], size, size), name
+    model, x, k, taps = tiny
+    logits, features = jax.eval_shape(lambda x: models.apply(*models.split(model), x)[:2], x)
+    assert logits.shape == (x.shape[0], k)
+    assert logits.dtype == jnp.float32
+    assert sorted(features) == sorted(taps)
+    for name, size in taps.items():
+        b, h, w, _ = features[name].shape
+        assert (b, h, w) == (x.shape[0], size, size), name
 
 
 def test_pure_function_round_trip(tiny):
-  """split -> logits_fn / features_fn under jit == the merged model in eval mode."""
-  model, x, _, _ = tiny
-  model = _with_random_stats(model)
-  parts = models.split(model)
-  logits = jax.jit(lambda p, r, x: models.logits_fn(parts.graphdef, p, r)(x))(
-      parts.params, parts.rest, x)
-  features = jax.jit(lambda x: models.features_fn(*parts)(x))(x)
-  rebuilt = models.merge(*parts)
-  ref_logits, ref_features = rebuilt(x, return_features=True)
-  np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-  for name in ref_features:
-    np.testing.assert_allclose(features[name], ref_features[name], rtol=1e-5, atol=1e-5)
-  name = sorted(ref_features)[0]
-  np.testing.assert_allclose(models.feature_fn(*parts, name)(x), ref_features[name],
-                             rtol=1e-5, atol=1e-5)
-  # Splitting the rebuilt model gives back the same leaves.
-  again = models.split(rebuilt)
-  assert jax.tree.structure(again.params) == jax.tree.structure(parts.params)
-  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(parts)):
-    np.testing.assert_array_equal(a, b)
-  with pytest.raises(KeyError, match="no feature tap"):
-    models.feature_fn(*parts, "nope")(x)
+    """split -> logits_fn / features_fn under jit == the merged model in eval mode."""
+    model, x, _, _ = tiny
+    model = _with_random_stats(model)
+    parts = models.split(model)
+    logits = jax.jit(lambda p, r, x: models.logits_fn(parts.graphdef, p, r)(x))(
+        parts.params, parts.rest, x)
+    features = jax.jit(lambda x: models.features_fn(*parts)(x))(x)
+    rebuilt = models.merge(*parts)
+    ref_logits, ref_features = rebuilt(x, return_features=True)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    for name in ref_features:
+        np.testing.assert_allclose(features[name], ref_features[name], rtol=1e-5, atol=1e-5)
+    name = sorted(ref_features)[0]
+    np.testing.assert_allclose(models.feature_fn(*parts, name)(x), ref_features[name],
+                               rtol=1e-5, atol=1e-5)
+    # Splitting the rebuilt model gives back the same leaves.
+    again = models.split(rebuilt)
+    assert jax.tree.structure(again.params) == jax.tree.structure(parts.params)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(parts)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(KeyError, match="no feature tap"):
+        models.feature_fn(*parts, "nope")(x)
 
 
 def test_train_mode_updates_batch_stats_only_with_batchnorm(tiny):
-  model, x, _, _ = tiny
-  parts = models.split(model)
-  _, _, new_rest = models.apply(*parts, x, train=True)
-  changed = [not np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(new_rest), jax.tree.leaves(parts.rest))]
-  has_bn = bool(jax.tree.leaves(parts.rest))
-  assert any(changed) == has_bn
-  _, _, same = models.apply(*parts, x, train=False)
-  for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(parts.rest)):
-    np.testing.assert_array_equal(a, b)
+    model, x, _, _ = tiny
+    parts = models.split(model)
+    _, _, new_rest = models.apply(*parts, x, train=True)
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(new_rest), jax.tree.leaves(parts.rest))]
+    has_bn = bool(jax.tree.leaves(parts.rest))
+    assert any(changed) == has_bn
+    _, _, same = models.apply(*parts, x, train=False)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(parts.rest)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_wrong_input_shape_raises():
-  model = models.vgg4(3, 5, width=2, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
-    model(jnp.ones((2, 8, 8, 1)))
-  with pytest.raises(ValueError, match="6n \\+ 4"):
-    models.WideResNet(11, 1, rngs=nnx.Rngs(0))
+    model = models.vgg4(3, 5, width=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
+        model(jnp.ones((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        models.WideResNet(11, 1, rngs=nnx.Rngs(0))
 
 
 def test_per_example_jacobian_independent_of_batch_composition():
-  """Inference-mode BatchNorm: example 0's input gradient ignores its batch mates.
+    """Inference-mode BatchNorm: example 0's input gradient ignores its batch mates.
 
-  The same example sits in two batches with different companions; its top-logit input
-  gradient must agree (float32 round-off). The train-mode forward (batch statistics)
-  is checked to differ, so the test would catch a Jacobian pass that used it.
-  """
-  model = _with_random_stats(models.vgg4(3, 5, width=2, rngs=nnx.Rngs(0)))
-  parts = models.split(model)
-  x0 = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
-  batch_a = jnp.concatenate([x0, jax.random.normal(jax.random.key(1), (3, 8, 8, 3))])
-  batch_b = jnp.concatenate([x0, 3.0 + jax.random.normal(jax.random.key(2), (3, 8, 8, 3))])
+    The same example sits in two batches with different companions; its top-logit input
+    gradient must agree (float32 round-off). The train-mode forward (batch statistics)
+    is checked to differ, so the test would catch a Jacobian pass that used it.
+    """
+    model = _with_random_stats(models.vgg4(3, 5, width=2, rngs=nnx.Rngs(0)))
+    parts = models.split(model)
+    x0 = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+    batch_a = jnp.concatenate([x0, jax.random.normal(jax.random.key(1), (3, 8, 8, 3))])
+    batch_b = jnp.concatenate([x0, 3.0 + jax.random.normal(jax.random.key(2), (3, 8, 8, 3))])
 
-  @jax.jit
-  def grads(batch):
-    # Gradient of example 0's first logit, inference mode and train mode.
-    f = models.logits_fn(*parts)
-    train_f = lambda b: models.apply(*parts, b, train=True)[0]  # noqa: E731
-    return (jax.grad(lambda b: f(b)[0, 0])(batch)[0],
-            jax.grad(lambda b: train_f(b)[0, 0])(batch)[0])
+    @jax.jit
+    def grads(batch):
+        # Gradient of example 0's first logit, inference mode and train mode.
+        f = models.logits_fn(*parts)
+        train_f = lambda b: models.apply(*parts, b, train=True)[0]  # noqa: E731
+        return (jax.grad(lambda b: f(b)[0, 0])(batch)[0],
+                jax.grad(lambda b: train_f(b)[0, 0])(batch)[0])
 
-  (inf_a, train_a), (inf_b, train_b) = grads(batch_a), grads(batch_b)
+    (inf_a, train_a), (inf_b, train_b) = grads(batch_a), grads(batch_b)
 
-  np.testing.assert_allclose(inf_a, inf_b, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(train_a, train_b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(inf_a, inf_b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(train_a, train_b, rtol=1e-3, atol=1e-4)
 
 
 def _num_params(make) -> int:
-  abstract = nnx.eval_shape(make)
-  return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    abstract = nnx.eval_shape(make)
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
 @pytest.mark.parametrize("make, shape, expected", [
@@ -146,8 +146,8 @@ def _num_params(make) -> int:
     (lambda: models.vgg4(3, 100, rngs=nnx.Rngs(0)), (1, 32, 32, 3), None),
 ], ids=["resnet18", "resnet34", "wrn-28-10", "vgg9", "vgg4"])
 def test_full_size_models_by_shape(make, shape, expected):
-  """Full-width models, traced abstractly (no compile): logits shape and parameter count."""
-  out = jax.eval_shape(lambda x: make()(x), jax.ShapeDtypeStruct(shape, jnp.float32))
-  assert out.shape[0] == 1
-  if expected is not None:
-    assert _num_params(make) == expected
+    """Full-width models, traced abstractly (no compile): logits shape and parameter count."""
+    out = jax.eval_shape(lambda x: make()(x), jax.ShapeDtypeStruct(shape, jnp.float32))
+    assert out.shape[0] == 1
+    if expected is not None:
+        assert _num_params(make) == expected
