@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jaxkd.losses import cross_entropy_noise_expansion, noisy_distillation_loss
 from jaxkd.losses import squared_noise_expansion, weighted_laplacian
@@ -182,5 +183,14 @@ def test_noisy_loss_gradient_flows_to_student_only(x64, smooth):
     gs, gt = jax.grad(loss, argnums=(0, 1))(sp, tp)
     assert all(np.all(v == 0) for v in jax.tree.leaves(gt))
     assert any(np.any(v != 0) for v in jax.tree.leaves(gs))
-    from jax.test_util import check_grads
     check_grads(lambda p: loss(p, tp), (sp,), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("name", ["squared", "cross_entropy"])
+def test_expansions_check_grads_wrt_student_params(x64, smooth, name):
+    _, teacher, x = smooth
+    _, sp = nets.pair(D, jnp.float64, seed=1)
+    expansion = {"squared": squared_noise_expansion,
+                 "cross_entropy": cross_entropy_noise_expansion}[name]
+    check_grads(lambda p: expansion(functools.partial(nets.mlp, p), teacher, x, sigma=0.1),
+                (sp,), order=1, modes=["rev"])

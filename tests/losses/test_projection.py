@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jaxkd.losses import jacobian_matching_loss, jvp_projection_loss, sample_probes
 from jaxkd.losses import vjp_projection_loss
@@ -125,3 +126,14 @@ def test_parameter_gradient_is_unbiased_for_the_exact_gradient(x64, route):
     se = np.asarray(g.std(0, ddof=1)) / np.sqrt(len(keys))
     z = (np.asarray(g.mean(0)) - want) / np.maximum(se, 1e-12)
     assert np.all(np.abs(z) < 4.5), z  # 4.5 SE: 24 entries tested jointly
+
+
+@pytest.mark.parametrize("route", ["vjp", "jvp"])
+def test_check_grads_wrt_student_params(x64, route):
+    # For a fixed key the estimate is a smooth function of the student's parameters.
+    tp, sp = nets.pair(D, jnp.float64, seed=3)
+    x = jax.random.normal(jax.random.key(11), X_SHAPE, jnp.float64)
+    teacher = functools.partial(nets.mlp, tp)
+    check_grads(lambda p: ESTIMATORS[route](functools.partial(nets.mlp, p), teacher, x,
+                                            key=jax.random.key(0), num_probes=2),
+                (sp,), order=1, modes=["rev"])
