@@ -1,0 +1,240 @@
+"""Objectives: a weighted sum of named loss terms, each an adapter to one jaxkd.losses function.
+
+A term sees one :class:`TermInputs` (the batch, both networks' logits and feature maps,
+and both networks as pure functions) and a PRNG key, and returns per-example values
+``[batch_size]``. The objective is ``sum_i weight_i * mean_batch(term_i)``; every term's
+unweighted batch mean is reported on its own, under ``"loss/<name>"``.
+
+Which forward each term sees:
+
+* ``student_logits`` / ``student_features`` come from the student's *train-mode* pass
+  (BatchNorm batch statistics; this pass also updates the running statistics);
+* ``student_fn`` / ``student_feature_fn`` are the student in *inference mode* (running
+  statistics) as pure functions of ``x``, still differentiable in the student's
+  parameters: the Jacobian and noise terms use them, so each example's input gradient is
+  its own (see ``docs/training.md``);
+* the teacher is always in inference mode and is a constant: its parameters are not an
+  argument of the differentiated function, and the losses stop its gradient as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxkd import losses
+
+Fn = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TermInputs:
+    """What a loss term may use (``None`` where the objective has no teacher).
+
+    Attributes:
+      x: ``[B, H, W, C]`` images.
+      labels: ``[B]`` integer labels.
+      student_logits: ``[B, K]``, train-mode pass.
+      student_features: ``{name: [B, H, W, C]}``, train-mode pass.
+      teacher_logits: ``[B, K]``, inference mode (constant).
+      teacher_features: ``{name: [B, H, W, C]}``, inference mode (constant).
+      student_fn: pure inference-mode student ``x -> logits``.
+      teacher_fn: pure teacher ``x -> logits``.
+      student_feature_fn: ``name -> (x -> student feature map)``, inference mode.
+      teacher_feature_fn: ``name -> (x -> teacher feature map)``.
+    """
+    x: jax.Array
+    labels: jax.Array
+    student_logits: jax.Array
+    student_features: Mapping[str, jax.Array]
+    student_fn: Fn
+    student_feature_fn: Callable[[str], Fn]
+    teacher_logits: jax.Array | None = None
+    teacher_features: Mapping[str, jax.Array] | None = None
+    teacher_fn: Fn | None = None
+    teacher_feature_fn: Callable[[str], Fn] | None = None
+
+
+TermFn = Callable[[TermInputs, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """A named, weighted loss term.
+
+    Attributes:
+      name: the metric name (``"loss/<name>"``); unique within an objective.
+      weight: its weight in the total loss.
+      fn: ``(inputs: TermInputs, key) -> [batch_size]`` per-example values.
+      needs_teacher: whether ``fn`` reads the teacher fields.
+    """
+    name: str
+    weight: float
+    fn: TermFn
+    needs_teacher: bool = True
+
+
+class Objective:
+    """``loss = sum_i weight_i * mean(term_i)`` over named terms, each reported on its own.
+
+    Example::
+
+      objective = Objective(cross_entropy(), distillation(temperature=4.0),
+                            jacobian_matching(10.0))
+    """
+
+    def __init__(self, *terms: Term):
+        if not terms:
+            raise ValueError("an Objective needs at least one term.")
+        names = [t.name for t in terms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"term names must be unique; repeated: {dupes}. Pass name=... "
+                             f"to tell two terms of the same kind apart.")
+        self.terms: tuple[Term, ...] = tuple(terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher for t in self.terms)
+
+    def __call__(self, inputs: TermInputs,
+                 key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Returns ``(total scalar loss, {"loss/<name>": unweighted batch mean})``."""
+        if self.needs_teacher and inputs.teacher_fn is None:
+            raise ValueError("this objective has teacher terms "
+                             f"{[t.name for t in self.terms if t.needs_teacher]} "
+                             "but no teacher was given.")
+        total = jnp.zeros((), jnp.float32)
+        values = {}
+        for i, term in enumerate(self.terms):
+            per_example = term.fn(inputs, jax.random.fold_in(key, i))
+            if per_example.shape != inputs.labels.shape:
+                raise ValueError(f"term {term.name!r} returned shape {per_example.shape}; "
+                                 f"expected per-example values {inputs.labels.shape}.")
+            value = jnp.mean(per_example.astype(jnp.float32))
+            values[f"loss/{term.name}"] = value
+            total = total + jnp.float32(term.weight) * value
+        return total, values
+
+    def __repr__(self) -> str:
+        return "Objective(" + ", ".join(f"{t.name}*{t.weight:g}" for t in self.terms) + ")"
+
+
+# ----------------------------------------------------------------------------------------
+# Term constructors: one per loss of jaxkd.losses (plus the labels' cross-entropy).
+
+
+def cross_entropy(weight: float = 1.0, *, name: str = "ce") -> Term:
+    """Softmax cross-entropy of the student's train-mode logits with the labels."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        del key
+        return optax.softmax_cross_entropy_with_integer_labels(inputs.student_logits,
+                                                               inputs.labels)
+    return Term(name, weight, fn, needs_teacher=False)
+
+
+def distillation(weight: float = 1.0, *, temperature: float = 1.0,
+                 name: str = "kd") -> Term:
+    """Hinton KD ``tau^2 KL(softmax(t/tau) || softmax(s/tau))`` (:func:`distillation_loss`)."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        del key
+        return losses.distillation_loss(inputs.student_logits, inputs.teacher_logits,
+                                        temperature=temperature)
+    return Term(name, weight, fn)
+
+
+def logit_matching(weight: float = 1.0, *, name: str = "logits") -> Term:
+    """Squared error between logits, "match activations" (:func:`logit_matching_loss`)."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        del key
+        return losses.logit_matching_loss(inputs.student_logits, inputs.teacher_logits)
+    return Term(name, weight, fn)
+
+
+def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: int = 1,
+                      normalize: bool = True, name: str = "jacobian") -> Term:
+    """Exact Jacobian matching of the selected outputs (:func:`jacobian_matching_loss`).
+
+    ``outputs``: ``"teacher_top1"``, ``"label"`` (uses the batch labels), ``"top_k"``
+    (with ``k``) or ``"all"``; ``normalize=False`` is Proposition 1's squared form.
+    """
+    if outputs not in losses.OUTPUT_MODES:
+        raise ValueError(f"outputs must be one of {losses.OUTPUT_MODES}, got {outputs!r}.")
+
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        del key
+        return losses.jacobian_matching_loss(
+            inputs.student_fn, inputs.teacher_fn, inputs.x,
+            labels=inputs.labels if outputs == "label" else None,
+            outputs=outputs, k=k, normalize=normalize)
+    return Term(name, weight, fn)
+
+
+def vjp_projection(weight: float = 1.0, *, num_probes: int = 1,
+                   distribution: str = "rademacher", name: str = "vjp") -> Term:
+    """Output-space random projection of ``||J_T - J_S||_F^2`` (:func:`vjp_projection_loss`)."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        return losses.vjp_projection_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
+                                          key=key, num_probes=num_probes,
+                                          distribution=distribution)
+    return Term(name, weight, fn)
+
+
+def jvp_projection(weight: float = 1.0, *, num_probes: int = 1,
+                   distribution: str = "rademacher", name: str = "jvp") -> Term:
+    """Input-space random projection of ``||J_T - J_S||_F^2`` (:func:`jvp_projection_loss`)."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        return losses.jvp_projection_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
+                                          key=key, num_probes=num_probes,
+                                          distribution=distribution)
+    return Term(name, weight, fn)
+
+
+def noisy_distillation(weight: float = 1.0, *, sigma: float, num_samples: int = 1,
+                       kind: str = "squared", temperature: float = 1.0,
+                       name: str = "noisy_kd") -> Term:
+    """Distillation on Gaussian-perturbed inputs (:func:`noisy_distillation_loss`)."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        return losses.noisy_distillation_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
+                                              key=key, sigma=sigma, num_samples=num_samples,
+                                              kind=kind, temperature=temperature)
+    return Term(name, weight, fn)
+
+
+def attention_transfer(weight: float = 1.0, *, layers: Sequence[str], p: float = 2.0,
+                       name: str = "attention") -> Term:
+    """Attention transfer summed over the named taps (:func:`attention_transfer_loss`).
+
+    Uses the student's train-mode feature maps and the teacher's inference-mode maps;
+    taps of the same name must have the same spatial size.
+    """
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("attention_transfer needs at least one layer name.")
+
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        del key
+        for layer in layers:
+            for who, feats in (("student", inputs.student_features),
+                               ("teacher", inputs.teacher_features)):
+                if layer not in feats:
+                    raise KeyError(f"attention_transfer: the {who} has no feature tap "
+                                   f"{layer!r}; taps: {sorted(feats)}.")
+        return losses.attention_transfer_loss([inputs.student_features[n] for n in layers],
+                                              [inputs.teacher_features[n] for n in layers],
+                                              p=p)
+    return Term(name, weight, fn)
+
+
+def attention_jacobian(weight: float = 1.0, *, layer: str, p: float = 2.0,
+                       name: str = "attention_jacobian") -> Term:
+    """Input-gradient matching of one tap's attention peak (:func:`attention_jacobian_loss`)."""
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        del key
+        return losses.attention_jacobian_loss(inputs.student_feature_fn(layer),
+                                              inputs.teacher_feature_fn(layer), inputs.x, p=p)
+    return Term(name, weight, fn)

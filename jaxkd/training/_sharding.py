@@ -1,0 +1,135 @@
+"""Device meshes, batch placement and the guarded multi-host start.
+
+Data parallelism only: a 1-D mesh with axis ``"data"``; batches are split along their
+leading axis (``P("data")``), parameters and optimizer state are replicated (``P()``).
+Across hosts, every process runs the same program on its own slice of the global batch;
+JAX's ``jax.distributed.initialize()`` must run first, on every host, before anything
+touches a device. :func:`initialize_distributed` is that call, made only when asked or
+when the environment says the job spans several processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+# Variables that launchers set when a job spans several processes.
+_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
+                     "MEGASCALE_COORDINATOR_ADDRESS")
+_WORLD_SIZE_ENV = ("JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                   "WORLD_SIZE")
+
+
+def multi_process_env() -> bool:
+    """Whether the environment describes a multi-process (multi-host) job.
+
+    True when a coordinator address is set, a launcher reports more than one task
+    (``SLURM_NTASKS``, ``OMPI_COMM_WORLD_SIZE``, ``WORLD_SIZE``, ``JAX_NUM_PROCESSES``),
+    or a multi-host TPU slice lists several workers (``TPU_WORKER_HOSTNAMES``).
+    """
+    env = os.environ
+    if any(env.get(name) for name in _MULTIPROCESS_ENV):
+        return True
+    for name in _WORLD_SIZE_ENV:
+        try:
+            if int(env.get(name, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def initialize_distributed(*, force: bool = False, **kwargs: Any) -> bool:
+    """Calls ``jax.distributed.initialize(**kwargs)`` when asked or when multi-host.
+
+    Call it first thing in ``main``, before any other JAX call. It does nothing (and
+    returns False) on a single host unless ``force=True``; it is a no-op when JAX's
+    distributed runtime is already up. On Cloud TPU, SLURM and Open MPI,
+    ``jax.distributed.initialize()`` finds the coordinator itself; elsewhere pass
+    ``coordinator_address=..., num_processes=..., process_id=...``.
+
+    Returns:
+      Whether the distributed runtime is initialised after the call.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if not (force or kwargs or multi_process_env()):
+        return False
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def is_main_process() -> bool:
+    """True on process 0, the only one that writes logs and metric files."""
+    return jax.process_index() == 0
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis of type ``Auto`` (compiler-propagated shardings).
+
+    ``jax.make_mesh`` now defaults to ``Explicit`` axes, under which every intermediate
+    array carries its sharding in its type and the losses' ``jax.vjp`` / ``jax.jvp``
+    calls would need sharded cotangents. Our steps only fix the shardings of inputs and
+    outputs and let XLA propagate the rest, so they normalise the mesh to ``Auto``.
+    """
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names,
+                axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def data_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D ``("data",)`` mesh over the first ``num_devices`` devices (default: all)."""
+    devices = jax.devices()
+    n = len(devices) if num_devices is None else num_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}.")
+    return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices[:n])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """``NamedSharding(mesh, P("data"))``: the leading (batch) axis split over devices."""
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis; it has {mesh.axis_names}.")
+    return NamedSharding(auto_mesh(mesh), P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """``NamedSharding(mesh, P())``: a full copy on every device."""
+    return NamedSharding(auto_mesh(mesh), P())
+
+
+def put_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Places this process's part of a batch on the mesh, split along the batch axis.
+
+    Arrays already sharded as ``P("data")`` on ``mesh`` pass through. Host arrays are
+    this process's rows: on one host the whole batch, on several hosts each process's
+    slice (``jax.make_array_from_process_local_data`` assembles the global batch).
+
+    Raises:
+      ValueError: the global batch size is not divisible by the number of devices.
+    """
+    sharding = batch_sharding(mesh)
+    n = mesh.shape[DATA_AXIS]
+    out = {}
+    for name, value in batch.items():
+        if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding,
+                                                                            value.ndim):
+            out[name] = value
+            continue
+        local = np.asarray(value)
+        global_size = local.shape[0] * jax.process_count()
+        if global_size % n:
+            raise ValueError(f"batch[{name!r}] has global batch size {global_size}, not "
+                             f"divisible by the {n} devices of the data axis.")
+        out[name] = jax.make_array_from_process_local_data(sharding, local)
+    return out

@@ -1,0 +1,183 @@
+"""The train state and the sharded, jitted train and evaluation steps.
+
+One ``jax.jit`` per step with explicit shardings: batch ``P("data")``, everything else
+replicated ``P()``, the train state donated. The teacher is not part of the state: its
+``(params, rest)`` are a separate, non-donated argument that the differentiated function
+never receives, so it is frozen by structure and never checkpointed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from jaxkd import models
+from jaxkd.training._objective import Objective, TermInputs
+from jaxkd.training._sharding import batch_sharding, data_mesh, replicated
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a student's training needs and a checkpoint holds.
+
+    Attributes:
+      step: int32 scalar, number of updates applied.
+      params: the student's ``nnx.Param`` state (differentiated).
+      rest: the student's other state (BatchNorm running statistics).
+      opt_state: the optax state.
+      key: the base PRNG key; step ``t`` uses ``jax.random.fold_in(key, t)``.
+      graphdef: the student's static structure (not a pytree leaf).
+    """
+    step: jax.Array
+    params: nnx.State
+    rest: nnx.State
+    opt_state: optax.OptState
+    key: jax.Array
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+
+    def model(self, *, train: bool = False) -> nnx.Module:
+        """The student as an NNX module (inference mode unless ``train``)."""
+        return models.merge(self.graphdef, self.params, self.rest, train=train)
+
+
+def init_train_state(student: nnx.Module, optimizer: optax.GradientTransformation, *,
+                     key: jax.Array) -> TrainState:
+    """A step-0 state for ``student`` (its current parameters) and ``optimizer``.
+
+    ``key`` is a typed PRNG key (``jax.random.key(seed)``).
+    """
+    graphdef, params, rest = models.split(student)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                      opt_state=optimizer.init(params), key=key, graphdef=graphdef)
+
+
+def _teacher_parts(teacher: nnx.Module | models.Split | None):
+    if teacher is None:
+        return None, None
+    parts = models.split(teacher) if isinstance(teacher, nnx.Module) else teacher
+    return parts.graphdef, (parts.params, parts.rest)
+
+
+def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
+                teacher_graphdef: nnx.GraphDef | None, state: TrainState, batch: Batch,
+                teacher_vars: Any) -> tuple[TrainState, Metrics]:
+    key = jax.random.fold_in(state.key, state.step)
+    x, labels = batch["image"], batch["label"]
+
+    teacher = {}
+    if teacher_graphdef is not None:
+        t_params, t_rest = jax.lax.stop_gradient(teacher_vars)
+        t_logits, t_features, _ = models.apply(teacher_graphdef, t_params, t_rest, x)
+        teacher = dict(
+            teacher_logits=t_logits, teacher_features=t_features,
+            teacher_fn=models.logits_fn(teacher_graphdef, t_params, t_rest),
+            teacher_feature_fn=functools.partial(models.feature_fn, teacher_graphdef,
+                                                 t_params, t_rest))
+
+    def loss_fn(params):
+        logits, features, new_rest = models.apply(state.graphdef, params, state.rest, x,
+                                                  train=True)
+        inputs = TermInputs(
+            x=x, labels=labels, student_logits=logits, student_features=features,
+            student_fn=models.logits_fn(state.graphdef, params, state.rest),
+            student_feature_fn=functools.partial(models.feature_fn, state.graphdef, params,
+                                                 state.rest),
+            **teacher)
+        loss, terms = objective(inputs, key)
+        return loss, (terms, new_rest, logits)
+
+    (loss, (terms, new_rest, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss, **terms,
+        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+        "grad_norm": optax.tree.norm(grads),
+        "update_norm": optax.tree.norm(updates),
+        "param_norm": optax.tree.norm(params),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, rest=new_rest,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_train_step(objective, optimizer, teacher_graphdef, mesh):
+    # Cached so that the same objective, optimizer, teacher structure and mesh share one
+    # jitted function, hence one compilation (e.g. a resumed run in the same process).
+    return jax.jit(functools.partial(_train_step, objective, optimizer, teacher_graphdef),
+                   in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)),
+                   donate_argnums=0)
+
+
+def make_train_step(objective: Objective, optimizer: optax.GradientTransformation,
+                    mesh: Mesh | None = None, *,
+                    teacher: nnx.Module | models.Split | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Returns the jitted ``train_step(state, batch) -> (state, metrics)``.
+
+    ``batch`` is ``{"image": [B, H, W, C], "label": [B]}`` (``B`` divisible by the mesh
+    size), sharded ``P("data")`` over ``mesh`` (default: one device); the state is
+    replicated and donated (do not reuse the state you pass in). The step RNG is
+    ``fold_in(state.key, state.step)``; terms get ``fold_in(that, term_index)``.
+
+    The teacher (a module or a :class:`jaxkd.models.Split`) is captured once: its
+    variables are placed replicated on the mesh and passed to the compiled step as a
+    separate, non-donated argument; only the student's parameters are differentiated.
+    A change to the teacher after this call is not seen (make a new step).
+
+    Metrics (replicated scalars): ``loss``, ``loss/<term>`` for each term, ``accuracy``
+    (train-mode logits), ``grad_norm``, ``update_norm``, ``param_norm``.
+    """
+    mesh = data_mesh(1) if mesh is None else mesh
+    teacher_graphdef, teacher_vars = _teacher_parts(teacher)
+    if objective.needs_teacher and teacher_graphdef is None:
+        raise ValueError(f"{objective!r} has teacher terms but teacher is None.")
+    if teacher_vars is not None:
+        teacher_vars = jax.device_put(teacher_vars, replicated(mesh))
+    step = _jitted_train_step(objective, optimizer, teacher_graphdef, mesh)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        return step(state, batch, teacher_vars)
+
+    train_step.jitted = step  # for lowering / cost analysis
+    train_step.teacher_vars = teacher_vars
+    return train_step
+
+
+def _eval_step(state: TrainState, batch: Batch) -> Metrics:
+    logits = models.logits_fn(state.graphdef, state.params, state.rest)(batch["image"])
+    labels = batch["label"]
+    mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32))
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {"correct": jnp.sum(correct * mask), "loss_sum": jnp.sum(ce * mask),
+            "count": jnp.sum(mask)}
+
+
+def make_eval_step(mesh: Mesh | None = None) -> Callable[[TrainState, Batch], Metrics]:
+    """Returns the jitted ``eval_step(state, batch) -> {"correct", "loss_sum", "count"}``.
+
+    Inference mode (running statistics), batch sharded ``P("data")`` as in training,
+    sums over the batch so that batches add up; an optional ``batch["mask"]`` ``[B]``
+    float (1 real, 0 padding) excludes padded rows. :func:`evaluate` does the padding.
+    """
+    return _jitted_eval_step(data_mesh(1) if mesh is None else mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_eval_step(mesh: Mesh):
+    return jax.jit(_eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                   out_shardings=replicated(mesh))
