@@ -9,9 +9,10 @@ CIFAR-100 but does not publish their layers. Our plans count weight layers as VG
 
 with ``w = 64`` by default (the CIFAR VGG widths 64-128-256-512). Why this plan: the
 student is the teacher's first three stages with one convolution each, so it has the
-teacher's receptive-field schedule at a fraction of the compute (about 1/3 of the
-FLOPs at 32x32), and the taps ``block1..3`` of both networks have the same spatial
-size, which is what attention transfer needs. A global-average-pooled single linear
+teacher's resolution schedule at a fraction of the cost (at w = 64, 100 classes,
+32x32: 0.40M vs 4.74M parameters, 40M vs 209M multiply-adds per image), and the
+taps ``block1..3`` of both networks have the same spatial size, which is what
+attention transfer needs. A global-average-pooled single linear
 classifier (instead of VGG's 4096-wide FC stack) keeps the parameter count small for
 100 classes and makes the models input-size agnostic: with the pool rule of
 :func:`jaxkd.models._base.max_pool_if_room` the same plans run on 8x8 digits
