@@ -1,0 +1,53 @@
+"""Study 3, transfer learning (LwF as distillation), on the offline digits (the default).
+
+Run (a few minutes on a 2-core CPU):
+
+    python -m experiments.transfer --workdir runs/transfer
+
+Source task: digits 0-4 (a VGG-9 teacher of width 8, trained once on all their training
+images and cached in <workdir>/teacher). Target task: digits 5-9 with 5, 10 or all
+(~130) training images per class, learnt by a SmallCNN student (a different
+architecture) with a 5 + 5 output head. Attention is matched on the taps block1 (8x8)
+and block2 (4x4), which both networks have at equal sizes.
+"""
+
+from ml_collections import ConfigDict
+
+from experiments._common import loss_config, model_spec, train_config
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    # Source and target tasks (class lists; () = all classes of the dataset).
+    c.source_dataset = "digits"
+    c.source_classes = (0, 1, 2, 3, 4)
+    c.target_dataset = "digits"
+    c.target_classes = (5, 6, 7, 8, 9)
+    c.data_dir = ""
+    c.image_size = ()
+    c.validation_fraction = 0.1
+    c.augment = False
+    c.flip = False
+    # The sweep.
+    c.examples_per_class = (5, 10, "all")
+    c.num_seeds = 5
+    c.methods = ("no_transfer", "finetune", "lwf", "lwf+jacobian", "lwf+attention",
+                 "lwf+attention+attention_jacobian")
+    # Networks.
+    c.teacher = model_spec("vgg9", width=8)
+    c.teacher_dir = ""            # a trained teacher's run directory ('' = train one in <workdir>/teacher)
+    c.teacher_train = train_config(num_steps=600, batch_size=64, learning_rate=3e-3)
+    c.teacher_seed = 0
+    c.student = model_spec("small_cnn", width=16, hidden=(64,))
+    c.student_tap_aliases = ""    # "ours:theirs,..." to pair differently named taps
+    c.train = train_config(num_steps=300, batch_size=20, learning_rate=3e-3)
+    c.finetune_train = train_config(num_steps=300, batch_size=20, learning_rate=1e-3)
+    c.loss = loss_config(temperature=2.0, attention_layers=("block1", "block2"),
+                         attention_jacobian_layer="block2")
+    c.paper_table = ""            # "mit_indoor": show the paper's numbers beside ours
+    # Execution.
+    c.num_devices = 0
+    c.compilation_cache = True
+    c.run_progress = False
+    c.tensorboard = False
+    return c
