@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -44,12 +44,19 @@ class TrainResult:
     eval_metrics: dict[str, float]
 
 
-def evaluate(eval_step, state: TrainState, batches: Iterable[Mapping[str, Any]],
-             mesh: Mesh) -> dict[str, float]:
+EvalData = Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]]
+
+
+def evaluate(eval_step, state: TrainState, batches: EvalData, mesh: Mesh) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``state``'s student over ``batches``.
 
-    A batch whose size is not a multiple of the mesh size is zero-padded and masked.
+    ``batches``: a re-iterable of ``{"image", "label"}`` batches (e.g. a list), or a
+    function returning a fresh iterable (e.g. ``lambda: data.BatchIterator(test, 256,
+    shuffle=False, drop_remainder=False, num_epochs=1)``). A batch whose size is not a
+    multiple of the mesh size is zero-padded and masked.
     """
+    if callable(batches):
+        batches = batches()
     n = mesh.shape[DATA_AXIS]
     totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
     for batch in batches:
@@ -84,7 +91,7 @@ def _check_finite(metrics: Mapping[str, float], step: int) -> None:
 def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTransformation,
           train_data: Iterator[Mapping[str, Any]], *, workdir: str | os.PathLike,
           num_steps: int | None = None, teacher: nnx.Module | models.Split | None = None,
-          eval_data: Iterable[Mapping[str, Any]] | None = None, mesh: Mesh | None = None,
+          eval_data: EvalData | None = None, mesh: Mesh | None = None,
           seed: int = 0, checkpoint_every: int = 1000, eval_every: int | None = None,
           log_every: int = 50, max_to_keep: int = 3, progress: bool = True,
           tensorboard: bool = True, config: Mapping[str, Any] | None = None) -> TrainResult:
@@ -105,10 +112,11 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
       workdir: run directory: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
         ``config.json``.
       num_steps: total number of updates (counting those before a resume); None runs
-        until ``train_data`` is exhausted (e.g. an iterator with ``num_epochs``).
+        until ``train_data`` is exhausted: pass an iterator with ``num_epochs`` (e.g.
+        ``data.BatchIterator(..., num_epochs=E)``) to train for ``E`` epochs.
       teacher: the frozen teacher, needed by the objective's teacher terms.
-      eval_data: re-iterable batches for :func:`evaluate`, run every ``eval_every``
-        steps and at the end.
+      eval_data: batches for :func:`evaluate` (a re-iterable or a function returning
+        a fresh iterable), evaluated every ``eval_every`` steps and at the end.
       mesh: a ``("data",)`` mesh (default: all devices, :func:`data_mesh`).
       seed: the base PRNG seed of the step RNG.
       checkpoint_every: save every this many steps (and at the end).

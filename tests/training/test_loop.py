@@ -22,11 +22,16 @@ OBJECTIVE = training.Objective(training.cross_entropy(), training.distillation(t
 OPTIMIZER = optax.sgd(0.05, momentum=0.9)
 
 
+def _latest_step(workdir):
+    with training.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        return ckpt.latest_step()
+
+
 def _train(workdir, data, **kwargs):
     x, y = h.images(64, seed=1)
     return training.train(h.student(), OBJECTIVE, OPTIMIZER, data, workdir=workdir,
                           num_steps=NUM_STEPS, teacher=h.teacher(),
-                          eval_data=[{"image": x[:20], "label": y[:20]}],
+                          eval_data=lambda: [{"image": x[:20], "label": y[:20]}],
                           mesh=training.data_mesh(8), checkpoint_every=EVERY, log_every=1,
                           progress=False, **kwargs)
 
@@ -93,6 +98,24 @@ def test_metrics_files_written(runs):
     assert os.path.exists(os.path.join(full_dir, "config.json"))
 
 
+def test_num_steps_none_runs_until_data_ends(tmp_path):
+    """num_steps=None trains for as many steps as the (finite) iterator yields: epochs."""
+    x, y = h.images(48)
+
+    class OneEpoch(h.ArrayIterator):
+        def __next__(self):
+            if self.index + self.batch > len(self.x):
+                raise StopIteration
+            return super().__next__()
+
+    result = training.train(h.student(), OBJECTIVE, OPTIMIZER, OneEpoch(x, y),
+                            workdir=tmp_path, num_steps=None, teacher=h.teacher(),
+                            mesh=training.data_mesh(8), checkpoint_every=2, progress=False)
+    assert int(result.state.step) == 3
+    assert _latest_step(tmp_path) == 3
+    assert training.read_metrics(tmp_path, "train")[-1]["step"] == 3
+
+
 def test_metric_writer_disabled_off_main_process(tmp_path):
     writer = training.MetricWriter(tmp_path / "other", enabled=False)
     writer.write(1, {"loss": 1.0})
@@ -153,7 +176,7 @@ def test_non_finite_loss_names_term_and_step(tmp_path):
         training.train(student, objective, OPTIMIZER, InOrder(x, y), workdir=tmp_path,
                        num_steps=3, mesh=training.data_mesh(1), progress=False)
     # Nothing of the failed step was checkpointed.
-    assert training.Checkpointer(tmp_path / "checkpoints").latest_step() is None
+    assert _latest_step(tmp_path) is None
 
 
 def test_initialize_distributed_is_guarded(monkeypatch):
