@@ -1,5 +1,6 @@
 """The train loop: kill-and-resume, checkpoint errors, non-finite stop, metric files."""
 
+import gc
 import glob
 import os
 import shutil
@@ -123,6 +124,11 @@ def test_metric_writer_disabled_off_main_process(tmp_path):
     assert not os.path.exists(tmp_path / "other")
 
 
+# When a tensorstore read fails, orbax abandons the other read coroutines of that
+# asyncio.gather; they are finalised after orbax's event loop has closed and Python
+# reports "Event loop is closed" as unraisable. That is orbax-internal noise, not our
+# error path: ignored for this test only, and collected (gc) inside it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("target", ["state/_METADATA", "state/**/d/*", "state/**/*"],
                          ids=["metadata", "arrays", "everything"])
 def test_corrupt_checkpoint_error_names_path(runs, tmp_path, target):
@@ -143,6 +149,8 @@ def test_corrupt_checkpoint_error_names_path(runs, tmp_path, target):
         _train(workdir, h.ArrayIterator(x, y))
     if target == "state/**/d/*":
         assert any(os.path.basename(p) in str(info.value) for p in paths)
+    del info
+    gc.collect()
 
 
 def test_incompatible_checkpoint_error_names_path(runs):
