@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -79,7 +80,7 @@ def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-def _parse_item(text: str, like: Any) -> Any:
+def _parse_item(text: str, like: Any, *, in_list: bool = False) -> Any:
     text = text.strip()
     if isinstance(like, bool):
         if text.lower() in ("1", "true", "yes", "on"):
@@ -91,7 +92,9 @@ def _parse_item(text: str, like: Any) -> Any:
         try:
             return int(text)
         except ValueError:
-            return text  # e.g. "all" among examples-per-class counts
+            if in_list:
+                return text  # e.g. "all" among examples-per-class counts
+            raise ValueError(f"expected an integer, got {text!r}") from None
     if isinstance(like, float):
         return float(text)
     if isinstance(like, str):
@@ -113,7 +116,7 @@ def parse_value(text: str, current: Any) -> Any:
             return type(current)()
         text = text.strip().strip("()[]")
         like = current[0] if current else None
-        items = [_parse_item(t, like if like is not None else object())
+        items = [_parse_item(t, like if like is not None else object(), in_list=True)
                  for t in text.split(",") if t.strip()]
         return type(current)(items)
     if current is None:
@@ -483,7 +486,17 @@ def train_config(**overrides: Any) -> ConfigDict:
 
 
 def build_optimizer(config: ConfigDict) -> optax.GradientTransformation:
-    """AdamW or SGD with momentum, cosine-decayed over ``num_steps`` (optional warmup)."""
+    """AdamW or SGD with momentum, cosine-decayed over ``num_steps`` (optional warmup).
+
+    Equal configs give the same (cached) transformation object, so that cells trained
+    with it can share one compiled step (:func:`reuse_compiled_steps`).
+    """
+    return _build_optimizer(config.to_json(sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _build_optimizer(config_json: str) -> optax.GradientTransformation:
+    config = ConfigDict(json.loads(config_json))
     if config.warmup_steps:
         schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
                                                       config.warmup_steps, config.num_steps)
@@ -505,6 +518,46 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh:
 @functools.lru_cache(maxsize=None)
 def _eval_step(mesh: jax.sharding.Mesh):
     return training.make_eval_step(mesh)
+
+
+@contextlib.contextmanager
+def reuse_compiled_steps():
+    """While active, :func:`jaxkd.training.train` reuses the jitted steps of earlier cells.
+
+    ``train`` builds a new ``jax.jit`` step on every call, so each cell of a sweep would
+    trace, lower and compile its step again (0.5-3 s per cell on a CPU, most of a digits
+    cell). Cells of one method share the objective, optimizer, mesh and teacher objects
+    and the shapes, so their step is the same program: this adapter memoises the step
+    builders that ``train`` calls (keyed on those objects' identities; the cache keeps
+    them alive) for the duration of the ``with`` block. Without it everything still
+    works, only slower (the persistent compilation cache then saves the XLA compile).
+    """
+    from jaxkd.training import _loop
+    names = ("make_train_step", "make_eval_step")
+    if not all(hasattr(_loop, n) for n in names):
+        yield
+        return
+    original_train, original_eval = _loop.make_train_step, _loop.make_eval_step
+    cache: dict[tuple, tuple] = {}
+
+    def make_train_step(objective, optimizer, mesh=None, *, teacher=None):
+        key = ("train", id(objective), id(optimizer), mesh, id(teacher))
+        if key not in cache:
+            step = original_train(objective, optimizer, mesh, teacher=teacher)
+            cache[key] = (step, objective, optimizer, teacher)
+        return cache[key][0]
+
+    def make_eval_step(mesh=None):
+        key = ("eval", mesh)
+        if key not in cache:
+            cache[key] = (original_eval(mesh),)
+        return cache[key][0]
+
+    _loop.make_train_step, _loop.make_eval_step = make_train_step, make_eval_step
+    try:
+        yield
+    finally:
+        _loop.make_train_step, _loop.make_eval_step = original_train, original_eval
 
 
 def evaluate(state: training.TrainState, batches, mesh) -> float:
@@ -657,8 +710,8 @@ def run_sweep(cells: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
     from tqdm.auto import tqdm
     done = sum(is_done(cell_dir(workdir, c)) for c in cells)
     results = {}
-    with tqdm(total=len(cells), initial=done, desc=desc, unit="cell",
-              dynamic_ncols=True) as bar:
+    with reuse_compiled_steps(), tqdm(total=len(cells), initial=done, desc=desc,
+                                      unit="cell", dynamic_ncols=True) as bar:
         for cell in cells:
             finished = is_done(cell_dir(workdir, cell))
             bar.set_postfix_str(cell.name)

@@ -1,0 +1,43 @@
+"""Studies 1 and 2 end to end on a tiny config; a re-run skips finished cells."""
+
+import json
+import os
+from pathlib import Path
+
+from experiments import limited_data, noise_robustness
+
+
+def test_limited_data_then_noise_robustness(tiny, tmp_path):
+    config = tiny("limited_data_digits", methods="ce,logits+jacobian+ce",
+                  examples_per_class="5,all", noise_sigmas="0,0.5")
+    workdir = str(tmp_path)
+    summary = limited_data.run(config, workdir)
+
+    for name in ("results.json", "results.csv", "results.md", "accuracy_vs_examples.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    rows = summary["rows"]
+    assert len(rows) == 2 * 2 * 2  # methods x sizes x {last, best}
+    assert all(r["num_seeds"] == 1 and 0 <= r["mean"] <= 100 for r in rows)
+    assert all(r["paper"] is None for r in rows)  # digits is not the paper's setting
+    markdown = Path(workdir, "results.md").read_text()
+    assert "match activations + Jacobians + CE" in markdown and " ± " in markdown
+
+    # Resume: every cell is finished, so nothing trains again.
+    result = os.path.join(workdir, "cells", "ce", "n5", "seed0", "result.json")
+    before = os.path.getmtime(result)
+    again = limited_data.run(config, workdir)
+    assert os.path.getmtime(result) == before
+    assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in rows]
+
+    # Study 2 reuses study 1's students from the same work directory.
+    noise = noise_robustness.run(config, workdir)
+    assert os.path.getmtime(result) == before
+    assert {r["sigma"] for r in noise["rows"]} == {0.0, 0.5}
+    clean = [r for r in noise["rows"] if r["sigma"] == 0.0 and r["method"] == "ce"
+             and r["examples_per_class"] == 5]
+    last = [r for r in rows if r["method"] == "ce" and r["examples_per_class"] == 5
+            and r["checkpoint"] == "last"]
+    assert abs(clean[0]["mean"] - last[0]["mean"]) < 1e-6  # sigma 0 = the clean test set
+    results = json.loads(Path(workdir, "results.json").read_text())
+    assert set(results) == {"limited_data", "noise_robustness"}
+    assert os.path.getsize(os.path.join(workdir, "accuracy_vs_sigma.png")) > 0
