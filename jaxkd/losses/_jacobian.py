@@ -32,20 +32,15 @@ def safe_normalize(g: jax.Array, eps: float = DEFAULT_EPS) -> jax.Array:
     return g * jax.lax.rsqrt(jnp.sum(jnp.square(g), axis=-1, keepdims=True) + eps**2)
 
 
-def vjp_rows(fn: Fn, x: jax.Array, cotangents: jax.Array) -> jax.Array:
-    """Input gradients ``v^T J_fn(x)`` for a stack of cotangents, flattened per example.
+def like(stack: jax.Array, ref: jax.Array) -> jax.Array:
+    """``stack`` ``[n, *ref.shape]`` given ``ref``'s sharding type, values unchanged.
 
-    Args:
-      fn: pure function ``[B, ...] -> [B, ...out]`` that treats examples independently.
-      x: ``[B, ...]`` inputs.
-      cotangents: ``[n, B, ...out]`` cotangents (e.g. one-hot rows selecting outputs).
-
-    Returns:
-      ``[n, B, D]`` with ``D = prod(x.shape[1:])``.
+    Under an ``Explicit``-axis mesh (``jax.make_mesh``'s default) a VJP cotangent or JVP
+    tangent must carry the same sharding as the output or input it pairs with; probes
+    and one-hot rows built from shapes alone carry none. Adding zeros shaped like ``ref``
+    broadcasts its sharding onto the stack (a no-op without such a mesh).
     """
-    _, vjp = jax.vjp(fn, x)
-    (g,) = jax.vmap(vjp)(cotangents)
-    return g.reshape(g.shape[:2] + (-1,))
+    return stack + jnp.zeros_like(ref)[None]
 
 
 def _output_indices(teacher_out: jax.Array, labels, outputs: str, k: int) -> jax.Array:
@@ -152,7 +147,8 @@ def jacobian_matching_loss(student_fn: Fn,
         raise ValueError(f"`k` must be <= the number of classes K={num_classes}, got k={k}.")
 
     index = _output_indices(jax.lax.stop_gradient(teacher_out), labels, outputs, k)
-    cotangents = jax.nn.one_hot(index, num_classes, dtype=teacher_out.dtype)  # [n, B, K]
+    cotangents = like(jax.nn.one_hot(index, num_classes, dtype=teacher_out.dtype),
+                      teacher_out)  # [n, B, K]
     (g_t,) = jax.vmap(teacher_vjp)(cotangents)
     (g_s,) = jax.vmap(student_vjp)(cotangents.astype(student_out.dtype))
     g_t = jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,)))

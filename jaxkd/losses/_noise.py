@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses import _checks
 from jaxkd.losses._distillation import distillation_loss
-from jaxkd.losses._jacobian import jacobian_matching_loss
+from jaxkd.losses._jacobian import jacobian_matching_loss, like
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -104,8 +104,10 @@ def noisy_distillation_loss(student_fn: Fn,
     _checks.check_choice("kind", kind, NOISE_KINDS)
     _checks.check_positive("temperature", temperature)
     batch = x.shape[0]
-    noise = sigma * jax.random.normal(key, (num_samples,) + x.shape, dtype=x.dtype)
-    noisy = (x[None] + noise).reshape((num_samples * batch,) + x.shape[1:])
+    # Example-major layout [B, n, ...] -> [B * n, ...]: merging the batch axis with the
+    # sample axis behind it keeps a batch-sharded x sharded the same way.
+    noise = sigma * jax.random.normal(key, (batch, num_samples) + x.shape[1:], dtype=x.dtype)
+    noisy = (x[:, None] + noise).reshape((batch * num_samples,) + x.shape[1:])
     teacher_out = jax.lax.stop_gradient(teacher_fn(noisy))
     student_out = student_fn(noisy)
     _checks.check_network_outputs(noisy, student_out, teacher_out)
@@ -115,7 +117,7 @@ def noisy_distillation_loss(student_fn: Fn,
         per_sample = distillation_loss(student_out, teacher_out, temperature=temperature)
     else:
         per_sample = _soft_cross_entropy(student_out, teacher_out, temperature)
-    return jnp.mean(per_sample.reshape(num_samples, batch), axis=0)
+    return jnp.mean(per_sample.reshape(batch, num_samples), axis=1)
 
 
 def _soft_cross_entropy(student_logits, teacher_logits, temperature):
@@ -157,11 +159,10 @@ def weighted_laplacian(fn: Fn,
 
     if method == "exact":
         basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
-        return jnp.sum(jax.vmap(quadratic_form)(jnp.broadcast_to(basis, (dim,) + x.shape)),
-                       axis=0)
+        return jnp.sum(jax.vmap(quadratic_form)(like(basis, x)), axis=0)
     _checks.check_key("key", key)
     _checks.check_count("num_probes", num_probes)
-    u = jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype)
+    u = like(jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype), x)
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
@@ -288,8 +289,7 @@ def cross_entropy_noise_expansion(student_fn: Fn,
     s, s_vjp = jax.vjp(student_probs, x)
     _checks.check_network_outputs(x, s, t)
     num_classes = t.shape[-1]
-    basis = jnp.broadcast_to(jnp.eye(num_classes, dtype=t.dtype)[:, None, :],
-                             (num_classes,) + t.shape)  # [K, B, K]
+    basis = like(jnp.eye(num_classes, dtype=t.dtype)[:, None, :], t)  # [K, B, K]
     (grad_t,) = jax.vmap(t_vjp)(basis)
     (grad_s,) = jax.vmap(s_vjp)(basis.astype(s.dtype))
     grad_t = jax.lax.stop_gradient(grad_t.reshape((num_classes, x.shape[0], -1)))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses import _checks
+from jaxkd.losses._jacobian import like
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -116,7 +117,8 @@ def vjp_projection_loss(student_fn: Fn,
     teacher_out, teacher_vjp = jax.vjp(teacher_fn, x)
     student_out, student_vjp = jax.vjp(student_fn, x)
     _checks.check_network_outputs(x, student_out, teacher_out)
-    v = sample_probes(key, teacher_out.shape, num_probes, distribution, teacher_out.dtype)
+    v = like(sample_probes(key, teacher_out.shape, num_probes, distribution, teacher_out.dtype),
+             teacher_out)
     (g_t,) = jax.vmap(teacher_vjp)(v)
     (g_s,) = jax.vmap(student_vjp)(v.astype(student_out.dtype))
     diff = jax.lax.stop_gradient(g_t) - g_s
@@ -163,7 +165,7 @@ def jvp_projection_loss(student_fn: Fn,
     """
     x = jnp.asarray(x)
     _check_common(x, key, num_probes)
-    u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)
+    u = like(sample_probes(key, x.shape, num_probes, distribution, x.dtype), x)
     teacher_out, t_u = jax.vmap(lambda ui: jax.jvp(teacher_fn, (x,), (ui,)), out_axes=(None, 0))(u)
     student_out, s_u = jax.vmap(lambda ui: jax.jvp(student_fn, (x,), (ui,)), out_axes=(None, 0))(u)
     _checks.check_network_outputs(x, student_out, teacher_out)
