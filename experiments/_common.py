@@ -604,6 +604,11 @@ def fit(run_dir: str, *, student: nnx.Module, objective: training.Objective,
     if os.path.exists(result_path):
         return read_json(result_path)
     num_steps = train_cfg.num_steps
+    devices = mesh.shape[training.DATA_AXIS]
+    if train_cfg.batch_size % devices:
+        raise ConfigError(f"batch_size={train_cfg.batch_size} does not divide by the {devices} "
+                          f"devices of the data mesh; change the batch size or set "
+                          f"--config.num_devices.")
     every = max(1, num_steps // max(1, train_cfg.num_evals))
     val_batches = eval_batches(validation, train_cfg.eval_batch_size)
     t0 = time.perf_counter()

@@ -186,12 +186,19 @@ def _lines(ax, rows, *, x_key, xs, title, xlabel):
         if r["label"] not in labels:
             labels.append(r["label"])
     positions = {x: i for i, x in enumerate(xs)}
-    for label in labels:
+    import matplotlib
+    colors = matplotlib.colormaps["tab20"].colors
+    markers = "osD^v<>ph*"
+    for i, label in enumerate(labels):
         pts = [(positions[r[x_key]], r["mean"], r["std"]) for r in rows
                if r["label"] == label and r["num_seeds"] and r[x_key] in positions]
         if pts:
             x, m, e = zip(*sorted(pts))
-            ax.errorbar(x, m, yerr=e, marker="o", capsize=3, label=label)
+            teacher = label.startswith("teacher")
+            ax.errorbar(x, m, yerr=e, capsize=3, label=label,
+                        color="black" if teacher else colors[(2 * i) % 20 + (i // 10) % 2],
+                        marker="x" if teacher else markers[i % len(markers)],
+                        linestyle="--" if teacher else "-")
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -220,12 +227,17 @@ def _plot_noise(workdir, s):
     plt = _pyplot()
     ns = s["examples_per_class"]
     sigmas = list(dict.fromkeys(r["sigma"] for r in s["rows"]))
-    fig, axes = plt.subplots(1, len(ns), figsize=(5 * len(ns), 4.5), sharey=True,
+    cols = min(2, len(ns))
+    rows = -(-len(ns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), sharey=True,
                              squeeze=False)
-    for ax, n in zip(axes[0], ns):
+    for ax, n in zip(axes.flat, ns):
         _lines(ax, [r for r in s["rows"] if r["examples_per_class"] == n], x_key="sigma",
-               xs=sigmas, xlabel="noise sigma", title=f"{n} examples per class")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+               xs=sigmas, xlabel="noise sigma (pixels in [0, 1])",
+               title=f"{s['dataset']}: {n} examples per class")
+    for ax in list(axes.flat)[len(ns):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path = os.path.join(workdir, "accuracy_vs_sigma.png")
     fig.savefig(path, dpi=120)

@@ -40,8 +40,8 @@ def get_config() -> ConfigDict:
     c.teacher_seed = 0
     c.student = model_spec("small_cnn", width=16, hidden=(64,))
     c.student_tap_aliases = ""    # "ours:theirs,..." to pair differently named taps
-    c.train = train_config(num_steps=300, batch_size=20, learning_rate=3e-3)
-    c.finetune_train = train_config(num_steps=300, batch_size=20, learning_rate=1e-3)
+    c.train = train_config(num_steps=300, batch_size=24, learning_rate=3e-3)
+    c.finetune_train = train_config(num_steps=300, batch_size=24, learning_rate=3e-3)
     c.loss = loss_config(temperature=2.0, attention_layers=("block1", "block2"),
                          attention_jacobian_layer="block2")
     c.paper_table = ""            # "mit_indoor": show the paper's numbers beside ours
