@@ -719,7 +719,8 @@ def run_sweep(cells: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
                                       unit="cell", dynamic_ncols=True) as bar:
         for cell in cells:
             finished = is_done(cell_dir(workdir, cell))
-            bar.set_postfix_str(cell.name)
+            if not finished:
+                bar.set_postfix_str(cell.name)
             results[cell] = run(cell)
             if not finished:
                 bar.update(1)

@@ -64,11 +64,11 @@ def stats(values: Sequence[float]) -> dict[str, Any]:
             "values": values}
 
 
-def fmt(row: dict[str, Any]) -> str:
+def fmt(row: dict[str, Any], *, signed: bool = False) -> str:
     """``mean ± std`` (and ``(paper x)`` when the paper has this cell)."""
     if not row.get("num_seeds"):
         return "-"
-    text = f"{row['mean']:.1f} ± {row['std']:.1f}"
+    text = f"{row['mean']:{'+' if signed else ''}.1f} ± {row['std']:.1f}"
     if row.get("paper") is not None:
         text += f" (paper {row['paper']:.1f})"
     return text
@@ -79,7 +79,7 @@ def _col_name(value) -> str:
 
 
 def table(rows: Sequence[dict[str, Any]], *, col_key: str, col_title: str,
-          row_key: str = "label") -> str:
+          row_key: str = "label", signed: bool = False) -> str:
     """A markdown table: one line per ``row_key``, one column per ``col_key`` value."""
     labels, cols, cells = [], [], {}
     for r in rows:
@@ -92,7 +92,8 @@ def table(rows: Sequence[dict[str, Any]], *, col_key: str, col_title: str,
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for label in labels:
         lines.append(f"| {label} | " + " | ".join(
-            fmt(cells[(label, c)]) if (label, c) in cells else "-" for c in cols) + " |")
+            fmt(cells[(label, c)], signed=signed) if (label, c) in cells else "-"
+            for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -131,6 +132,14 @@ def _limited_data_md(s: dict[str, Any]) -> str:
         out += ["", f"### Test accuracy {title}", ""]
         out.append(table([r for r in s["rows"] if r["checkpoint"] == which],
                          col_key="examples_per_class", col_title="method \\ examples/class"))
+    gains = s.get("paired_gains") or []
+    if gains:
+        out += ["", "### Gain from the Jacobian term, paired by seed (last step)", "",
+                "Test accuracy of the first method minus the second, per seed (same subset, "
+                "same initial weights), in points: mean ± std over seeds.", ""]
+        out.append(table([r for r in gains if r["checkpoint"] == "last"],
+                         col_key="examples_per_class", col_title="comparison \\ examples/class",
+                         signed=True))
     return "\n".join(out)
 
 
@@ -293,15 +302,18 @@ def _json_safe(value):
     return value
 
 
-CSV_COLUMNS = ("study", "method", "label", "examples_per_class", "sigma", "checkpoint",
-               "mean", "std", "num_seeds", "paper", "values")
+CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma",
+               "checkpoint", "mean", "std", "num_seeds", "paper", "values")
 
 
 def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
     for study in STUDIES:
-        for r in results.get(study, {}).get("rows", []):
+        section = results.get(study, {})
+        tagged = [("accuracy", r) for r in section.get("rows", [])]
+        tagged += [("paired_gain", r) for r in section.get("paired_gains", [])]
+        for kind, r in tagged:
             row = {k: r.get(k, "") for k in CSV_COLUMNS}
-            row["study"] = study
+            row["study"], row["kind"] = study, kind
             row["values"] = " ".join(f"{v:.4g}" for v in r.get("values", []))
             row["paper"] = "" if r.get("paper") is None else r["paper"]
             yield row

@@ -103,7 +103,39 @@ def summarize(config: ConfigDict, results, teacher_result) -> dict[str, Any]:
         "dataset": config.dataset,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"],
         "rows": rows,
+        "paired_gains": paired_gains(config, results),
     }
+
+
+# (without, with) pairs whose per-seed difference isolates the Jacobian term.
+JACOBIAN_PAIRS = (("logits+ce", "logits+jacobian+ce"), ("logits", "logits+jacobian"),
+                  ("kd+ce", "kd+jacobian+ce"), ("kd+ce", "kd+vjp+ce"), ("kd+ce", "kd+jvp+ce"),
+                  ("logits+ce", "noisy+ce"))
+
+
+def paired_gains(config: ConfigDict, results) -> list[dict[str, Any]]:
+    """Accuracy of ``with`` minus ``without``, per seed (same data, same initialisation).
+
+    Seeds share the subset and the student's initial weights across methods, so the
+    per-seed difference removes most of the seed-to-seed spread of either method.
+    """
+    by_key = {(c.method, c.examples_per_class, c.seed): r for c, r in results.items()}
+    rows = []
+    for without, with_ in JACOBIAN_PAIRS:
+        if without not in config.methods or with_ not in config.methods:
+            continue
+        for n in _common.examples_per_class(config):
+            for which in ("last", "best"):
+                diffs = [100.0 * (by_key[(with_, n, s)][which]["test"]
+                                  - by_key[(without, n, s)][which]["test"])
+                         for s in _common.seeds(config)
+                         if (with_, n, s) in by_key and (without, n, s) in by_key]
+                rows.append({"method": f"{with_} - {without}",
+                             "label": f"{_common.method_label(with_)} vs "
+                                      f"{_common.method_label(without)}",
+                             "examples_per_class": n, "checkpoint": which,
+                             **_report.stats(diffs)})
+    return rows
 
 
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from experiments import limited_data, noise_robustness
 
 
 def test_limited_data_then_noise_robustness(tiny, tmp_path):
-    config = tiny("limited_data_digits", methods="ce,logits+jacobian+ce",
+    config = tiny("limited_data_digits", methods="logits+ce,logits+jacobian+ce",
                   examples_per_class="5,all", noise_sigmas="0,0.5")
     workdir = str(tmp_path)
     summary = limited_data.run(config, workdir)
@@ -21,9 +21,19 @@ def test_limited_data_then_noise_robustness(tiny, tmp_path):
     assert all(r["paper"] is None for r in rows)  # digits is not the paper's setting
     markdown = Path(workdir, "results.md").read_text()
     assert "match activations + Jacobians + CE" in markdown and " ± " in markdown
+    # The paired (same seed) gain of adding the Jacobian term, per size and checkpoint.
+    gains = summary["paired_gains"]
+    assert len(gains) == 2 * 2 and "Gain from the Jacobian term" in markdown
+    with_j = {(r["examples_per_class"], r["checkpoint"]): r["mean"] for r in rows
+              if r["method"] == "logits+jacobian+ce"}
+    without = {(r["examples_per_class"], r["checkpoint"]): r["mean"] for r in rows
+               if r["method"] == "logits+ce"}
+    for g in gains:
+        key = (g["examples_per_class"], g["checkpoint"])
+        assert abs(g["mean"] - (with_j[key] - without[key])) < 1e-9
 
     # Resume: every cell is finished, so nothing trains again.
-    result = os.path.join(workdir, "cells", "ce", "n5", "seed0", "result.json")
+    result = os.path.join(workdir, "cells", "logits-ce", "n5", "seed0", "result.json")
     before = os.path.getmtime(result)
     again = limited_data.run(config, workdir)
     assert os.path.getmtime(result) == before
@@ -33,9 +43,9 @@ def test_limited_data_then_noise_robustness(tiny, tmp_path):
     noise = noise_robustness.run(config, workdir)
     assert os.path.getmtime(result) == before
     assert {r["sigma"] for r in noise["rows"]} == {0.0, 0.5}
-    clean = [r for r in noise["rows"] if r["sigma"] == 0.0 and r["method"] == "ce"
+    clean = [r for r in noise["rows"] if r["sigma"] == 0.0 and r["method"] == "logits+ce"
              and r["examples_per_class"] == 5]
-    last = [r for r in rows if r["method"] == "ce" and r["examples_per_class"] == 5
+    last = [r for r in rows if r["method"] == "logits+ce" and r["examples_per_class"] == 5
             and r["checkpoint"] == "last"]
     assert abs(clean[0]["mean"] - last[0]["mean"]) < 1e-6  # sigma 0 = the clean test set
     results = json.loads(Path(workdir, "results.json").read_text())
