@@ -1,0 +1,226 @@
+"""PyTorch eager reference steps, for the JAX/PyTorch side-by-side of ``step_cost``.
+
+The networks mirror :mod:`jaxkd.models` layer for layer (same plans, widths, BatchNorm
+placement, pooling; not the same initial weights, which do not change the cost), and each
+step does what the jaxkd train step does for the same objective:
+
+* student forward in train mode, cross-entropy (+ Hinton KD with the teacher's logits,
+  the teacher in eval mode under ``no_grad``);
+* Jacobian terms on the student in eval mode (running statistics), as jaxkd's
+  ``student_fn``; for a network without BatchNorm (SmallCNN) train and eval mode are the
+  same function and the one forward serves both, as a PyTorch user would write it;
+* exact Jacobian matching: ``torch.autograd.grad(..., create_graph=True)`` for the
+  student (double backward), plain ``autograd.grad`` for the teacher (a constant);
+  all-output matching loops over the K outputs;
+* VJP projection: one ``autograd.grad(create_graph=True)`` per probe;
+* JVP projection: forward-mode AD (``torch.autograd.forward_ad`` dual tensors), then
+  ``backward`` through the tangent computation (reverse-over-forward);
+* noisy distillation: all noisy copies as one batch, squared error of the logits;
+* one SGD (momentum 0.9) update.
+
+torch is imported lazily: install the ``torch`` extra (``pip install jaxkd[torch]``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def available() -> bool:
+    """Whether torch can be imported."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def _nets():
+    import torch
+    from torch import nn
+
+    class SmallCNN(nn.Module):
+        def __init__(self, cin, k, width=32, hidden=128):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, width, 3, padding=1)
+            self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+            self.dense = nn.Linear(2 * width, hidden)
+            self.head = nn.Linear(hidden, k)
+
+        def forward(self, x):
+            h = torch.relu(self.conv1(x))
+            h = _pool(h)
+            h = torch.relu(self.conv2(h))
+            h = _pool(h).mean(dim=(2, 3))
+            return self.head(torch.relu(self.dense(h)))
+
+    def _pool(h):
+        if h.shape[2] < 4 or h.shape[3] < 4:
+            return h
+        return nn.functional.max_pool2d(h, 2, 2)
+
+    class ConvBN(nn.Sequential):
+        def __init__(self, cin, cout):
+            super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1), nn.ReLU())
+
+    class VGG(nn.Module):
+        def __init__(self, cin, k, plan, width):
+            super().__init__()
+            blocks, c = [], cin
+            for block in plan:
+                layers = []
+                for mult in block:
+                    layers.append(ConvBN(c, mult * width))
+                    c = mult * width
+                blocks.append(nn.Sequential(*layers))
+            self.blocks = nn.ModuleList(blocks)
+            self.head = nn.Linear(c, k)
+
+        def forward(self, x):
+            h = x
+            for i, block in enumerate(self.blocks):
+                if i > 0:
+                    h = _pool(h)
+                h = block(h)
+            return self.head(h.mean(dim=(2, 3)))
+
+    class PreAct(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.bn1 = nn.BatchNorm2d(cin)
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                             if (cin != cout or stride != 1) else None)
+
+        def forward(self, x):
+            a = torch.relu(self.bn1(x))
+            skip = x if self.shortcut is None else self.shortcut(a)
+            h = self.conv2(torch.relu(self.bn2(self.conv1(a))))
+            return h + skip
+
+    class WRN(nn.Module):
+        def __init__(self, depth, widen, cin, k, base=16):
+            super().__init__()
+            n = (depth - 4) // 6
+            self.stem = nn.Conv2d(cin, base, 3, padding=1, bias=False)
+            blocks, c = [], base
+            for g, stride in enumerate((1, 2, 2)):
+                cout = base * widen * 2**g
+                for b in range(n):
+                    blocks.append(PreAct(c, cout, stride if b == 0 else 1))
+                    c = cout
+            self.blocks = nn.Sequential(*blocks)
+            self.bn = nn.BatchNorm2d(c)
+            self.head = nn.Linear(c, k)
+
+        def forward(self, x):
+            h = self.blocks(self.stem(x))
+            return self.head(torch.relu(self.bn(h)).mean(dim=(2, 3)))
+
+    return SmallCNN, VGG, WRN
+
+
+def build(spec: dict, in_channels: int, num_classes: int):
+    """A torch network from a ``step_cost`` model spec ``{"kind": ..., ...}``."""
+    SmallCNN, VGG, WRN = _nets()
+    kind = spec["kind"]
+    if kind == "cnn":
+        return SmallCNN(in_channels, num_classes, width=spec["width"])
+    if kind == "vgg":
+        return VGG(in_channels, num_classes, spec["plan"], spec["width"])
+    if kind == "wrn":
+        return WRN(spec["depth"], spec["widen"], in_channels, num_classes)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
+              image_size: int, num_classes: int, *, seed: int = 0):
+    """Returns ``step()`` running one PyTorch training step of ``mode`` on a fixed batch.
+
+    ``mode`` is a ``step_cost`` mode description: ``{"kd": bool, "term": None | "jm_top1"
+    | "jm_all" | "vjp" | "jvp" | "noisy", "k": int}``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.autograd import forward_ad as fwad
+
+    torch.manual_seed(seed)
+    student = build(student_spec, 3, num_classes)
+    teacher = build(teacher_spec, 3, num_classes).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
+    # NCHW, PyTorch's native (and fastest on CPU) layout.
+    x = torch.randn(batch, 3, image_size, image_size)
+    y = torch.randint(0, num_classes, (batch,))
+    term, k, temperature, sigma = mode["term"], mode.get("k", 1), 4.0, 0.1
+
+    def eval_student(inp):
+        student.eval()
+        try:
+            return student(inp)
+        finally:
+            student.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        student.train()
+        need_x_grad = term in ("jm_top1", "jm_all", "vjp")
+        xin = x.detach().requires_grad_(need_x_grad)
+        with torch.no_grad():
+            t_logits = teacher(x) if mode["kd"] or term is not None else None
+        s_logits = student(xin)
+        loss = F.cross_entropy(s_logits, y)
+        if mode["kd"]:
+            loss = loss + temperature**2 * F.kl_div(
+                F.log_softmax(s_logits / temperature, -1),
+                F.log_softmax(t_logits / temperature, -1), log_target=True,
+                reduction="batchmean")
+        if term in ("jm_top1", "jm_all", "vjp"):
+            s_out = s_logits if not has_bn else eval_student(xin)
+            xt = x.detach().requires_grad_(True)
+            t_out = teacher(xt)
+            if term == "jm_top1":
+                idx = t_out.detach().argmax(-1, keepdim=True)
+                cots = [F.one_hot(idx[:, 0], num_classes).to(x.dtype)]
+            elif term == "jm_all":
+                cots = [F.one_hot(torch.full((batch,), i), num_classes).to(x.dtype)
+                        for i in range(num_classes)]
+            else:
+                cots = [torch.randint(0, 2, (batch, num_classes)).to(x.dtype) * 2 - 1
+                        for _ in range(k)]
+            total = 0.0
+            for j, v in enumerate(cots):
+                last = j == len(cots) - 1
+                (g_t,) = torch.autograd.grad(t_out, xt, v, retain_graph=not last)
+                (g_s,) = torch.autograd.grad(s_out, xin, v, create_graph=True)
+                g_t, g_s = g_t.flatten(1), g_s.flatten(1)
+                if term == "jm_top1":
+                    g_t = g_t / torch.sqrt((g_t**2).sum(-1, keepdim=True) + 1e-12)
+                    g_s = g_s / torch.sqrt((g_s**2).sum(-1, keepdim=True) + 1e-12)
+                total = total + ((g_t - g_s)**2).sum(-1)
+            if term == "vjp":
+                total = total / k
+            loss = loss + total.mean()
+        elif term == "jvp":
+            total = 0.0
+            for _ in range(k):
+                u = torch.randint(0, 2, x.shape).to(x.dtype) * 2 - 1
+                with fwad.dual_level():
+                    with torch.no_grad():
+                        t_u = fwad.unpack_dual(teacher(fwad.make_dual(x, u))).tangent
+                    s_u = fwad.unpack_dual(eval_student(fwad.make_dual(x, u))).tangent
+                total = total + ((t_u - s_u)**2).sum(-1)
+            loss = loss + (total / k).mean()
+        elif term == "noisy":
+            noisy = (x[None] + sigma * torch.randn((k,) + x.shape)).reshape(
+                (k * batch,) + x.shape[1:])
+            with torch.no_grad():
+                t_noisy = teacher(noisy)
+            s_noisy = eval_student(noisy)
+            loss = loss + ((t_noisy - s_noisy)**2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step

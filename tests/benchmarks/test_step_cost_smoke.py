@@ -1,0 +1,37 @@
+"""Smoke test of ``python -m benchmarks.step_cost``: it runs and writes its three outputs.
+
+Tiny mode (SmallCNN of width 4 on 8x8 inputs, batch 4, two modes, two rounds): a few
+seconds. Timings are reported by the benchmark, never asserted here (a shared CPU makes
+them noise); only the structure of the results is checked.
+"""
+
+import json
+
+from benchmarks import _torch_reference, step_cost
+
+
+def test_quick_run_writes_json_markdown_and_plot(tmp_path):
+    # The PyTorch side-by-side runs when torch is installed, and is skipped otherwise.
+    with_torch = _torch_reference.available()
+    args = ["--quick", "--modes", "kd,jm_top1", "--rounds", "2", "--warmup", "1",
+            "--out", str(tmp_path), "--silent", "--torch" if with_torch else "--no-torch"]
+    result = step_cost.main(args)
+
+    rows = result["rows"]
+    assert [r["mode"] for r in rows] == ["kd", "jm_top1"]
+    for row in rows:
+        assert row["time_s"] > 0 and row["flops"] > 0 and row["peak_bytes"] > 0
+        assert len(row["times_s"]) == 2
+        assert {"time_ratio_kd", "flop_ratio_kd", "peak_ratio_kd"} <= set(row)
+        assert ("jax_over_torch" in row) == with_torch
+    kd = rows[0]
+    assert kd["time_ratio_kd"] == 1.0 and kd["flop_ratio_kd"] == 1.0
+    # Jacobian matching does strictly more work than KD (a FLOP count, not a timing).
+    assert rows[1]["flop_ratio_kd"] > 1.0
+
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    assert {"date", "jax", "processor", "command"} <= set(saved["environment"])
+    table = (tmp_path / "step_cost.md").read_text()
+    assert "| jm_top1 |" in table
+    assert (tmp_path / "step_cost.png").stat().st_size > 0
