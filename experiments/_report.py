@@ -64,6 +64,42 @@ def stats(values: Sequence[float]) -> dict[str, Any]:
             "values": values}
 
 
+def paired_gains(results, pairs, *, methods, sizes, seeds, label) -> list[dict[str, Any]]:
+    """Test accuracy of ``with`` minus ``without`` per seed, as stats rows (points).
+
+    ``results`` maps cells (``.method``, ``.examples_per_class``, ``.seed``) to their
+    result dicts. Seeds share the subset and the student's initial weights across
+    methods, so the per-seed difference removes most of the seed-to-seed spread.
+    """
+    by_key = {(c.method, c.examples_per_class, c.seed): r for c, r in results.items()}
+    rows = []
+    for without, with_ in pairs:
+        if without not in methods or with_ not in methods:
+            continue
+        for n in sizes:
+            for which in ("last", "best"):
+                diffs = [100.0 * (by_key[(with_, n, s)][which]["test"]
+                                  - by_key[(without, n, s)][which]["test"])
+                         for s in seeds if (with_, n, s) in by_key and (without, n, s) in by_key]
+                rows.append({"method": f"{with_} - {without}",
+                             "label": f"{label(with_)} vs {label(without)}",
+                             "examples_per_class": n, "checkpoint": which, **stats(diffs)})
+    return rows
+
+
+def _gains_md(s: dict[str, Any], title: str) -> list[str]:
+    gains = s.get("paired_gains") or []
+    if not gains:
+        return []
+    out = ["", f"### {title}, paired by seed (last step)", "",
+           "Test accuracy of the first method minus the second, per seed (same subset, "
+           "same initial weights), in points: mean ± std over seeds.", ""]
+    out.append(table([r for r in gains if r["checkpoint"] == "last"],
+                     col_key="examples_per_class", col_title="comparison \\ examples/class",
+                     signed=True))
+    return out
+
+
 def fmt(row: dict[str, Any], *, signed: bool = False) -> str:
     """``mean ± std`` (and ``(paper x)`` when the paper has this cell)."""
     if not row.get("num_seeds"):
@@ -108,7 +144,8 @@ def _header(summary: dict[str, Any]) -> list[str]:
         lines.append(f"Command: `{summary['command']}`")
     if "wall_seconds" in summary:
         lines.append(f"Wall time of the last invocation: {summary['wall_seconds']:.0f} s "
-                     f"(finished cells are skipped on a re-run).")
+                     f"(finished cells are skipped on a re-run); training time summed over "
+                     f"all cells and the teacher: {summary.get('train_seconds', 0):.0f} s.")
     if v:
         lines.append(f"Versions: Python {v.get('python')}, jax {v.get('jax')}, flax "
                      f"{v.get('flax')}, optax {v.get('optax')}; backend {v.get('backend')} "
@@ -132,14 +169,7 @@ def _limited_data_md(s: dict[str, Any]) -> str:
         out += ["", f"### Test accuracy {title}", ""]
         out.append(table([r for r in s["rows"] if r["checkpoint"] == which],
                          col_key="examples_per_class", col_title="method \\ examples/class"))
-    gains = s.get("paired_gains") or []
-    if gains:
-        out += ["", "### Gain from the Jacobian term, paired by seed (last step)", "",
-                "Test accuracy of the first method minus the second, per seed (same subset, "
-                "same initial weights), in points: mean ± std over seeds.", ""]
-        out.append(table([r for r in gains if r["checkpoint"] == "last"],
-                         col_key="examples_per_class", col_title="comparison \\ examples/class",
-                         signed=True))
+    out += _gains_md(s, "Gain from the Jacobian term")
     return "\n".join(out)
 
 
@@ -171,6 +201,7 @@ def _transfer_md(s: dict[str, Any]) -> str:
         out += ["", f"### Target test accuracy {title}", ""]
         out.append(table([r for r in s["rows"] if r["checkpoint"] == which],
                          col_key="examples_per_class", col_title="method \\ examples/class"))
+    out += _gains_md(s, "Gain from each added term")
     return "\n".join(out)
 
 

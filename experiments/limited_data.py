@@ -114,28 +114,10 @@ JACOBIAN_PAIRS = (("logits+ce", "logits+jacobian+ce"), ("logits", "logits+jacobi
 
 
 def paired_gains(config: ConfigDict, results) -> list[dict[str, Any]]:
-    """Accuracy of ``with`` minus ``without``, per seed (same data, same initialisation).
-
-    Seeds share the subset and the student's initial weights across methods, so the
-    per-seed difference removes most of the seed-to-seed spread of either method.
-    """
-    by_key = {(c.method, c.examples_per_class, c.seed): r for c, r in results.items()}
-    rows = []
-    for without, with_ in JACOBIAN_PAIRS:
-        if without not in config.methods or with_ not in config.methods:
-            continue
-        for n in _common.examples_per_class(config):
-            for which in ("last", "best"):
-                diffs = [100.0 * (by_key[(with_, n, s)][which]["test"]
-                                  - by_key[(without, n, s)][which]["test"])
-                         for s in _common.seeds(config)
-                         if (with_, n, s) in by_key and (without, n, s) in by_key]
-                rows.append({"method": f"{with_} - {without}",
-                             "label": f"{_common.method_label(with_)} vs "
-                                      f"{_common.method_label(without)}",
-                             "examples_per_class": n, "checkpoint": which,
-                             **_report.stats(diffs)})
-    return rows
+    """Per-seed accuracy differences of the :data:`JACOBIAN_PAIRS` (see ``_report``)."""
+    return _report.paired_gains(results, JACOBIAN_PAIRS, methods=config.methods,
+                                sizes=_common.examples_per_class(config),
+                                seeds=_common.seeds(config), label=_common.method_label)
 
 
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
@@ -144,6 +126,8 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     results, teacher_result, _ = sweep(config, workdir)
     summary = summarize(config, results, teacher_result)
     summary["wall_seconds"] = time.perf_counter() - t0
+    summary["train_seconds"] = teacher_result["seconds"] + sum(r["seconds"]
+                                                               for r in results.values())
     summary["config"] = _common.config_json(config)
     summary["versions"] = _common.versions()
     if command:

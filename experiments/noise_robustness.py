@@ -127,7 +127,9 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     summary = {
         "dataset": config.dataset, "examples_per_class": sizes, "sigmas": sigmas,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
-        "wall_seconds": time.perf_counter() - t0, "config": _common.config_json(config),
+        "wall_seconds": time.perf_counter() - t0,
+        "train_seconds": teacher_result["seconds"] + sum(r["seconds"] for r in results.values()),
+        "config": _common.config_json(config),
         "versions": _common.versions(),
     }
     if command:

@@ -50,6 +50,9 @@ LABELS = {
     "lwf+attention+attention_jacobian": "LwF + attention + Jacobians (attention Jacobians)",
 }
 LWF_TERMS = ("lwf", "jacobian", "attention", "attention_jacobian")
+# (without, with) pairs whose per-seed difference isolates one added term.
+GAIN_PAIRS = (("no_transfer", "lwf"), ("lwf", "lwf+jacobian"), ("lwf", "lwf+attention"),
+              ("lwf+attention", "lwf+attention+attention_jacobian"))
 
 
 class LwFStudent(models.Classifier):
@@ -197,6 +200,10 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     mesh = _common.setup(workdir, config)
     source, target = prepare(config)
     teacher_split, teacher_result = teacher(config, workdir, source, mesh)
+    if config.teacher_only:
+        print(f"teacher: source test accuracy {100 * teacher_result['last']['test']:.2f} % "
+              f"({config.teacher_dir or os.path.join(workdir, 'teacher')})")
+        return {"teacher": teacher_result}
     objectives = {m: build_objective(m, config.loss) for m in config.methods}
     splits = target.splits
 
@@ -227,12 +234,19 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
                     "examples_per_class": n, "checkpoint": which,
                     **_report.stats([100.0 * r[which]["test"] for r in runs]),
                     "paper": _report.paper_transfer(config.paper_table, method, n)})
+    gains = _report.paired_gains(
+        results, GAIN_PAIRS, methods=config.methods,
+        sizes=_common.examples_per_class(config), seeds=_common.seeds(config),
+        label=lambda m: LABELS.get(m, m))
     summary = {
+        "paired_gains": gains,
         "source": f"{config.source_dataset} classes {list(config.source_classes) or 'all'}",
         "target": f"{config.target_dataset} classes {list(config.target_classes) or 'all'}",
         "teacher_model": config.teacher.name, "student_model": config.student.name,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
-        "wall_seconds": time.perf_counter() - t0, "config": _common.config_json(config),
+        "wall_seconds": time.perf_counter() - t0,
+        "train_seconds": teacher_result["seconds"] + sum(r["seconds"] for r in results.values()),
+        "config": _common.config_json(config),
         "versions": _common.versions(),
     }
     if command:

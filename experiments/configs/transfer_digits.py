@@ -38,6 +38,7 @@ def get_config() -> ConfigDict:
     c.teacher_dir = ""            # a trained teacher's run directory ('' = train one in <workdir>/teacher)
     c.teacher_train = train_config(num_steps=600, batch_size=64, learning_rate=3e-3)
     c.teacher_seed = 0
+    c.teacher_only = False        # train (or check) the teacher, then stop
     c.student = model_spec("small_cnn", width=16, hidden=(64,))
     c.student_tap_aliases = ""    # "ours:theirs,..." to pair differently named taps
     c.train = train_config(num_steps=300, batch_size=24, learning_rate=3e-3)

@@ -20,7 +20,11 @@ def test_transfer_every_loss_term(tiny, tmp_path):
                      # Small networks compile faster; the roles stay the same.
                      "teacher.name": "small_cnn", "teacher.width": "4", "teacher.hidden": "8",
                      "student.width": "4", "student.hidden": "8"})
-    summary = transfer.run(config, str(tmp_path))
+    _common.apply_override(config, "teacher_only", "true")
+    only = transfer.run(config, str(tmp_path))  # trains the teacher and stops
+    assert set(only) == {"teacher"} and not os.path.exists(tmp_path / "cells")
+    _common.apply_override(config, "teacher_only", "false")
+    summary = transfer.run(config, str(tmp_path))  # reuses the cached teacher
     labels = {r["label"] for r in summary["rows"]}
     assert labels == {transfer.LABELS[m] for m in methods.split(",")}
     assert all(0 <= r["mean"] <= 100 for r in summary["rows"])
