@@ -287,7 +287,8 @@ def _plot_noise(workdir, s):
 
 def _plot_transfer(workdir, s):
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    lows = [r["mean"] - r["std"] for r in s["rows"] if r["num_seeds"]]
     for ax, which in zip(axes, ("last", "best")):
         rows = [r for r in s["rows"] if r["checkpoint"] == which]
         labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -305,8 +306,11 @@ def _plot_transfer(workdir, s):
         ax.set_title(f"transfer, {which} step" + (" (by validation)" if which == "best"
                                                   else ""))
         ax.grid(alpha=0.3, axis="y")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    if lows:  # start the axis near the data: the differences are a few points
+        axes[0].set_ylim(bottom=max(0.0, 5.0 * math.floor((min(lows) - 5.0) / 5.0)))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = os.path.join(workdir, "transfer_accuracy.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
