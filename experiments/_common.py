@@ -10,9 +10,9 @@
   on the test split. ``result.json`` marks a finished cell; a re-run skips it, and a
   cell killed midway resumes from its last checkpoint (``train`` does that).
 * Compile once per method: every cell of a method has the same shapes (a fixed batch
-  size and number of steps, whatever the subset size), and the JAX persistent
-  compilation cache (``<workdir>/jax_cache``) turns the step that ``train`` builds for
-  each cell into a cache hit after the first cell of that method.
+  size and number of steps, whatever the subset size), the sweep reuses the jitted step
+  of the method's first cell (:func:`reuse_compiled_steps`), and the JAX persistent
+  compilation cache (``<workdir>/jax_cache``) keeps compiled programs across runs.
 """
 
 from __future__ import annotations
