@@ -39,6 +39,15 @@ def test_limited_data_then_noise_robustness(tiny, tmp_path):
     assert os.path.getmtime(result) == before
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in rows]
 
+    # A cell killed after its last checkpoint but before result.json: the re-run
+    # restores the checkpoint (no training) and reports the same numbers.
+    first = json.loads(Path(result).read_text())
+    os.remove(result)
+    limited_data.run(config, workdir)
+    second = json.loads(Path(result).read_text())
+    assert second["last"] == first["last"] and second["best"] == first["best"]
+    before = os.path.getmtime(result)
+
     # Study 2 reuses study 1's students from the same work directory.
     noise = noise_robustness.run(config, workdir)
     assert os.path.getmtime(result) == before
