@@ -10,15 +10,15 @@
   on the test split. ``result.json`` marks a finished cell; a re-run skips it, and a
   cell killed midway resumes from its last checkpoint (``train`` does that).
 * Compile once per method: every cell of a method has the same shapes (a fixed batch
-  size and number of steps, whatever the subset size), the sweep reuses the jitted step
-  of the method's first cell (:func:`reuse_compiled_steps`), and the JAX persistent
+  size and number of steps, whatever the subset size) and the same objective and
+  optimizer objects, so :func:`jaxkd.training.make_train_step`'s cache hands every cell
+  the method's first compiled step; the JAX persistent
   compilation cache (``<workdir>/jax_cache``) keeps compiled programs across runs.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -489,7 +489,7 @@ def build_optimizer(config: ConfigDict) -> optax.GradientTransformation:
     """AdamW or SGD with momentum, cosine-decayed over ``num_steps`` (optional warmup).
 
     Equal configs give the same (cached) transformation object, so that cells trained
-    with it can share one compiled step (:func:`reuse_compiled_steps`).
+    with it share one compiled step (``make_train_step`` caches on the objects).
     """
     return _build_optimizer(config.to_json(sort_keys=True))
 
@@ -518,46 +518,6 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh:
 @functools.lru_cache(maxsize=None)
 def _eval_step(mesh: jax.sharding.Mesh):
     return training.make_eval_step(mesh)
-
-
-@contextlib.contextmanager
-def reuse_compiled_steps():
-    """While active, :func:`jaxkd.training.train` reuses the jitted steps of earlier cells.
-
-    ``train`` builds a new ``jax.jit`` step on every call, so each cell of a sweep would
-    trace, lower and compile its step again (0.5-3 s per cell on a CPU, most of a digits
-    cell). Cells of one method share the objective, optimizer, mesh and teacher objects
-    and the shapes, so their step is the same program: this adapter memoises the step
-    builders that ``train`` calls (keyed on those objects' identities; the cache keeps
-    them alive) for the duration of the ``with`` block. Without it everything still
-    works, only slower (the persistent compilation cache then saves the XLA compile).
-    """
-    from jaxkd.training import _loop
-    names = ("make_train_step", "make_eval_step")
-    if not all(hasattr(_loop, n) for n in names):
-        yield
-        return
-    original_train, original_eval = _loop.make_train_step, _loop.make_eval_step
-    cache: dict[tuple, tuple] = {}
-
-    def make_train_step(objective, optimizer, mesh=None, *, teacher=None):
-        key = ("train", id(objective), id(optimizer), mesh, id(teacher))
-        if key not in cache:
-            step = original_train(objective, optimizer, mesh, teacher=teacher)
-            cache[key] = (step, objective, optimizer, teacher)
-        return cache[key][0]
-
-    def make_eval_step(mesh=None):
-        key = ("eval", mesh)
-        if key not in cache:
-            cache[key] = (original_eval(mesh),)
-        return cache[key][0]
-
-    _loop.make_train_step, _loop.make_eval_step = make_train_step, make_eval_step
-    try:
-        yield
-    finally:
-        _loop.make_train_step, _loop.make_eval_step = original_train, original_eval
 
 
 def evaluate(state: training.TrainState, batches, mesh) -> float:
@@ -715,8 +675,8 @@ def run_sweep(cells: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
     from tqdm.auto import tqdm
     done = sum(is_done(cell_dir(workdir, c)) for c in cells)
     results = {}
-    with reuse_compiled_steps(), tqdm(total=len(cells), initial=done, desc=desc,
-                                      unit="cell", dynamic_ncols=True) as bar:
+    with tqdm(total=len(cells), initial=done, desc=desc, unit="cell",
+              dynamic_ncols=True) as bar:
         for cell in cells:
             finished = is_done(cell_dir(workdir, cell))
             if not finished:

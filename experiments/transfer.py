@@ -170,8 +170,7 @@ def make_student(config: ConfigDict, source, target, method: str, seed: int,
         if teacher is not None:  # None: a template for restoring a checkpoint
             trained = models.merge(*teacher)
             body = nnx.state(trained, nnx.Not(nnx.PathContains("head")))
-            # Copies: train() donates the student's arrays, which must not be the teacher's.
-            nnx.update(model, jax.tree.map(jnp.copy, body))
+            nnx.update(model, body)  # train() copies the arrays it donates
         return model
     backbone = _common.build_model(config.student, image_shape=target.image_shape,
                                    num_classes=target.num_classes + source.num_classes,

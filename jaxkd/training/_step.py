@@ -54,9 +54,12 @@ def init_train_state(student: nnx.Module, optimizer: optax.GradientTransformatio
                      key: jax.Array) -> TrainState:
     """A step-0 state for ``student`` (its current parameters) and ``optimizer``.
 
-    ``key`` is a typed PRNG key (``jax.random.key(seed)``).
+    ``key`` is a typed PRNG key (``jax.random.key(seed)``). The state owns copies of the
+    student's arrays: the train step donates its state, and donating arrays shared with
+    ``student`` (or with a teacher it was copied from) would delete them under the caller.
     """
     graphdef, params, rest = models.split(student)
+    params, rest = jax.tree.map(jnp.copy, (params, rest))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
                       opt_state=optimizer.init(params), key=key, graphdef=graphdef)
 

@@ -202,3 +202,28 @@ def test_initialize_distributed_is_guarded(monkeypatch):
     assert training.initialize_distributed() is True and calls == [{}]
     monkeypatch.delenv("SLURM_NTASKS")
     assert training.initialize_distributed(force=True) is True and len(calls) == 2
+
+
+def test_train_leaves_the_callers_arrays_usable(tmp_path):
+    """The step donates its state; the state must own copies of the student's arrays.
+
+    Fine-tuning a student initialised from a trained teacher (same arrays, already on the
+    mesh, so ``device_put`` does not copy them) must not delete the teacher's arrays.
+    """
+    x, y = h.images(64)
+    mesh = training.data_mesh(1)
+
+    def run(student, objective, workdir, teacher=None):
+        return training.train(student, objective, OPTIMIZER, h.ArrayIterator(x, y),
+                              workdir=workdir, num_steps=2, mesh=mesh, teacher=teacher,
+                              progress=False, tensorboard=False)
+
+    teacher = run(h.student(), training.Objective(training.cross_entropy()),
+                  tmp_path / "teacher").state.model()
+    before = jax.tree.map(np.asarray, nnx.state(teacher, nnx.Param))
+    student = models.merge(*models.split(teacher))  # shares the teacher's arrays
+    run(student, training.Objective(training.cross_entropy(), training.distillation()),
+        tmp_path / "student", teacher=teacher)
+    for module in (teacher, student):  # raises "Array has been deleted" without the copy
+        after = jax.tree.map(np.asarray, nnx.state(module, nnx.Param))
+        jax.tree.map(np.testing.assert_array_equal, before, after)
