@@ -10,8 +10,9 @@ What one figure is. For each model pair and batch size, every mode's real jaxkd 
 (``jaxkd.training.make_train_step``: student train-mode forward, an ``Objective`` of
 cross-entropy + Hinton KD + the term under test, optax SGD with momentum, state donated) is
 compiled once (``lower().compile()``, timed apart), warmed up, and then the modes (and the
-PyTorch eager steps) are run *interleaved*: round after round, every step once, so that the
-noise of a shared machine hits all of them alike. A mode's time is the median over rounds;
+PyTorch eager steps) are run *interleaved*: round after round, every step once in a fresh
+random order after a short pause, so that the noise of a shared machine hits all of them
+alike. A mode's time is the median over rounds;
 its ratio to KD is the median over rounds of ``time / time_of_KD_in_that_round``; the
 JAX/PyTorch ratio likewise pairs the two steps of the same round.
 
@@ -34,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -44,7 +46,8 @@ MODES: dict[str, dict] = {
     "ce": dict(kd=False, term=None),
     "kd": dict(kd=True, term=None),
     "jm_top1": dict(kd=True, term="jm_top1"),
-    "jm_top1_fast": dict(kd=True, term="jm_top1_fast"),
+    # Experiment (not the library's loss): reverse-over-forward parameter gradient.
+    "jm_top1_rof": dict(kd=True, term="jm_top1_rof"),
     "jm_all": dict(kd=True, term="jm_all"),
     "vjp_k1": dict(kd=True, term="vjp", k=1),
     "vjp_k4": dict(kd=True, term="vjp", k=4),
@@ -98,8 +101,8 @@ def objective_for(mode: dict):
     term, k = mode["term"], mode.get("k", 1)
     if term == "jm_top1":
         terms.append(training.jacobian_matching(1.0))
-    elif term == "jm_top1_fast":
-        terms.append(_fast_jm_term())
+    elif term == "jm_top1_rof":
+        terms.append(_rof_jm_term())
     elif term == "jm_all":
         terms.append(training.jacobian_matching(1.0, outputs="all", normalize=False))
     elif term == "vjp":
@@ -111,13 +114,13 @@ def objective_for(mode: dict):
     return training.Objective(*terms)
 
 
-def _fast_jm_term():
+def _rof_jm_term():
+    from benchmarks._reverse_over_forward import jacobian_matching_loss_rof
     from jaxkd import training
-    from jaxkd.losses._fast import fast_jacobian_matching_loss
 
     def fn(inputs, key):
         del key
-        return fast_jacobian_matching_loss(inputs.student_fn, inputs.teacher_fn, inputs.x)
+        return jacobian_matching_loss_rof(inputs.student_fn, inputs.teacher_fn, inputs.x)
     return training.Term("jacobian", 1.0, fn)
 
 
@@ -218,7 +221,7 @@ def bench_pair(model: str, specs: tuple[dict, dict], batch_size: int, args,
                    f"{c.flops / 1e9:.2f} GFLOP, peak {c.peak_bytes / 2**20:.0f} MiB")
     if args.torch:
         for name in modes:
-            if name.endswith("_fast"):
+            if name.endswith("_rof"):
                 continue
             runners[("torch", name)] = _torch_reference.make_step(
                 MODES[name], student_spec, teacher_spec, batch_size, args.image_size,
@@ -228,9 +231,14 @@ def bench_pair(model: str, specs: tuple[dict, dict], batch_size: int, args,
             fn()
     times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
     keys = list(runners)
-    for r in range(args.rounds):
-        # Rotate the order every round so no step always follows the same neighbour.
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+    order = random.Random(0)
+    for _ in range(args.rounds):
+        # A fresh order every round, so no step always follows the same neighbour, and a
+        # pause between steps: freeing a large step's buffers (GBs for exact all-output
+        # matching at K=100) must not be billed to the step that follows it.
+        order.shuffle(keys)
+        for key in keys:
+            time.sleep(args.pause)
             times[key].append(timed(runners[key]))
     kd = times.get(("jax", "kd"))
     torch_kd = times.get(("torch", "kd"))
@@ -411,6 +419,8 @@ def parse_args(argv=None):
     p.add_argument("--xla-single-thread", action="store_true",
                    help="append --xla_cpu_multi_thread_eigen=false to XLA_FLAGS (only "
                         "effective if jax is not imported yet)")
+    p.add_argument("--pause", type=float, default=0.05,
+                   help="seconds of rest before each timed step")
     p.add_argument("--compile-workers", type=int, default=2,
                    help="XLA compilations run in parallel")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")

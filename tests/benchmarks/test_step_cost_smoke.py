@@ -13,7 +13,7 @@ from benchmarks import _torch_reference, step_cost
 def test_quick_run_writes_json_markdown_and_plot(tmp_path):
     # The PyTorch side-by-side runs when torch is installed, and is skipped otherwise.
     with_torch = _torch_reference.available()
-    args = ["--quick", "--modes", "kd,jm_top1", "--rounds", "2", "--warmup", "1",
+    args = ["--quick", "--modes", "kd,jm_top1", "--rounds", "2", "--warmup", "1", "--pause", "0",
             "--out", str(tmp_path), "--silent", "--torch" if with_torch else "--no-torch"]
     result = step_cost.main(args)
 
