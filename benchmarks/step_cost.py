@@ -424,7 +424,9 @@ def parse_args(argv=None):
     p.add_argument("--compile-workers", type=int, default=2,
                    help="XLA compilations run in parallel")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
-    p.add_argument("--tag", default="step_cost", help="output file stem")
+    p.add_argument("--tag", default=None,
+                   help="output file stem (default step_cost; step_cost_quick with --quick, "
+                        "so a quick run never overwrites the committed results)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--silent", action="store_true")
     args = p.parse_args(argv)
@@ -433,6 +435,8 @@ def parse_args(argv=None):
         if args.modes == ",".join(DEFAULT_MODES):
             args.modes = "ce,kd,jm_top1,jvp_k1"
         args.image_size, args.cnn_width = 8, 4
+    if args.tag is None:
+        args.tag = "step_cost_quick" if args.quick else "step_cost"
     if args.rounds is None:
         args.rounds = 3 if args.quick else 5
     if args.warmup is None:

@@ -29,9 +29,9 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path):
     # Jacobian matching does strictly more work than KD (a FLOP count, not a timing).
     assert rows[1]["flop_ratio_kd"] > 1.0
 
-    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    saved = json.loads((tmp_path / "step_cost_quick.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
     assert {"date", "jax", "processor", "command"} <= set(saved["environment"])
-    table = (tmp_path / "step_cost.md").read_text()
+    table = (tmp_path / "step_cost_quick.md").read_text()
     assert "| jm_top1 |" in table
-    assert (tmp_path / "step_cost.png").stat().st_size > 0
+    assert (tmp_path / "step_cost_quick.png").stat().st_size > 0
