@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -297,7 +298,7 @@ def environment(args) -> dict:
         "jax_backend": jax.default_backend(),
         "devices": [str(d.device_kind) for d in jax.local_devices()][:1],
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-        "max_pool": args.max_pool,
+        "git_commit": _git_commit(),
         "command": " ".join(["python -m benchmarks.step_cost"] + sys.argv[1:]),
     }
     for mod in ("flax", "optax", "torch"):
@@ -309,6 +310,16 @@ def environment(args) -> dict:
         import torch
         env["torch_threads"] = torch.get_num_threads()
     return env
+
+
+def _git_commit() -> str:
+    """The checked-out commit, so a results file says which code it measured."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=os.path.dirname(__file__))
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _cpu_name() -> str:
@@ -329,7 +340,7 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"{env['date']} · {env['processor']} ({env['cpu_count']} cores, "
         f"{env['jax_backend']}: {', '.join(env['devices'])}) · jax {env['jax']}, "
         f"flax {env['flax']}, optax {env['optax']}, torch {env['torch']} · "
-        f"XLA_FLAGS={env['XLA_FLAGS'] or '(none)'} · max-pool: {env['max_pool']}",
+        f"XLA_FLAGS={env['XLA_FLAGS'] or '(none)'} · commit {env['git_commit']}",
         "",
         f"Command: `{env['command']}`",
         "",
@@ -407,9 +418,6 @@ def parse_args(argv=None):
                    help="interleaved timing rounds (default 5; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed runs of each step first (default 1)")
-    p.add_argument("--max-pool", choices=("model", "reshape"), default="model",
-                   help="experiment: 'reshape' swaps the zoo's reduce_window 2x2 max-pool for "
-                        "a reshape+max one (same values) in this process")
     p.add_argument("--torch", dest="torch", action="store_true", default=None,
                    help="PyTorch eager side-by-side (default: on if torch is installed)")
     p.add_argument("--no-torch", dest="torch", action="store_false")
@@ -444,22 +452,6 @@ def parse_args(argv=None):
     return args
 
 
-def reshape_max_pool(x):
-    """2x2 stride-2 max-pool as reshape + max (the zoo's pool rule, same values)."""
-    if x.shape[1] < 4 or x.shape[2] < 4:
-        return x
-    b, h, w, c = x.shape
-    x = x[:, :h // 2 * 2, :w // 2 * 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def use_reshape_max_pool() -> None:
-    """Patches the zoo's model modules (this process only) to pool with reshape + max."""
-    from jaxkd.models import _cnn, _vgg
-    _cnn.max_pool_if_room = reshape_max_pool
-    _vgg.max_pool_if_room = reshape_max_pool
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.xla_single_thread:
@@ -471,8 +463,6 @@ def main(argv=None) -> dict:
     if args.torch:
         import torch
         torch.set_num_threads(args.torch_threads)
-    if args.max_pool == "reshape":
-        use_reshape_max_pool()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
