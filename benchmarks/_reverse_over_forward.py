@@ -43,9 +43,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks
-from jaxkd.losses._jacobian import (DEFAULT_EPS, _check_outputs_mode, _output_indices,
-                                    safe_normalize)
+from jaxkd.losses._jacobian import DEFAULT_EPS, matching_loss
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -137,25 +135,5 @@ def jacobian_matching_loss_rof(student_fn: Fn,
       >>> print(jacobian_matching_loss_rof(student, teacher, x).round(4))
       [0.5858]
     """
-    x = jnp.asarray(x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _check_outputs_mode(x, labels, outputs, k)
-
-    teacher_out, teacher_vjp = jax.vjp(teacher_fn, x)
-    student_out = jax.eval_shape(student_fn, x)
-    _checks.check_network_outputs(x, student_out, teacher_out)
-    num_classes = teacher_out.shape[-1]
-    if outputs == "top_k" and k > num_classes:
-        raise ValueError(f"`k` must be <= the number of classes K={num_classes}, got k={k}.")
-
-    index = _output_indices(jax.lax.stop_gradient(teacher_out), labels, outputs, k)
-    cotangents = jax.nn.one_hot(index, num_classes, dtype=teacher_out.dtype)  # [n, B, K]
-    (g_t,) = jax.vmap(teacher_vjp)(cotangents)
-    g_s = input_gradients(student_fn, x, cotangents.astype(student_out.dtype))
-    g_t = jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,)))
-    g_s = g_s.reshape(g_s.shape[:2] + (-1,))
-    if normalize:
-        g_t, g_s = safe_normalize(g_t, eps), safe_normalize(g_s, eps)
-    per_output = jnp.sum(jnp.square(g_t - g_s), axis=-1)  # [n, B]
-    return jnp.sum(per_output, axis=0) if outputs == "all" else jnp.mean(per_output, axis=0)
+    return matching_loss(input_gradients, student_fn, teacher_fn, x, labels, outputs, k,
+                         normalize, eps)

@@ -209,6 +209,35 @@ def _get(config: ConfigDict, key: str) -> Any:
     return node
 
 
+def main(study: str, run: Callable[..., dict[str, Any]], *, default_config: str,
+         default_workdir: str, argv: Sequence[str] | None = None) -> None:
+    """The command line of every study: parse, ``run(config, workdir, command=...)``, report.
+
+    A bad command line or configuration exits with its message, not a traceback.
+    """
+    try:
+        config, workdir = parse_args(argv, study=study, default_config=default_config,
+                                     default_workdir=default_workdir)
+        run(config, workdir, command=command_line(study, argv))
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"results: {os.path.join(workdir, 'results.md')}")
+
+
+def write_summary(workdir: str, study: str, summary: dict[str, Any], *, config: ConfigDict,
+                  started: float, seconds: Sequence[float],
+                  command: str | None) -> dict[str, Any]:
+    """Adds the bookkeeping every study reports (wall and training seconds, config,
+    versions, command) to ``summary`` and writes the study's report files."""
+    from experiments import _report
+    summary.update(wall_seconds=time.perf_counter() - started, train_seconds=sum(seconds),
+                   config=config_json(config), versions=versions())
+    if command:
+        summary["command"] = command
+    _report.write(workdir, study, summary)
+    return summary
+
+
 def config_json(config: ConfigDict) -> dict[str, Any]:
     """A JSON-safe dict of ``config`` (tuples become lists)."""
     return json.loads(config.to_json_best_effort())

@@ -243,26 +243,17 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
         "target": f"{config.target_dataset} classes {list(config.target_classes) or 'all'}",
         "teacher_model": config.teacher.name, "student_model": config.student.name,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
-        "wall_seconds": time.perf_counter() - t0,
-        "train_seconds": teacher_result["seconds"] + sum(r["seconds"] for r in results.values()),
-        "config": _common.config_json(config),
-        "versions": _common.versions(),
     }
-    if command:
-        summary["command"] = command
-    _report.write(workdir, STUDY, summary)
-    return summary
+    return _common.write_summary(workdir, STUDY, summary, config=config, started=t0,
+                                 seconds=[teacher_result["seconds"]]
+                                 + [r["seconds"] for r in results.values()],
+                                 command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config, workdir = _common.parse_args(argv, study=STUDY, default_config=DEFAULT_CONFIG,
-                                         default_workdir=DEFAULT_WORKDIR)
-    run(config, workdir, command=_common.command_line(STUDY, argv))
-    print(f"results: {os.path.join(workdir, 'results.md')}")
+    _common.main(STUDY, run, default_config=DEFAULT_CONFIG, default_workdir=DEFAULT_WORKDIR,
+                 argv=argv)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except _common.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    main()

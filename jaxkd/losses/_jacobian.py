@@ -134,13 +134,29 @@ def jacobian_matching_loss(student_fn: Fn,
     References:
       Srinivas & Fleuret, "Knowledge Transfer with Jacobian Matching", ICML 2018.
     """
+    return matching_loss(vjp_input_gradients, student_fn, teacher_fn, x, labels, outputs, k,
+                         normalize, eps)
+
+
+def vjp_input_gradients(fn: Fn, x: jax.Array, cotangents: jax.Array) -> jax.Array:
+    """``[n, B, ...]`` input gradients ``c_j^T J_fn(x)``: one VJP, vmapped over the rows."""
+    _, vjp = jax.vjp(fn, x)
+    (g,) = jax.vmap(vjp)(cotangents)
+    return g
+
+
+def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Array],
+                  student_fn: Fn, teacher_fn: Fn, x: jax.typing.ArrayLike, labels,
+                  outputs: str, k: int, normalize: bool, eps: float) -> jax.Array:
+    """:func:`jacobian_matching_loss` with the student's input gradients computed by
+    ``student_gradients(student_fn, x, cotangents)`` (which fixes how they differentiate)."""
     x = jnp.asarray(x)
     _checks.check_floating("x", x)
     _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
     _check_outputs_mode(x, labels, outputs, k)
 
     teacher_out, teacher_vjp = jax.vjp(teacher_fn, x)
-    student_out, student_vjp = jax.vjp(student_fn, x)
+    student_out = jax.eval_shape(student_fn, x)
     _checks.check_network_outputs(x, student_out, teacher_out)
     num_classes = teacher_out.shape[-1]
     if outputs == "top_k" and k > num_classes:
@@ -150,7 +166,7 @@ def jacobian_matching_loss(student_fn: Fn,
     cotangents = like(jax.nn.one_hot(index, num_classes, dtype=teacher_out.dtype),
                       teacher_out)  # [n, B, K]
     (g_t,) = jax.vmap(teacher_vjp)(cotangents)
-    (g_s,) = jax.vmap(student_vjp)(cotangents.astype(student_out.dtype))
+    g_s = student_gradients(student_fn, x, cotangents.astype(student_out.dtype))
     g_t = jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,)))
     g_s = g_s.reshape(g_s.shape[:2] + (-1,))
     if normalize:
