@@ -282,6 +282,14 @@ class BatchIterator:
         if sharding is not None and batch_size % _num_batch_shards(sharding):
             raise ValueError(f"batch_size={batch_size} is not divisible by the "
                              f"{_num_batch_shards(sharding)} devices of the data axis.")
+        remainder = len(dataset) % batch_size
+        if (sharding is not None and not drop_remainder
+                and remainder % _num_batch_shards(sharding)):
+            raise ValueError(
+                f"drop_remainder=False with a sharding: the last batch of each epoch would "
+                f"hold {remainder} of the {len(dataset)} examples, which the "
+                f"{_num_batch_shards(sharding)} devices of the data axis cannot split. Use "
+                f"drop_remainder=True, or jaxkd.training.evaluate (it pads and masks).")
         self._dataset = dataset
         self._batch_size = int(batch_size)
         self._shuffle = shuffle

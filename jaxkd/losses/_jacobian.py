@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxkd.losses import _checks
 
@@ -161,6 +162,13 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
     num_classes = teacher_out.shape[-1]
     if outputs == "top_k" and k > num_classes:
         raise ValueError(f"`k` must be <= the number of classes K={num_classes}, got k={k}.")
+    if outputs == "label" and _checks.is_concrete(labels):
+        # An out-of-range label would one-hot to a zero row and a silent zero loss. Traced
+        # labels (under jit) cannot be checked here.
+        values = np.asarray(labels)
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"`labels` must be class indices in [0, {num_classes}), got "
+                             f"values from {values.min()} to {values.max()}.")
 
     index = _output_indices(jax.lax.stop_gradient(teacher_out), labels, outputs, k)
     cotangents = like(jax.nn.one_hot(index, num_classes, dtype=teacher_out.dtype),

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from jaxkd import models
 from jaxkd.training._checkpoint import Checkpointer
-from jaxkd.training._metrics import MetricWriter
+from jaxkd.training._metrics import MetricWriter, read_metrics
 from jaxkd.training._objective import Objective
 from jaxkd.training._sharding import (DATA_AXIS, data_mesh, is_main_process, put_batch,
                                       replicated)
@@ -77,8 +77,28 @@ def evaluate(eval_step, state: TrainState, batches: EvalData, mesh: Mesh) -> dic
             "loss": totals["loss_sum"] / totals["count"]}
 
 
+# Norms that turn non-finite when the loss is finite but its gradient is not (the update
+# would then write NaN parameters into the next checkpoint).
+_GUARDED_NORMS = ("grad_norm", "update_norm", "param_norm")
+
+
+def _eval_records(workdir: str) -> list[dict]:
+    try:
+        return read_metrics(workdir, split="eval")
+    except FileNotFoundError:
+        return []
+
+
 def _check_finite(metrics: Mapping[str, float], step: int) -> None:
     bad = {k: v for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v)}
+    bad_norms = {k: metrics[k] for k in _GUARDED_NORMS
+                 if k in metrics and not math.isfinite(metrics[k])}
+    if bad_norms and not bad:
+        raise NonFiniteLossError(
+            f"non-finite gradient at step {step} although every loss term is finite: "
+            + ", ".join(f"{k}={v}" for k, v in bad_norms.items())
+            + ". A term differentiates through a non-smooth point (a norm or sqrt at 0?), "
+            "or the learning rate is too high. Nothing of this step was saved.")
     if bad:
         terms = [k[len("loss/"):] for k in bad if k.startswith("loss/")]
         raise NonFiniteLossError(
@@ -166,7 +186,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
             from tqdm.auto import tqdm
             bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
 
-        step = start
+        step = last_logged = start
         train_metrics: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
         t0, examples = time.perf_counter(), 0
@@ -192,7 +212,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
             if step % log_every == 0 or last:
                 elapsed = time.perf_counter() - t0
                 writer.write(step, {**train_metrics, "examples_per_sec": examples / elapsed})
-                t0, examples = time.perf_counter(), 0
+                t0, examples, last_logged = time.perf_counter(), 0, step
             if eval_step is not None and eval_every and step % eval_every == 0 and not last:
                 eval_metrics = evaluate(eval_step, state, eval_data, mesh)
                 writer.write(step, eval_metrics, split="eval")
@@ -201,11 +221,14 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                 last_saved = step
         if step != last_saved:  # the data ran out (num_steps=None) between checkpoints
             checkpointer.save(state, train_data.get_state() if can_save_data else None)
-            if train_metrics:
+            if train_metrics and step != last_logged:
                 writer.write(step, train_metrics)
         if eval_step is not None:
             eval_metrics = evaluate(eval_step, state, eval_data, mesh)
-            writer.write(step, eval_metrics, split="eval")
+            # A re-run of a finished run trains nothing: its final evaluation is on file
+            # unless the run was killed between the last checkpoint and that record.
+            if step > start or not any(r["step"] == step for r in _eval_records(workdir)):
+                writer.write(step, eval_metrics, split="eval")
         if bar is not None:
             bar.close()
         return TrainResult(state, train_metrics, eval_metrics)
