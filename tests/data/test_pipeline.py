@@ -113,21 +113,43 @@ def test_normalization(train):
 
 
 def test_augment_jit():
-    images = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    # 64 distinct images and a fixed key: a no-op (or crop-only, or flip-only) augment fails.
+    n, size = 64, 4
+    images = jnp.arange(n * size * size * 3, dtype=jnp.float32).reshape(n, size, size, 3) + 1.0
     key = jax.random.key(0)
     fn = jax.jit(lambda k, x: data.augment(k, x, crop_padding=1, flip=True))
-    out = fn(key, images)
+    out = np.asarray(fn(key, images))
     assert out.shape == images.shape and out.dtype == images.dtype
     np.testing.assert_array_equal(out, fn(key, images))
-    # A crop keeps a shifted window: the original pixels reappear or zero padding enters.
+    # Every output is a crop of the zero-padded input (offset (i, j), (1, 1) = unshifted),
+    # possibly flipped left-right; pixel values are distinct and nonzero, so the match is unique.
+    shifted = flipped = 0
+    for result, image in zip(out, np.asarray(images)):
+        padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
+        matches = [(i, j, f) for i in range(3) for j in range(3) for f in (False, True)
+                   if np.array_equal(result, padded[i:i + size, j:j + size][:, ::-1] if f
+                                     else padded[i:i + size, j:j + size])]
+        assert len(matches) == 1, matches
+        i, j, f = matches[0]
+        shifted += (i, j) != (1, 1)
+        flipped += f
+    assert 0 < shifted < n and 0 < flipped < n, (shifted, flipped)
+    # The parts alone: a crop is a shifted window, a flip mirrors or keeps each image.
     crops = np.asarray(data.random_crop(key, images, padding=1))
+    crop_shifted = 0
     for crop, image in zip(crops, np.asarray(images)):
         padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
-        assert any(np.array_equal(crop, padded[i:i + 4, j:j + 4])
-                   for i in range(3) for j in range(3))
+        offsets = [(i, j) for i in range(3) for j in range(3)
+                   if np.array_equal(crop, padded[i:i + size, j:j + size])]
+        assert len(offsets) == 1
+        crop_shifted += offsets[0] != (1, 1)
+    assert 0 < crop_shifted < n
     flips = np.asarray(data.random_flip(key, images))
-    for flipped, image in zip(flips, np.asarray(images)):
-        assert np.array_equal(flipped, image) or np.array_equal(flipped, image[:, ::-1])
+    mirrored = 0
+    for result, image in zip(flips, np.asarray(images)):
+        assert np.array_equal(result, image) or np.array_equal(result, image[:, ::-1])
+        mirrored += np.array_equal(result, image[:, ::-1])
+    assert 0 < mirrored < n
     np.testing.assert_array_equal(data.augment(key, images), images)
 
 
