@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from experiments import limited_data, noise_robustness
+from jaxkd import training
 
 
 def test_limited_data_then_noise_robustness(tiny, tmp_path):
@@ -41,11 +43,37 @@ def test_limited_data_then_noise_robustness(tiny, tmp_path):
 
     # A cell killed after its last checkpoint but before result.json: the re-run
     # restores the checkpoint (no training) and reports the same numbers.
+    cell = os.path.dirname(result)
+    metrics_path = os.path.join(cell, training.METRICS_FILE)
+    checkpoints = os.path.join(cell, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    assert steps == [6, 12]  # 12 steps, 2 evaluations: a checkpoint every 6 steps
+    metrics_before = Path(metrics_path).read_text()
+    train_before = training.read_metrics(cell, "train")
+    assert [r["step"] for r in train_before] == [6, 12]
     first = json.loads(Path(result).read_text())
     os.remove(result)
     limited_data.run(config, workdir)
     second = json.loads(Path(result).read_text())
     assert second["last"] == first["last"] and second["best"] == first["best"]
+    # No step ran: a retrained step would log a new record (with a new examples_per_sec).
+    assert Path(metrics_path).read_text() == metrics_before
+
+    # Killed between its checkpoints (the step-12 one never written): the re-run resumes
+    # from step 6, not from step 0, and replays steps 7-12 to the same numbers.
+    os.remove(result)
+    shutil.rmtree(os.path.join(checkpoints, "12"))
+    limited_data.run(config, workdir)
+    third = json.loads(Path(result).read_text())
+    assert third["last"] == first["last"] and third["best"] == first["best"]
+    train_after = training.read_metrics(cell, "train")
+    # From step 0 there would be a second step-6 record; resumed, the step-6 record is the
+    # killed run's own (its wall-clock throughput included) and only step 12 was re-run.
+    assert [r["step"] for r in train_after] == [6, 12]
+    assert train_after[0] == train_before[0]
+    assert train_after[1]["examples_per_sec"] != train_before[1]["examples_per_sec"]
+    assert train_after[1]["loss"] == train_before[1]["loss"]
+    assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == [6, 12]
     before = os.path.getmtime(result)
 
     # Study 2 reuses study 1's students from the same work directory.

@@ -56,6 +56,8 @@ def test_sharded_step_matches_single_device(runs):
               for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params))]
     print(f"\n[{name}] max relative param difference, 8 devices vs 1: {max(errors):.2e}")
     for part in ("params", "rest", "opt_state"):
+        assert jax.tree.structure(getattr(state8, part)) == jax.tree.structure(
+            getattr(state1, part)), part
         for a, b in zip(jax.tree.leaves(getattr(state8, part)),
                         jax.tree.leaves(getattr(state1, part))):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=part)
@@ -71,17 +73,22 @@ def test_sharded_step_keeps_teacher_bit_identical(runs):
     _, _, (_, _, step), teacher, before = runs
     after_module = jax.device_get(models.split(teacher))
     after_step = jax.device_get(step.teacher_vars)
+    assert jax.tree.structure(after_module) == jax.tree.structure(before)
+    assert jax.tree.structure(after_step) == jax.tree.structure((before.params, before.rest))
     for a, b in zip(jax.tree.leaves(after_module), jax.tree.leaves(before)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(after_step), jax.tree.leaves((before.params, before.rest))):
         np.testing.assert_array_equal(a, b)
 
 
-def test_shard_step_updates_student_batch_stats(runs):
-    _, (state1, _, _), _, _, _ = runs
+def test_sharded_step_updates_student_batch_stats(runs):
+    """The 8-device step writes the student's new BatchNorm statistics back to the state."""
+    _, _, (state8, _, _), _, _ = runs
     init = models.split(h.student())
+    assert jax.tree.leaves(init.rest)
+    assert jax.tree.structure(state8.rest) == jax.tree.structure(init.rest)
     assert not all(np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(state1.rest), jax.tree.leaves(init.rest)))
+                   zip(jax.tree.leaves(state8.rest), jax.tree.leaves(init.rest)))
 
 
 def test_every_term_reported_and_weighted():
