@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import _common, transfer
-from jaxkd import models
+from jaxkd import models, training
 
 
 def test_transfer_every_loss_term(tiny, tmp_path):
@@ -29,6 +29,21 @@ def test_transfer_every_loss_term(tiny, tmp_path):
     assert labels == {transfer.LABELS[m] for m in methods.split(",")}
     assert all(0 <= r["mean"] <= 100 for r in summary["rows"])
     assert os.path.getsize(os.path.join(tmp_path, "transfer_accuracy.png")) > 0
+    # Each method trained with its own loss terms, logged and finite at every train record.
+    expected = {"no_transfer": {"ce"}, "finetune": {"ce"},
+                "lwf+jacobian": {"ce", "lwf", "lwf_jacobian"},
+                "lwf+attention+attention_jacobian": {"ce", "lwf", "attention",
+                                                     "attention_jacobian"}}
+    for method, terms in expected.items():
+        cell = _common.cell_dir(str(tmp_path), _common.Cell(method, 5, 0))
+        records = training.read_metrics(cell, "train")
+        assert records, method
+        for record in records:
+            logged = {k.removeprefix("loss/") for k in record if k.startswith("loss/")}
+            assert logged == terms, (method, record["step"], logged)
+            for term in terms:
+                value = record[f"loss/{term}"]
+                assert isinstance(value, float) and np.isfinite(value), (method, term, value)
 
 
 def test_lwf_student_splits_its_head():

@@ -1,0 +1,87 @@
+"""experiments._report.paired_gains: differences paired by seed, by hand."""
+
+import math
+
+import pytest
+
+from experiments import _report
+from experiments._common import Cell
+
+# Test accuracy per (method, seed), "last" checkpoint. The seeds differ a lot from one
+# another (0.50 .. 0.70) and "with" gains 2, 3, 4 points on seeds 0, 1, 2. Paired by seed
+# the gains are [2, 3, 4]: mean 3, std 1. Any other pairing has the same mean (a mean of
+# differences is the difference of means) but another spread, e.g. seeds reversed on one
+# side gives [24, 3, -18] (std 21): the std is what catches wrong pairing.
+WITHOUT = {0: 0.50, 1: 0.60, 2: 0.70}
+WITH = {0: 0.52, 1: 0.63, 2: 0.74}
+# "best" checkpoint: gains of -1, 1, 6 points (mean 2, std sqrt(13)).
+WITHOUT_BEST = {0: 0.55, 1: 0.65, 2: 0.60}
+WITH_BEST = {0: 0.54, 1: 0.66, 2: 0.66}
+
+
+def _results(drop=()):
+    results = {}
+    for method, last, best in (("base", WITHOUT, WITHOUT_BEST), ("base+j", WITH, WITH_BEST)):
+        for seed in range(3):
+            if (method, seed) in drop:
+                continue
+            results[Cell(method, 5, seed)] = {"last": {"test": last[seed]},
+                                              "best": {"test": best[seed]}}
+    # Another size whose numbers would spoil the pairing if sizes were mixed up.
+    for seed in range(3):
+        results[Cell("base", "all", seed)] = {"last": {"test": 0.9}, "best": {"test": 0.9}}
+        results[Cell("base+j", "all", seed)] = {"last": {"test": 0.9 + 0.01 * seed},
+                                                "best": {"test": 0.9}}
+    return results
+
+
+def _gains(results, **kwargs):
+    args = {"methods": ["base", "base+j"], "sizes": [5, "all"], "seeds": [0, 1, 2],
+            "label": str.upper}
+    return _report.paired_gains(results, [("base", "base+j")], **{**args, **kwargs})
+
+
+def test_paired_by_seed_mean_and_std_by_hand():
+    rows = _gains(_results())
+    assert [(r["examples_per_class"], r["checkpoint"]) for r in rows] == [
+        (5, "last"), (5, "best"), ("all", "last"), ("all", "best")]
+    assert all(r["method"] == "base+j - base" and r["label"] == "BASE+J vs BASE" for r in rows)
+    last, best, all_last, all_best = rows
+
+    assert last["num_seeds"] == 3
+    assert last["values"] == pytest.approx([2.0, 3.0, 4.0])
+    assert last["mean"] == pytest.approx(3.0)
+    # Sample std (ddof=1): sqrt(((2-3)^2 + 0 + (4-3)^2) / 2) = 1.
+    assert last["std"] == pytest.approx(1.0)
+
+    assert best["values"] == pytest.approx([-1.0, 1.0, 6.0])
+    assert best["mean"] == pytest.approx(2.0)
+    # sqrt(((-1-2)^2 + (1-2)^2 + (6-2)^2) / 2) = sqrt(13).
+    assert best["std"] == pytest.approx(math.sqrt(13.0))
+
+    assert all_last["values"] == pytest.approx([0.0, 1.0, 2.0])
+    assert all_last["mean"] == pytest.approx(1.0) and all_last["std"] == pytest.approx(1.0)
+    assert all_best["values"] == pytest.approx([0.0, 0.0, 0.0]) and all_best["std"] == 0.0
+
+
+def test_wrong_pairing_would_change_the_std():
+    """The fixture tells pairings apart: the unpaired difference has the same mean only."""
+    reversed_gains = [100.0 * (WITH[2 - s] - WITHOUT[s]) for s in range(3)]
+    stats = _report.stats(reversed_gains)
+    assert stats["mean"] == pytest.approx(3.0)
+    assert stats["std"] == pytest.approx(21.0)
+
+
+def test_missing_cells_and_methods_are_skipped():
+    # Seed 1 of "base" never finished: only seeds 0 and 2 are paired (gains 2 and 4).
+    rows = _gains(_results(drop={("base", 1)}), sizes=[5])
+    last = rows[0]
+    assert last["num_seeds"] == 2
+    assert last["values"] == pytest.approx([2.0, 4.0])
+    assert last["mean"] == pytest.approx(3.0)
+    assert last["std"] == pytest.approx(math.sqrt(2.0))
+    # A pair whose method is not in this run's methods gives no rows.
+    assert _gains(_results(), methods=["base"]) == []
+    # Only the requested seeds are paired.
+    only = _gains(_results(), sizes=[5], seeds=[2])[0]
+    assert only["values"] == pytest.approx([4.0]) and only["std"] == 0.0
