@@ -153,6 +153,17 @@ def _header(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _checkpoint_tables(rows: list[dict[str, Any]], what: str) -> list[str]:
+    """The method x examples-per-class tables at the last and the best-on-validation step."""
+    out = []
+    for which, title in (("last", "at the last step"),
+                         ("best", "at the step with the best validation accuracy")):
+        out += ["", f"### {what} {title}", ""]
+        out.append(table([r for r in rows if r["checkpoint"] == which],
+                         col_key="examples_per_class", col_title="method \\ examples/class"))
+    return out
+
+
 def _limited_data_md(s: dict[str, Any]) -> str:
     cfg = s.get("config", {})
     out = ["## Study 1: distillation with limited data", ""]
@@ -164,11 +175,7 @@ def _limited_data_md(s: dict[str, Any]) -> str:
     if not any(r.get("paper") is not None for r in s["rows"]):
         out += ["The paper's numbers (CIFAR-100) are not beside ours: the setting differs. "
                 "They are in docs/experiments.md, for the shape of the comparison."]
-    for which, title in (("last", "at the last step"),
-                         ("best", "at the step with the best validation accuracy")):
-        out += ["", f"### Test accuracy {title}", ""]
-        out.append(table([r for r in s["rows"] if r["checkpoint"] == which],
-                         col_key="examples_per_class", col_title="method \\ examples/class"))
+    out += _checkpoint_tables(s["rows"], "Test accuracy")
     out += _gains_md(s, "Gain from the Jacobian term")
     return "\n".join(out)
 
@@ -196,11 +203,7 @@ def _transfer_md(s: dict[str, Any]) -> str:
     if not any(r.get("paper") is not None for r in s["rows"]):
         out += ["The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
                 "differs."]
-    for which, title in (("last", "at the last step"),
-                         ("best", "at the step with the best validation accuracy")):
-        out += ["", f"### Target test accuracy {title}", ""]
-        out.append(table([r for r in s["rows"] if r["checkpoint"] == which],
-                         col_key="examples_per_class", col_title="method \\ examples/class"))
+    out += _checkpoint_tables(s["rows"], "Target test accuracy")
     out += _gains_md(s, "Gain from each added term")
     return "\n".join(out)
 
