@@ -43,9 +43,9 @@ def test_train_test_folders_grey_and_resize(tmp_path):
     _write(tmp_path / "test", ["a", "b"], 2, size=(9, 9), mode="L")
     with pytest.raises(ValueError, match="images differ in size.*pass image_size"):
         data.load(f"folder:{tmp_path}")
-    splits = data.load(f"folder:{tmp_path}", validation_fraction=0.0, image_size=(4, 4))
+    splits = data.load(f"folder:{tmp_path}", validation_fraction=0.25, image_size=(4, 4))
     assert splits.train.image_shape == (4, 4, 1)
-    assert len(splits.train) == 8 and len(splits.test) == 4 and len(splits.validation) == 0
+    assert len(splits.train) == 6 and len(splits.test) == 4 and len(splits.validation) == 2
     assert set(splits.test.source_index) == set(range(8, 12))
 
 
