@@ -50,7 +50,7 @@ KNOWN = {
 
 def _candidates(directory: pathlib.Path, prefix: str, stem: str) -> list[pathlib.Path]:
     dotted = stem.replace("-idx", ".idx")
-    names = [prefix + s + ext for s in (stem, dotted) for ext in ("", ".gz")]
+    names = [prefix + s + ext for ext in ("", ".gz") for s in (stem, dotted)]
     return [directory / n for n in names]
 
 

@@ -49,8 +49,9 @@ def _take_in_place(dataset: Dataset, rest: np.ndarray, taken: np.ndarray
     # rest is sorted with rest[j] >= j: a chunk writes rows [start, stop) only after
     # reading its own sources, and later chunks read rows >= stop, so no row is
     # overwritten before it is read.
-    for start in range(0, rest.size, 1024):
-        stop = min(start + 1024, rest.size)
+    step = max(1, (1 << 20) // max(1, images[0].nbytes if len(images) else 1))  # ~1 MiB
+    for start in range(0, rest.size, step):
+        stop = min(start + step, rest.size)
         images[start:stop] = images[rest[start:stop]]
     kept = dataclasses.replace(dataset, images=images[:rest.size],
                                labels=dataset.labels[rest],
