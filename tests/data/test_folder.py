@@ -230,5 +230,5 @@ def test_peak_memory_near_returned_arrays(tmp_path):
     # Expected peak: the returned arrays, plus the validation rows left unused at the end
     # of the train buffer (carved in place; 0.08 of the total) and the 1 MiB chunk that
     # moves rows (0.07), plus per-file objects. Decoding into a list, stacking and
-    # converting (the old loader) measured 3.1x here.
+    # converting (the old loader) measured 2.0x here.
     assert peak < 1.3 * returned, f"peak {peak / returned:.2f}x the returned arrays"
