@@ -154,7 +154,9 @@ class _Reader:
                         array = np.asarray(Image.fromarray(array).resize(
                             (width, height), Image.Resampling.BILINEAR))
                     return kind, array / np.float32(65535.0)
-                img = img.convert("L" if kind == "grey8" else "RGB")
+                target = "L" if kind == "grey8" else "RGB"
+                if img.mode != target:
+                    img = img.convert(target)
                 if self.resize:
                     img = img.resize((width, height), Image.Resampling.BILINEAR)
                 return kind, np.asarray(img, dtype=np.uint8)

@@ -173,7 +173,7 @@ def load_idx_pool(path: str | os.PathLike, *, name: str | None = None,
                          f"expected labels in [0, {len(class_names)}) for {name!r}.")
     out, offset = [], 0
     for split in ("train", "test"):
-        images, labels = raw[split]
+        images, labels = raw.pop(split)  # the file bytes go once their copy is made
         # One float32 array, filled in place: peak memory is the result plus the bytes.
         scaled = np.empty(images.shape + (1,), np.float32)
         np.divide(images[..., None], np.float32(255.0), out=scaled, dtype=np.float32)
