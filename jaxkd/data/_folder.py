@@ -184,7 +184,7 @@ class _Reader:
         if not self.colour_late:
             return self.outputs
         widened = []
-        for key, grey in enumerate(self.outputs):
+        for grey in self.outputs:
             rgb = np.empty(grey.shape[:3] + (3,), np.float32)
             rgb[...] = grey
             widened.append(rgb)

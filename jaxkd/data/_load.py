@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 import os
 
 import numpy as np
@@ -77,6 +79,12 @@ def load(name: str = "digits", *, data_dir: str | os.PathLike | None = None,
     if not isinstance(name, str) or not name:
         raise ValueError(f"unknown dataset name {name!r}; valid forms: "
                          f"{_tfds.VALID_FORMS}.")
+    if image_size is not None and not (
+            len(tuple(image_size)) == 2
+            and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+                    for d in image_size)):
+        raise ValueError(f"image_size must be None or (height, width), two positive "
+                         f"integers; got {image_size!r}.")
     prefix, sep, rest = name.partition(":")
     if name == "digits":
         train, test = _digits.load_digits_pool()
@@ -108,9 +116,6 @@ def load(name: str = "digits", *, data_dir: str | os.PathLike | None = None,
                          f"{_tfds.VALID_FORMS}.")
     _check_classification(train, test)
     if image_size is not None:
-        import dataclasses
-
-        import numpy as np
         train, test = (dataclasses.replace(
             d, images=np.asarray(resize_images(d.images, image_size))) for d in (train, test))
     # The pools are this call's own arrays: carve in place to keep peak memory near the

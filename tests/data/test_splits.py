@@ -84,6 +84,10 @@ def test_resize_on_load():
     splits = data.load("digits", image_size=(16, 16))
     assert splits.train.image_shape == (16, 16, 1)
     assert splits.test.images.dtype == np.float32
+    for bad in ((0, 8), (8,), (8, 8, 1), (8.0, 8), (-1, 4)):
+        with pytest.raises(ValueError, match=r"image_size must be None or \(height, "
+                                             r"width\), two positive integers"):
+            data.load("digits", image_size=bad)
 
 
 def test_dataset_validates_fields():
