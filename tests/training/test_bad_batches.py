@@ -14,8 +14,8 @@ OPTIMIZER = optax.sgd(0.05)
 def _train(workdir, data, **kwargs):
     return training.train(h.student(), training.Objective(training.cross_entropy()),
                           OPTIMIZER, data, workdir=workdir, num_steps=3, checkpoint_every=1,
-                          log_every=1, mesh=training.data_mesh(2), progress=False, tensorboard=False,
-                          **kwargs)
+                          log_every=1, mesh=training.data_mesh(2), progress=False,
+                          tensorboard=False, **kwargs)
 
 
 class InOrder(h.ArrayIterator):
