@@ -168,6 +168,27 @@ def _check_finite(metrics: Mapping[str, float], step: int) -> None:
             + ". Lower the learning rate or the term's weight, or check the inputs.")
 
 
+def _replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` placed whole on every device of ``mesh``.
+
+    ``jax.device_put`` refuses a sharding with other processes' devices, so across
+    processes each array is assembled from the copy that every process holds (the
+    student was built from the same seed everywhere) with ``make_array_from_callback``.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
 def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTransformation,
           train_data: Iterator[Mapping[str, Any]], *, workdir: str | os.PathLike,
           num_steps: int | None = None, teacher: nnx.Module | models.Split | None = None,
@@ -238,7 +259,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                               sort_keys=True, default=str)
 
     state = init_train_state(student, optimizer, key=jax.random.key(seed))
-    state = jax.device_put(state, replicated(mesh))
+    state = _replicate(state, mesh)
     train_step = make_train_step(objective, optimizer, mesh, teacher=teacher)
     eval_step = make_eval_step(mesh) if eval_data is not None else None
     writer = MetricWriter(workdir, tensorboard=tensorboard)
