@@ -80,10 +80,8 @@ def _check_batch(batch: Any, where: str) -> None:
         keys = sorted(batch.keys()) if isinstance(batch, Mapping) else type(batch).__name__
         raise ValueError(f"{where} must be a mapping with 'image' and 'label' entries; "
                          f"got {keys}.")
-    image, label = batch["image"], batch["label"]
-    if not (hasattr(label, "shape") and hasattr(image, "shape")):
-        raise TypeError(f"{where}: 'image' and 'label' must be arrays (numpy or jax), got "
-                        f"{type(image).__name__} and {type(label).__name__}.")
+    image, label = (v if hasattr(v, "shape") else np.asarray(v)  # e.g. lists
+                    for v in (batch["image"], batch["label"]))
     if len(label.shape) != 1 or label.shape[0] == 0:
         raise ValueError(f"{where} has labels of shape {tuple(label.shape)}; expected "
                          "[B] with B >= 1 (an empty batch cannot be trained or evaluated).")

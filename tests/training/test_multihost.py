@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxkd import training
+from tests.training import _helpers as h
 from tests.training import _multihost_worker as w
 
 NUM_PROCESSES = 2
@@ -52,8 +53,7 @@ def _run_job(workdir, kill_at: int) -> list[subprocess.CompletedProcess]:
 def _reference(workdir):
     """One process, one device, the same global batches."""
     x, y = w.global_data()
-    from tests.training._helpers import ArrayIterator
-    return training.train(w.student(), w.OBJECTIVE, w.OPTIMIZER, ArrayIterator(x, y),
+    return training.train(w.student(), w.OBJECTIVE, w.OPTIMIZER, h.ArrayIterator(x, y),
                           workdir=workdir, num_steps=w.NUM_STEPS,
                           mesh=training.data_mesh(1), eval_data=w.eval_batches(),
                           checkpoint_every=w.CHECKPOINT_EVERY, log_every=1, progress=False,
