@@ -5,12 +5,19 @@ BatchNorm statistics, optimizer state, step and PRNG key, as an orbax PyTree) an
 ``data`` (the training iterator's ``get_state()`` dict, as JSON). The teacher is never
 saved. Every process must call :meth:`Checkpointer.save` (orbax coordinates the hosts and
 writes each array once).
+
+A failed write (a full disk, no permission) raises :class:`CheckpointError` with one line
+naming the directory and the operating system's reason, chained to a short ``OSError``
+instead of orbax's threads-and-asyncio traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_lib
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -22,6 +29,31 @@ from jaxkd.training._step import TrainState
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; names its path."""
+
+
+# tensorstore reports a failed file write as e.g. ValueError("RESOURCE_EXHAUSTED: ... No
+# space left on device [os_error_code='28']"), not as an OSError.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The operating-system error behind ``e``: an ``OSError`` with an errno anywhere in
+    its cause/context chain or exception group, or tensorstore's ``os_error_code``."""
+    seen, todo = set(), [e]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno:
+            return OSError(exc.errno, os.strerror(exc.errno), *(
+                [exc.filename] if exc.filename else []))
+        match = _OS_ERROR_CODE.search(str(exc))
+        if match:
+            code = int(match.group(1))
+            return OSError(code, os.strerror(code))
+        todo += [exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())]
+    return None
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:
@@ -42,6 +74,9 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
                  async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(f"cannot write checkpoints to {self.directory}: it is an "
+                                  "existing file, not a directory.")
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(
@@ -60,9 +95,26 @@ class Checkpointer:
     def save(self, state: TrainState, data_state: Mapping[str, Any] | None = None) -> None:
         """Saves ``state`` (at ``state.step``) and the JSON-serialisable ``data_state``."""
         step = int(jax.device_get(state.step))
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_tree(state)),
-            data=ocp.args.JsonSave(dict(data_state or {}))), force=True)
+        with self._writing():
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_tree(state)),
+                data=ocp.args.JsonSave(dict(data_state or {}))), force=True)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turns a failed write (here or, with async saves, an earlier one surfacing now)
+        into ``CheckpointError: cannot write checkpoint to <dir>: <reason>``."""
+        try:
+            yield
+        except Exception as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            hint = (" Free disk space (or use another directory) and run again: training "
+                    "resumes from the last complete checkpoint."
+                    if cause.errno in (errno_lib.ENOSPC, errno_lib.EDQUOT) else "")
+            raise CheckpointError(f"cannot write checkpoint to {self.directory}: "
+                                  f"{cause.strerror}.{hint}") from cause
 
     def restore(self, template: TrainState,
                 step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
@@ -122,11 +174,27 @@ class Checkpointer:
                 f"({len(problems)} mismatches; first: {'; '.join(sorted(problems)[:3])}).")
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          CheckpointError: a pending save failed (names the directory and the reason).
+        """
+        with self._writing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for pending saves and releases orbax's threads (even if a save failed).
+
+        Raises:
+          CheckpointError: a pending save failed.
+        """
+        try:
+            self.wait()
+        except Exception:
+            # orbax re-raises the failed save from close() too: report it once.
+            with contextlib.suppress(Exception):
+                self._manager.close()
+            raise
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import os
 import time
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 
 from jaxkd import models
 from jaxkd.training._checkpoint import Checkpointer
+from jaxkd.training._io import atomic_write_json
 from jaxkd.training._metrics import MetricWriter, read_metrics
 from jaxkd.training._objective import Objective
 from jaxkd.training._sharding import (DATA_AXIS, data_mesh, is_main_process, put_batch,
@@ -47,28 +49,84 @@ class TrainResult:
 EvalData = Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]]
 
 
-def evaluate(eval_step, state: TrainState, batches: EvalData, mesh: Mesh) -> dict[str, float]:
+def _num_classes(state: TrainState, image: Any) -> int:
+    """``K``, the student's number of logits, from its abstract output (no compute)."""
+    fn = models.logits_fn(state.graphdef, state.params, state.rest)
+    return int(jax.eval_shape(fn, jax.ShapeDtypeStruct(image.shape, image.dtype)).shape[-1])
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_label_range(mesh: Mesh):
+    # The smallest and largest label of the *global* batch, replicated: every process
+    # sees the same values and raises together (a check of each process's own rows
+    # would stop one process and leave the others waiting in the step's collectives).
+    return jax.jit(lambda label: jnp.stack([jnp.min(label), jnp.max(label)]),
+                   out_shardings=replicated(mesh))
+
+
+def _check_labels(label_range: Any, num_classes: int, where: str) -> None:
+    lo, hi = (int(v) for v in label_range)
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"label {bad} in {where} is out of range: labels must be integers in "
+            f"[0, {num_classes}) for a student with {num_classes} outputs (batch labels "
+            f"span [{lo}, {hi}]). Fix the data or the student's number of classes.")
+
+
+def _check_batch(batch: Any, where: str) -> None:
+    """Structure, shapes and dtypes of a batch (metadata only: no device transfer)."""
+    if not isinstance(batch, Mapping) or not {"image", "label"} <= batch.keys():
+        keys = sorted(batch.keys()) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"{where} must be a mapping with 'image' and 'label' entries; "
+                         f"got {keys}.")
+    image, label = (v if hasattr(v, "shape") else np.asarray(v)  # e.g. lists
+                    for v in (batch["image"], batch["label"]))
+    if len(label.shape) != 1 or label.shape[0] == 0:
+        raise ValueError(f"{where} has labels of shape {tuple(label.shape)}; expected "
+                         "[B] with B >= 1 (an empty batch cannot be trained or evaluated).")
+    if not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"{where} has labels of dtype {label.dtype}; expected integer "
+                         "class indices.")
+    if len(image.shape) < 2 or image.shape[0] != label.shape[0]:
+        raise ValueError(f"{where} has {tuple(image.shape)} images for "
+                         f"{tuple(label.shape)} labels; expected [B, ...] and [B].")
+
+
+def evaluate(eval_step, state: TrainState, batches: EvalData, mesh: Mesh, *,
+             num_classes: int | None = None) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``state``'s student over ``batches``.
 
     ``batches``: a re-iterable of ``{"image", "label"}`` batches (e.g. a list), or a
     function returning a fresh iterable (e.g. ``lambda: data.BatchIterator(test, 256,
     shuffle=False, drop_remainder=False, num_epochs=1)``). A batch whose size is not a
-    multiple of the mesh size is zero-padded and masked.
+    multiple of the mesh size is zero-padded and masked. ``num_classes``: the student's
+    number of logits ``K`` (default: read from its output shape).
+
+    Raises:
+      ValueError: an empty batch, no batches at all, or a label outside ``[0, K)``
+        (names the batch and the value).
     """
     if callable(batches):
         batches = batches()
     n = mesh.shape[DATA_AXIS]
     totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
-    for batch in batches:
+    for index, batch in enumerate(batches):
+        where = f"eval batch {index} (0-based)"
+        _check_batch(batch, where)
         image, label = np.asarray(batch["image"]), np.asarray(batch["label"])
+        if num_classes is None:
+            num_classes = _num_classes(state, image)
         size = label.shape[0]
         pad = (-size) % n
         mask = np.concatenate([np.ones(size, np.float32), np.zeros(pad, np.float32)])
         if pad:
             image = np.concatenate([image, np.zeros((pad, *image.shape[1:]), image.dtype)])
             label = np.concatenate([label, np.zeros(pad, label.dtype)])
-        out = jax.device_get(eval_step(state, put_batch(
-            {"image": image, "label": label, "mask": mask}, mesh)))
+        placed = put_batch({"image": image, "label": label, "mask": mask}, mesh)
+        out, label_range = jax.device_get(
+            (eval_step(state, placed), _jitted_label_range(mesh)(placed["label"])))
+        _check_labels(label_range, num_classes, where)
         for k in totals:
             totals[k] += float(out[k])
     if totals["count"] == 0:
@@ -106,6 +164,27 @@ def _check_finite(metrics: Mapping[str, float], step: int) -> None:
             + (f"term(s) {terms} " if terms else "")
             + ", ".join(f"{k}={v}" for k, v in bad.items())
             + ". Lower the learning rate or the term's weight, or check the inputs.")
+
+
+def _replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` placed whole on every device of ``mesh``.
+
+    ``jax.device_put`` refuses a sharding with other processes' devices, so across
+    processes each array is assembled from the copy that every process holds (the
+    student was built from the same seed everywhere) with ``make_array_from_callback``.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTransformation,
@@ -151,21 +230,34 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
 
     Raises:
       NonFiniteLossError: a loss term became NaN/inf (names the term and the step).
-      CheckpointError: the latest checkpoint is corrupt or does not fit the student.
+      CheckpointError: the latest checkpoint is corrupt or does not fit the student, or
+        a checkpoint cannot be written (names the directory and the reason, e.g. "No
+        space left on device").
+      ValueError: ``workdir`` is empty or an existing file; a batch is empty, malformed,
+        or has a label outside ``[0, K)`` for a student with ``K`` outputs (names the
+        step and the value; checked on the global batch, so every process raises).
+      OSError: ``metrics.jsonl`` cannot be written (names the file and the reason).
     """
     if num_steps is None and not hasattr(train_data, "__next__"):
         raise ValueError("num_steps=None needs train_data to be a finite iterator.")
     workdir = os.fspath(workdir)
+    if not workdir:
+        raise ValueError("workdir is empty; pass the run's directory (it will hold "
+                         "checkpoints/, metrics.jsonl and config.json).")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} is an existing file, not a directory; pass "
+                         "a directory path (it will hold checkpoints/, metrics.jsonl and "
+                         "config.json).")
     mesh = data_mesh() if mesh is None else mesh
     main = is_main_process()
     if main:
         os.makedirs(workdir, exist_ok=True)
         if config is not None:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                json.dump(dict(config), f, indent=2, sort_keys=True, default=str)
+            atomic_write_json(os.path.join(workdir, "config.json"), dict(config), indent=2,
+                              sort_keys=True, default=str)
 
     state = init_train_state(student, optimizer, key=jax.random.key(seed))
-    state = jax.device_put(state, replicated(mesh))
+    state = _replicate(state, mesh)
     train_step = make_train_step(objective, optimizer, mesh, teacher=teacher)
     eval_step = make_eval_step(mesh) if eval_data is not None else None
     writer = MetricWriter(workdir, tensorboard=tensorboard)
@@ -178,8 +270,10 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
             state, data_state = checkpointer.restore(state)
             if can_save_data and data_state:
                 train_data.set_state(data_state)
-            writer.truncate_after(start)
         start = start or 0
+        # Records past the restored step (all of them without a checkpoint) come from a
+        # killed run; the steps are replayed, so their records would repeat.
+        writer.truncate_after(start)
 
         bar = None
         if progress and main:
@@ -191,6 +285,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
         eval_metrics: dict[str, float] = {}
         t0, examples = time.perf_counter(), 0
         last_saved = start
+        num_classes = None
         while num_steps is None or step < num_steps:
             try:
                 batch = next(train_data)
@@ -199,11 +294,20 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                     break
                 raise ValueError(f"train_data ran out at step {step} of {num_steps}; give an "
                                  "iterator that repeats, or num_steps=None.") from None
+            where = f"the batch of step {step + 1}"
+            _check_batch(batch, f"train_data's batch for step {step + 1}")
             batch = put_batch(batch, mesh)
+            if num_classes is None:
+                num_classes = _num_classes(state, batch["image"])
+            # Dispatched with the step and fetched with its metrics: no extra sync. A bad
+            # label raises before the step's state is logged or saved.
+            label_range = _jitted_label_range(mesh)(batch["label"])
             state, metrics = train_step(state, batch)
             step += 1
             examples += batch["label"].shape[0]
-            train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            metrics, label_range = jax.device_get((metrics, label_range))
+            _check_labels(label_range, num_classes, where)
+            train_metrics = {k: float(v) for k, v in metrics.items()}
             _check_finite(train_metrics, step)
             if bar is not None:
                 bar.update(1)
@@ -214,7 +318,8 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                 writer.write(step, {**train_metrics, "examples_per_sec": examples / elapsed})
                 t0, examples, last_logged = time.perf_counter(), 0, step
             if eval_step is not None and eval_every and step % eval_every == 0 and not last:
-                eval_metrics = evaluate(eval_step, state, eval_data, mesh)
+                eval_metrics = evaluate(eval_step, state, eval_data, mesh,
+                                        num_classes=num_classes)
                 writer.write(step, eval_metrics, split="eval")
             if step % checkpoint_every == 0 or last:
                 checkpointer.save(state, train_data.get_state() if can_save_data else None)
@@ -224,14 +329,27 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
             if train_metrics and step != last_logged:
                 writer.write(step, train_metrics)
         if eval_step is not None:
-            eval_metrics = evaluate(eval_step, state, eval_data, mesh)
+            eval_metrics = evaluate(eval_step, state, eval_data, mesh,
+                                    num_classes=num_classes)
             # A re-run of a finished run trains nothing: its final evaluation is on file
             # unless the run was killed between the last checkpoint and that record.
             if step > start or not any(r["step"] == step for r in _eval_records(workdir)):
                 writer.write(step, eval_metrics, split="eval")
         if bar is not None:
             bar.close()
-        return TrainResult(state, train_metrics, eval_metrics)
-    finally:
+        result = TrainResult(state, train_metrics, eval_metrics)
+    except BaseException:
+        # Already failing: a pending save's error (orbax raises it again on close) must
+        # not hide the first one.
+        try:
+            checkpointer.close()
+        except Exception:
+            pass
+        finally:
+            writer.close()
+        raise
+    try:
         checkpointer.close()
+    finally:
         writer.close()
+    return result
