@@ -51,6 +51,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -386,7 +387,7 @@ def environment(args, results: list[dict]) -> dict:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "git_commit": _git_commit(),
-        "command": " ".join(["python -m benchmarks.step_cost"] + (args.argv or [])),
+        "command": shlex.join(["python", "-m", "benchmarks.step_cost"] + (args.argv or [])),
         "budgets": [r["info"] for r in results],
     }
     for mod in ("flax", "optax", "torch"):
@@ -563,7 +564,7 @@ def parse_args(argv=None):
     p.add_argument("--cnn-width", type=int, default=32)
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved timing rounds (default 10; 3 with --quick)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs of each step first")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each step first")
     p.add_argument("--pause", type=float, default=0.05,
                    help="seconds of rest before each timed step")
     p.add_argument("--torch", dest="torch", action="store_true", default=None,
