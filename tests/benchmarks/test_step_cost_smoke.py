@@ -39,6 +39,8 @@ def test_quick_run_writes_results_for_both_budgets(tmp_path):
     assert jm["flop_ratio_kd"] > 1.0 and kd["flop_ratio_kd"] == 1.0
     assert {t["target"] for t in result["targets"]} >= {
         "[all] exact JM (label) / KD (time)", "[one] exact JM (label) / KD (time)"}
+    # Tiny --quick sizes are not the targets' setting: no met / not met verdicts.
+    assert all(t["met"] is None for t in result["targets"])
 
     saved = json.loads((tmp_path / "step_cost.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
