@@ -133,26 +133,27 @@ def build(spec: dict, in_channels: int, num_classes: int):
 
 
 def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
-              image_size: int, num_classes: int, *, seed: int = 0):
+              image_size: int, num_classes: int, *, seed: int = 0, device: str = "cpu"):
     """Returns ``step()`` running one PyTorch training step of ``mode`` on a fixed batch.
 
-    ``mode`` is a ``step_cost`` mode description: ``{"kd": bool, "term": None | "jm_top1"
-    | "jm_all" | "vjp" | "jvp" | "noisy", "k": int}``.
+    ``mode`` is a ``step_cost`` zoo mode description: ``{"kd": bool, "term": None |
+    "jm_top1" | "jm_all" | "vjp" | "jvp" | "noisy", "k": int}``. ``device``: ``"cpu"`` or
+    ``"cuda"`` (the step then synchronises before returning, so wall time is its cost).
     """
     import torch
     import torch.nn.functional as F
     from torch.autograd import forward_ad as fwad
 
     torch.manual_seed(seed)
-    student = build(student_spec, 3, num_classes)
-    teacher = build(teacher_spec, 3, num_classes).eval()
+    student = build(student_spec, 3, num_classes).to(device)
+    teacher = build(teacher_spec, 3, num_classes).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
     opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
     # NCHW, PyTorch's native (and fastest on CPU) layout.
-    x = torch.randn(batch, 3, image_size, image_size)
-    y = torch.randint(0, num_classes, (batch,))
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
     term, k, temperature, sigma = mode["term"], mode.get("k", 1), 4.0, 0.1
 
     def eval_student(inp):
@@ -184,11 +185,11 @@ def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
                 idx = t_out.detach().argmax(-1, keepdim=True)
                 cots = [F.one_hot(idx[:, 0], num_classes).to(x.dtype)]
             elif term == "jm_all":
-                cots = [F.one_hot(torch.full((batch,), i), num_classes).to(x.dtype)
-                        for i in range(num_classes)]
+                cots = [F.one_hot(torch.full((batch,), i, device=device),
+                                  num_classes).to(x.dtype) for i in range(num_classes)]
             else:
-                cots = [torch.randint(0, 2, (batch, num_classes)).to(x.dtype) * 2 - 1
-                        for _ in range(k)]
+                cots = [torch.randint(0, 2, (batch, num_classes), device=device).to(x.dtype)
+                        * 2 - 1 for _ in range(k)]
             total = 0.0
             for j, v in enumerate(cots):
                 last = j == len(cots) - 1
@@ -205,7 +206,7 @@ def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
         elif term == "jvp":
             total = 0.0
             for _ in range(k):
-                u = torch.randint(0, 2, x.shape).to(x.dtype) * 2 - 1
+                u = torch.randint(0, 2, x.shape, device=device).to(x.dtype) * 2 - 1
                 with fwad.dual_level():
                     with torch.no_grad():
                         t_u = fwad.unpack_dual(teacher(fwad.make_dual(x, u))).tangent
@@ -213,7 +214,7 @@ def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
                 total = total + ((t_u - s_u)**2).sum(-1)
             loss = loss + (total / k).mean()
         elif term == "noisy":
-            noisy = (x[None] + sigma * torch.randn((k,) + x.shape)).reshape(
+            noisy = (x[None] + sigma * torch.randn((k,) + x.shape, device=device)).reshape(
                 (k * batch,) + x.shape[1:])
             with torch.no_grad():
                 t_noisy = teacher(noisy)
@@ -221,6 +222,115 @@ def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
             loss = loss + ((t_noisy - s_noisy)**2).sum(-1).mean()
         loss.backward()
         opt.step()
-        return loss.detach()
+        _sync(device)
+
+    return step
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def user_cnn(pool: str, widths: tuple[int, int], num_classes: int, image_size: int):
+    """The user-model CNN of ``benchmarks._user_models`` in PyTorch (NCHW).
+
+    ``Conv(w1, 3x3, same) - ReLU - pool - Conv(w2) - ReLU - pool - flatten - Linear(K)``;
+    ``pool`` is ``"avg"`` (``avg_pool2d``) or ``"max"``/``"reshape"`` (``max_pool2d``:
+    PyTorch has one max-pool, with a cheap double backward).
+    """
+    import torch
+    from torch import nn
+
+    pool_fn = nn.functional.avg_pool2d if pool == "avg" else nn.functional.max_pool2d
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1)
+            self.conv2 = nn.Conv2d(widths[0], widths[1], 3, padding=1)
+            self.head = nn.Linear(widths[1] * (image_size // 4) ** 2, num_classes)
+
+        def forward(self, x):
+            h = pool_fn(torch.relu(self.conv1(x)), 2)
+            h = pool_fn(torch.relu(self.conv2(h)), 2)
+            return self.head(h.flatten(1))
+
+    return CNN()
+
+
+USER_MODES = ("kd", "jm", "jvp_k1", "vjp_k1", "jm_all")
+
+
+def make_user_step(pool: str, mode: str, *, batch: int, image_size: int, num_classes: int,
+                   width: int, seed: int = 0, device: str = "cpu", eps: float = 1e-6):
+    """``step()``: the user-model step of ``mode`` in PyTorch eager (Adam, fixed batch).
+
+    CE + KD (temperature 4) + the term: ``jm`` label-output Jacobian matching with
+    ``autograd.grad(create_graph=True)`` for the student and plain ``autograd.grad`` for
+    the teacher (one forward of each network serves both the logits and the gradient),
+    norms floored as ``sqrt(|g|^2 + eps^2)``; ``jm_all`` loops over the K outputs;
+    ``vjp_k1`` one Rademacher output probe; ``jvp_k1`` forward-mode AD along one
+    Rademacher input probe, then ``backward`` (reverse over forward).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.autograd import forward_ad as fwad
+
+    if mode not in USER_MODES:
+        raise ValueError(f"no PyTorch user-model mode {mode!r}; choose from {USER_MODES}")
+    torch.manual_seed(seed)
+    student = user_cnn(pool, (width, 2 * width), num_classes, image_size).to(device)
+    teacher = user_cnn(pool, (2 * width, 4 * width), num_classes, image_size).to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    reverse = mode in ("jm", "jm_all", "vjp_k1")
+
+    def normalise(g):
+        return g / torch.sqrt((g * g).sum(-1, keepdim=True) + eps**2)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        xs = x.detach().requires_grad_(reverse)
+        xt = x.detach().requires_grad_(reverse)
+        s_out = student(xs)
+        t_out = teacher(xt)
+        t_logits = t_out.detach()
+        loss = F.cross_entropy(s_out, y) + 16.0 * F.kl_div(
+            F.log_softmax(s_out / 4.0, -1), F.log_softmax(t_logits / 4.0, -1),
+            log_target=True, reduction="batchmean")
+        if reverse:
+            if mode == "jm":
+                cots = [F.one_hot(y, num_classes).to(x.dtype)]
+            elif mode == "jm_all":
+                cots = [F.one_hot(torch.full((batch,), i, device=device),
+                                  num_classes).to(x.dtype) for i in range(num_classes)]
+            else:
+                cots = [torch.randint(0, 2, (batch, num_classes), device=device).to(x.dtype)
+                        * 2 - 1]
+            total = 0.0
+            for j, c in enumerate(cots):
+                last = j == len(cots) - 1
+                (g_t,) = torch.autograd.grad(t_out, xt, c, retain_graph=not last)
+                (g_s,) = torch.autograd.grad(s_out, xs, c, create_graph=True)
+                g_t, g_s = g_t.flatten(1), g_s.flatten(1)
+                if mode == "jm":
+                    g_t, g_s = normalise(g_t), normalise(g_s)
+                total = total + ((g_t - g_s) ** 2).sum(-1)
+            loss = loss + total.mean()
+        elif mode == "jvp_k1":
+            u = torch.randint(0, 2, x.shape, device=device).to(x.dtype) * 2 - 1
+            with fwad.dual_level():
+                with torch.no_grad():
+                    t_u = fwad.unpack_dual(teacher(fwad.make_dual(x, u))).tangent
+                s_u = fwad.unpack_dual(student(fwad.make_dual(x, u))).tangent
+            loss = loss + ((t_u - s_u) ** 2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+        _sync(device)
 
     return step

@@ -1,186 +1,248 @@
-r"""Step time, peak memory and FLOPs of every loss mode, as ratios to the KD step.
+r"""Step cost of Jacobian matching and its projections, against KD and against PyTorch.
 
 Run from the repository root::
 
-    python -m benchmarks.step_cost                      # full default (< 10 min, 2-core CPU)
-    python -m benchmarks.step_cost --quick              # seconds: tiny CNN, a few modes
-    python -m benchmarks.step_cost --models vgg --batch-sizes 64 --no-torch --out /tmp/b
+    python -m benchmarks.step_cost                # the default (about 5 min on 2 CPU cores)
+    python -m benchmarks.step_cost --quick        # tens of seconds; writes to a temp folder
+    python -m benchmarks.step_cost --budgets all --zoo-models '' --out /tmp/b
 
-What one figure is. For each model pair and batch size, every mode's real jaxkd train step
-(``jaxkd.training.make_train_step``: student train-mode forward, an ``Objective`` of
-cross-entropy + Hinton KD + the term under test, optax SGD with momentum, state donated) is
-compiled once (``lower().compile()``, timed apart), warmed up, and then the modes (and the
-PyTorch eager steps) are run *interleaved*: round after round, every step once in a fresh
-random order after a short pause, so that the noise of a shared machine hits all of them
-alike. A mode's time is the median over rounds;
-its ratio to KD is the median over rounds of ``time / time_of_KD_in_that_round``; the
-JAX/PyTorch ratio likewise pairs the two steps of the same round.
+What is measured (details in ``docs/benchmarks.md``):
 
-Memory is XLA's static buffer assignment of the compiled step
-(``compiled.memory_analysis()``): ``peak = argument + output + temp - alias`` bytes (the
-live buffers of one step; ``alias`` is the donated state counted once), with ``temp``
-(the step's working memory) reported as well. FLOPs are ``compiled.cost_analysis()``.
+* **User-model cases** (``benchmarks/_user_models.py``): a flax.linen CNN as a user writes
+  it, with ``nn.avg_pool`` (``user_avg``), ``nn.max_pool`` (``user_max``) and a reshape +
+  max pool (``user_maxr``); batch 64 of 32x32x3, Adam; CE + KD + the term of the mode;
+  the library's Jacobian matching next to the same maths written by hand; exact
+  all-output matching next to one-probe projections; rematerialisation; bfloat16.
+* **Zoo cases** (``benchmarks/_zoo.py``): jaxkd's own models through jaxkd's train step.
+* **PyTorch eager** (``benchmarks/_torch_reference.py``) doing the same steps with
+  ``autograd.grad(create_graph=True)``, at the **same core budget** as JAX:
+  ``all`` = every core each (JAX: one host device per core, the batch sharded over a
+  ``Mesh`` with ``NamedSharding``; PyTorch: ``torch.set_num_threads(cores)``) and ``one`` =
+  one core each (both processes pinned to one core; JAX one device with single-threaded
+  Eigen; PyTorch one thread). A host device count is fixed when JAX initialises its
+  backend, so every budget runs in its own subprocess. On a GPU (JAX's default backend is
+  not the CPU) there is one budget, ``gpu``: JAX on its default device, PyTorch on
+  ``cuda`` when available, no CPU-device settings.
 
-Outputs, under ``--out`` (default ``benchmarks/results``): ``step_cost.json`` (every
-number, with machine, versions, date and the exact command), ``step_cost.md`` (the table)
-and ``step_cost.png`` (time ratio against FLOP ratio).
+Every figure is a ratio to a baseline timed in the same rounds: within a budget, the steps
+of a group (all user-model cases together; each zoo pair on its own) run *interleaved*,
+each round every step once in a fresh random order after a short pause, and a ratio is
+the median over rounds of the per-round quotient. FLOPs are XLA's cost analysis and peak
+memory its static buffer assignment (``argument + output + temp - alias``, per device
+when sharded) of the compiled step.
+
+Outputs under ``--out`` (default ``benchmarks/results``; with ``--quick`` a fresh temporary
+folder unless ``--out`` is given): ``<tag>.json`` (every per-round time, the machine,
+versions, commit, date and command), ``<tag>.md`` (the targets and the tables) and
+``<tag>.png``.
+
+Why argparse and not absl + ml_collections like ``experiments/``: this is a stand-alone
+measurement script with a handful of flat flags, no nested config and no workdir to
+resume; it re-executes itself as subprocesses with a private ``--worker`` flag, and it
+must run where only the library and (optionally) torch are installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
-import random
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 
-# name -> (kd, term, k): what the objective holds besides cross-entropy.
-MODES: dict[str, dict] = {
-    "ce": dict(kd=False, term=None),
-    "kd": dict(kd=True, term=None),
-    "jm_top1": dict(kd=True, term="jm_top1"),
-    # Experiment (not the library's loss): reverse-over-forward parameter gradient.
-    "jm_top1_rof": dict(kd=True, term="jm_top1_rof"),
-    "jm_all": dict(kd=True, term="jm_all"),
-    "vjp_k1": dict(kd=True, term="vjp", k=1),
-    "vjp_k4": dict(kd=True, term="vjp", k=4),
-    "jvp_k1": dict(kd=True, term="jvp", k=1),
-    "jvp_k4": dict(kd=True, term="jvp", k=4),
-    "noisy_n1": dict(kd=True, term="noisy", k=1),
-    "noisy_n4": dict(kd=True, term="noisy", k=4),
-}
-DEFAULT_MODES = ("ce", "kd", "jm_top1", "jm_all", "vjp_k1", "vjp_k4", "jvp_k1", "jvp_k4",
-                 "noisy_n1", "noisy_n4")
+from benchmarks import _harness
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_CORE_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+USER_MODES = ("kd", "jm", "jm_hand", "jvp_k1", "vjp_k1", "jm_all", "jm_remat", "kd_bf16",
+              "jm_bf16")
+TORCH_USER_MODES = ("kd", "jm", "jvp_k1", "vjp_k1", "jm_all")
+TORCH_ZOO_MODES = ("ce", "kd", "jm_top1", "jm_all", "vjp_k1", "vjp_k4", "jvp_k1", "jvp_k4",
+                   "noisy_n1", "noisy_n4")
 
 
-# Student/teacher pairs. SmallCNN: width 32 student, width 64 teacher. VGG-4/VGG-9 at base
-# width 32 (half the paper-scale 64, to keep the CPU run under 10 minutes; --vgg-width 64
-# for the paper scale). WRN-16-1 student of a WRN-16-2 teacher (an attention-transfer pair).
-def model_specs(vgg_width: int = 32, cnn_width: int = 32) -> dict[str, tuple[dict, dict]]:
-    from jaxkd.models import VGG4_PLAN, VGG9_PLAN
-    return {
-        "cnn": (dict(kind="cnn", width=cnn_width), dict(kind="cnn", width=2 * cnn_width)),
-        "vgg": (dict(kind="vgg", plan=VGG4_PLAN, width=vgg_width),
-                dict(kind="vgg", plan=VGG9_PLAN, width=vgg_width)),
-        "wrn": (dict(kind="wrn", depth=16, widen=1), dict(kind="wrn", depth=16, widen=2)),
-    }
+# ----------------------------------------------------------------------------- the plan
+
+def plan(args) -> list[dict]:
+    """The budgets to run, each a subprocess job with its groups of interleaved steps."""
+    cores = available_cores()
+    user_cases = _split(args.user_cases)
+    zoo_models = _split(args.zoo_models)
+    batches = [args.batch_size] + ([int(b) for b in _split(args.zoo_batch_sizes)]
+                                   if zoo_models else [])
+    jobs = []
+    budgets = _split(args.budgets)
+    for budget in budgets:
+        if budget not in ("all", "one"):
+            raise SystemExit(f"--budgets: expected a comma list of 'all' and 'one', got "
+                             f"{budget!r}.")
+    # 'all' first: its worker finds out whether JAX's backend is a GPU (then 'one' is moot).
+    for budget in sorted(set(budgets), key=("all", "one").index):
+        n = 1 if budget == "one" else device_count(cores, batches, args.devices)
+        groups = []
+        steps = []
+        for case in user_cases:
+            modes = (_split(args.modes) if case == user_cases[0] and budget == "all"
+                     else _split(args.other_modes))
+            for mode in modes:
+                steps.append(dict(kind="user", case=case, mode=mode, framework="jax"))
+            if args.torch:
+                for mode in modes:
+                    if mode in _split(args.torch_modes) and mode in TORCH_USER_MODES:
+                        steps.append(dict(kind="user", case=case, mode=mode,
+                                          framework="torch"))
+        if steps:
+            groups.append(dict(name="user", batch=args.batch_size, steps=steps))
+        if budget == "all" or args.zoo_one_core:
+            for model in zoo_models:
+                for b in [int(s) for s in _split(args.zoo_batch_sizes)]:
+                    zsteps = [dict(kind="zoo", case=model, mode=m, framework="jax")
+                              for m in _split(args.zoo_modes)]
+                    if args.torch:
+                        zsteps += [dict(kind="zoo", case=model, mode=m, framework="torch")
+                                   for m in _split(args.zoo_modes)
+                                   if m in _split(args.torch_modes) + ["jm_top1"]
+                                   and m in TORCH_ZOO_MODES]
+                    groups.append(dict(name=f"zoo_{model}_b{b}", batch=b, steps=zsteps))
+        jobs.append(dict(budget=budget, devices=n, torch_threads=1 if budget == "one" else cores,
+                         pin_one_core=budget == "one", groups=groups, args=vars(args)))
+    return jobs
 
 
-def describe(spec: dict) -> str:
-    if spec["kind"] == "cnn":
-        return f"SmallCNN(w={spec['width']})"
-    if spec["kind"] == "vgg":
-        return f"VGG-{sum(len(b) for b in spec['plan']) + 1}(w={spec['width']})"
-    return f"WRN-{spec['depth']}-{spec['widen']}"
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def build_jax(spec: dict, num_classes: int, seed: int):
-    from flax import nnx
-
-    from jaxkd import models
-    rngs = nnx.Rngs(seed)
-    if spec["kind"] == "cnn":
-        return models.SmallCNN(3, num_classes, width=spec["width"], rngs=rngs)
-    if spec["kind"] == "vgg":
-        return models.VGG(3, num_classes, plan=spec["plan"], width=spec["width"], rngs=rngs)
-    return models.WideResNet(spec["depth"], spec["widen"], 3, num_classes, rngs=rngs)
+def device_count(cores: int, batches: list[int], requested: int | None) -> int:
+    """Host devices for the all-cores budget: one per core, a divisor of every batch."""
+    n = requested or cores
+    g = 0
+    for b in batches:
+        g = math.gcd(g, b)
+    return max(d for d in range(1, n + 1) if g % d == 0)
 
 
-def objective_for(mode: dict):
-    from jaxkd import training
-    terms = [training.cross_entropy()]
-    if mode["kd"]:
-        terms.append(training.distillation(temperature=4.0))
-    term, k = mode["term"], mode.get("k", 1)
-    if term == "jm_top1":
-        terms.append(training.jacobian_matching(1.0))
-    elif term == "jm_top1_rof":
-        terms.append(_rof_jm_term())
-    elif term == "jm_all":
-        terms.append(training.jacobian_matching(1.0, outputs="all", normalize=False))
-    elif term == "vjp":
-        terms.append(training.vjp_projection(1.0, num_probes=k))
-    elif term == "jvp":
-        terms.append(training.jvp_projection(1.0, num_probes=k))
-    elif term == "noisy":
-        terms.append(training.noisy_distillation(1.0, sigma=0.1, num_samples=k))
-    return training.Objective(*terms)
+def _split(s: str) -> list[str]:
+    return [p.strip() for p in (s or "").split(",") if p.strip()]
 
 
-def _rof_jm_term():
-    from benchmarks._reverse_over_forward import jacobian_matching_loss_rof
-    from jaxkd import training
+# ----------------------------------------------------------------------------- the worker
 
-    def fn(inputs, key):
-        del key
-        return jacobian_matching_loss_rof(inputs.student_fn, inputs.teacher_fn, inputs.x)
-    return training.Term("jacobian", 1.0, fn)
-
-
-@dataclasses.dataclass
-class Compiled:
-    run: Callable[[], None]
-    compile_s: float
-    flops: float
-    bytes_accessed: float
-    peak_bytes: int
-    temp_bytes: int
-
-
-def lower_jax_step(mode: dict, student, teacher, batch_size: int, image_size: int,
-                   num_classes: int):
-    """Lowers the jaxkd train step of ``mode``; returns ``(lowered, finish)``.
-
-    ``finish(compiled, compile_s)`` wraps the compiled step into a :class:`Compiled`.
-    Lowering (Python tracing) runs here; compiling (XLA, outside the GIL) may run in a
-    thread.
-    """
+def worker(job_path: str, out_path: str) -> None:
+    """One budget, in its own process: pin, configure JAX, build, time, write JSON."""
+    with open(job_path) as f:
+        job = json.load(f)
+    args = argparse.Namespace(**job["args"])
+    if job["pin_one_core"] and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import jax
-    import jax.numpy as jnp
-    import optax
+    jax.config.update("jax_num_cpu_devices", job["devices"])
+    backend = jax.default_backend()
+    mesh = None
+    if backend == "cpu" and job["devices"] > 1:
+        from jax.sharding import AxisType, Mesh
+        import numpy as np
+        mesh = Mesh(np.array(jax.devices()[:job["devices"]]), ("data",),
+                    axis_types=(AxisType.Auto,))
+    torch_device = None
+    if any(s["framework"] == "torch" for g in job["groups"] for s in g["steps"]):
+        import warnings
 
-    from jaxkd import training
-    optimizer = optax.sgd(1e-3, momentum=0.9)
-    # Copy: the step donates its state, which would otherwise delete the model's arrays.
-    state = jax.tree.map(jnp.copy, training.init_train_state(student, optimizer,
-                                                             key=jax.random.key(0)))
-    kx, ky = jax.random.split(jax.random.key(1))
-    batch = {"image": jax.random.normal(kx, (batch_size, image_size, image_size, 3)),
-             "label": jax.random.randint(ky, (batch_size,), 0, num_classes)}
-    objective = objective_for(mode)
-    step = training.make_train_step(objective, optimizer,
-                                    teacher=teacher if objective.needs_teacher else None)
+        import torch
+
+        # torch's forward-mode AD scripts a helper on first use and warns about its own API.
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+        torch.set_num_threads(job["torch_threads"])
+        torch_device = "cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu"
+        if backend != "cpu" and torch_device == "cpu":
+            # JAX on an accelerator against PyTorch on the host CPU compares nothing.
+            _log(args, f"[{backend}] PyTorch has no {backend} here: its steps are left out")
+            torch_device = None
+            for g in job["groups"]:
+                g["steps"] = [s for s in g["steps"] if s["framework"] != "torch"]
+    info = dict(budget=job["budget"] if backend == "cpu" else backend, backend=backend,
+                jax_devices=len(mesh.devices.flat) if mesh is not None else 1,
+                device_kind=jax.devices()[0].device_kind, torch_device=torch_device,
+                torch_threads=job["torch_threads"] if torch_device == "cpu" else None,
+                pinned_cores=sorted(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity") else None,
+                load_before=_loadavg(),
+                XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+    _log(args, f"[{info['budget']}] {info['jax_devices']} JAX device(s) "
+               f"({backend}: {info['device_kind']}), torch on {torch_device} "
+               f"({info['torch_threads']} threads)")
+    groups = [run_group(g, args, mesh, torch_device, info, job) for g in job["groups"]]
+    info["load_after"] = _loadavg()
+    with open(out_path, "w") as f:
+        json.dump(dict(info=info, groups=groups), f)
+
+
+def run_group(group: dict, args, mesh, torch_device, info, job) -> dict:
+    from benchmarks import _torch_reference, _user_models, _zoo
+    specs = _zoo.model_specs(args.vgg_width, args.cnn_width)
+    lowered = []
+    for s in group["steps"]:
+        if s["framework"] != "jax":
+            continue
+        if s["kind"] == "user":
+            lowered.append(_user_models.make_step(
+                s["case"], s["mode"], batch=group["batch"], image_size=args.image_size,
+                num_classes=args.num_classes, width=args.width, mesh=mesh))
+        else:
+            lowered.append(_zoo.make_step(s["case"], s["mode"], batch=group["batch"],
+                                          image_size=args.image_size,
+                                          num_classes=args.num_classes, specs=specs,
+                                          mesh=mesh))
+    # XLA compiles outside the GIL: a few at a time (compile_s overlaps then).
+    workers = 1 if job["pin_one_core"] else args.compile_workers
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_compile, low) for low, _ in lowered]
+        compiled = [fin(*fut.result()) for (_, fin), fut in zip(lowered, futures)]
+    jax_steps = iter(compiled)
+    steps = []
+    for s in group["steps"]:
+        if s["framework"] == "jax":
+            step = next(jax_steps)
+            _log(args, f"  [{info['budget']}] compiled {_key(s)}: {step.compile_s:.1f}s, "
+                       f"{_harness.fmt_flops(step.flops)}, "
+                       f"peak {_harness.fmt_bytes(step.peak_bytes)}")
+        elif s["kind"] == "user":
+            from benchmarks._user_models import CASES
+            run = _torch_reference.make_user_step(
+                CASES[s["case"]], s["mode"], batch=group["batch"],
+                image_size=args.image_size, num_classes=args.num_classes, width=args.width,
+                device=torch_device)
+            step = _harness.Step("torch", s["mode"], run)
+        else:
+            student_spec, teacher_spec = specs[s["case"]]
+            run = _torch_reference.make_step(_zoo.MODES[s["mode"]], student_spec,
+                                              teacher_spec, group["batch"], args.image_size,
+                                              args.num_classes, device=torch_device)
+            step = _harness.Step("torch", s["mode"], run)
+        step.mode = _key(s)  # unique within the group
+        steps.append(step)
     t0 = time.perf_counter()
-    lowered = step.jitted.lower(state, batch, step.teacher_vars)
-    lower_s = time.perf_counter() - t0
-    teacher_vars = step.teacher_vars
-
-    def finish(compiled, compile_s: float) -> Compiled:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        mem = compiled.memory_analysis()
-        peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-        holder = [state]
-
-        def run():
-            new_state, metrics = compiled(holder[0], batch, teacher_vars)
-            jax.block_until_ready((new_state, metrics))
-            holder[0] = new_state
-
-        return Compiled(run, lower_s + compile_s, float(cost.get("flops", float("nan"))),
-                        float(cost.get("bytes accessed", float("nan"))), int(peak),
-                        int(mem.temp_size_in_bytes))
-
-    return lowered, finish
+    times = _harness.interleave(steps, rounds=args.rounds, warmup=args.warmup,
+                                pause=args.pause)
+    _log(args, f"  [{info['budget']}] timed group {group['name']}: {len(steps)} steps x "
+               f"{args.rounds} rounds in {time.perf_counter() - t0:.0f}s")
+    rows = []
+    for s, step in zip(group["steps"], steps):
+        rows.append(dict(s, batch=group["batch"], compile_s=step.compile_s, flops=step.flops,
+                         peak_bytes=step.peak_bytes, temp_bytes=step.temp_bytes,
+                         note=step.note, times_s=times[(step.framework, step.mode)]))
+    return dict(name=group["name"], batch=group["batch"], rows=rows)
 
 
 def _compile(lowered):
@@ -189,95 +251,16 @@ def _compile(lowered):
     return compiled, time.perf_counter() - t0
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _loadavg() -> float | None:
+    """The 1-minute load average: above the core count, other jobs shared the cores."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
-def bench_pair(model: str, specs: tuple[dict, dict], batch_size: int, args,
-               modes: list[str]) -> list[dict]:
-    from benchmarks import _torch_reference
-    student_spec, teacher_spec = specs
-    student = build_jax(student_spec, args.num_classes, 0)
-    teacher = build_jax(teacher_spec, args.num_classes, 1)
-    runners: dict[str, Callable[[], object]] = {}
-    rows: dict[str, dict] = {}
-    lowered = {name: lower_jax_step(MODES[name], student, teacher, batch_size,
-                                    args.image_size, args.num_classes) for name in modes}
-    # XLA compiles outside the GIL: two at a time. A mode's compile_s is its own
-    # lowering + compilation wall time (inflated when the two overlap on few cores).
-    with concurrent.futures.ThreadPoolExecutor(args.compile_workers) as pool:
-        futures = {name: pool.submit(_compile, lowered[name][0]) for name in modes}
-        compiled = {name: lowered[name][1](*futures[name].result()) for name in modes}
-    for name in modes:
-        c = compiled[name]
-        runners[("jax", name)] = c.run
-        rows[name] = dict(model=model, student=describe(student_spec),
-                          teacher=describe(teacher_spec), batch=batch_size, mode=name,
-                          num_classes=args.num_classes, compile_s=c.compile_s,
-                          flops=c.flops, bytes_accessed=c.bytes_accessed,
-                          peak_bytes=c.peak_bytes, temp_bytes=c.temp_bytes)
-        _log(args, f"  compiled {model} B={batch_size} {name}: {c.compile_s:.1f}s, "
-                   f"{c.flops / 1e9:.2f} GFLOP, peak {c.peak_bytes / 2**20:.0f} MiB")
-    if args.torch:
-        for name in modes:
-            if name.endswith("_rof"):
-                continue
-            runners[("torch", name)] = _torch_reference.make_step(
-                MODES[name], student_spec, teacher_spec, batch_size, args.image_size,
-                args.num_classes)
-    for fn in runners.values():  # warm-up
-        for _ in range(args.warmup):
-            fn()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-    keys = list(runners)
-    order = random.Random(0)
-    for _ in range(args.rounds):
-        # A fresh order every round, so no step always follows the same neighbour, and a
-        # pause between steps: freeing a large step's buffers (GBs for exact all-output
-        # matching at K=100) must not be billed to the step that follows it.
-        order.shuffle(keys)
-        for key in keys:
-            time.sleep(args.pause)
-            times[key].append(timed(runners[key]))
-    kd = times.get(("jax", "kd"))
-    torch_kd = times.get(("torch", "kd"))
-    out = []
-    for name in modes:
-        row = rows[name]
-        t = times[("jax", name)]
-        row["time_s"] = statistics.median(t)
-        row["times_s"] = t
-        if kd is not None:
-            row["time_ratio_kd"] = statistics.median(a / b for a, b in zip(t, kd))
-        tt = times.get(("torch", name))
-        if tt is not None:
-            row["torch_time_s"] = statistics.median(tt)
-            row["torch_times_s"] = tt
-            row["jax_over_torch"] = statistics.median(a / b for a, b in zip(t, tt))
-            if torch_kd is not None:
-                row["torch_time_ratio_kd"] = statistics.median(
-                    a / b for a, b in zip(tt, torch_kd))
-        out.append(row)
-    base = rows.get("kd")
-    if base is not None:
-        for row in out:
-            row["flop_ratio_kd"] = row["flops"] / base["flops"]
-            row["peak_ratio_kd"] = row["peak_bytes"] / base["peak_bytes"]
-    for row in out:
-        _log(args, "  " + _summary(row))
-    return out
-
-
-def _summary(row: dict) -> str:
-    s = (f"{row['model']} B={row['batch']} {row['mode']:>13}: "
-         f"{row['time_s'] * 1e3:8.1f} ms")
-    for key, label in (("time_ratio_kd", "x KD"), ("flop_ratio_kd", "x KD FLOPs"),
-                       ("peak_ratio_kd", "x KD peak"), ("jax_over_torch", "JAX/torch")):
-        if key in row:
-            s += f"  {row[key]:5.2f} {label}"
-    return s
+def _key(s: dict) -> str:
+    return f"{s['framework']}:{s['case']}:{s['mode']}"
 
 
 def _log(args, msg: str) -> None:
@@ -285,39 +268,151 @@ def _log(args, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def environment(args) -> dict:
+# ----------------------------------------------------------------------------- the parent
+
+def run_job(job: dict, args, workdir: str) -> dict:
+    job_path = os.path.join(workdir, f"job_{job['budget']}.json")
+    out_path = os.path.join(workdir, f"result_{job['budget']}.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    env = dict(os.environ)
+    if job["budget"] == "one":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_CORE_XLA_FLAGS).strip()
+        env["OMP_NUM_THREADS"] = "1"
+    if args.platform:
+        env["JAX_PLATFORMS"] = args.platform
+    # On a GPU, JAX and PyTorch share the device: JAX takes half, not 75 %, up front.
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_cost", "--worker", job_path,
+                           out_path], cwd=REPO, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {job['budget']!r} budget's worker failed (exit "
+                         f"{proc.returncode}); its traceback is above.")
+    with open(out_path) as f:
+        return json.load(f)
+
+
+def analyse(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per-step rows with their in-group ratios, and the targets of issue 9."""
+    rows = []
+    for res in results:
+        info = res["info"]
+        for group in res["groups"]:
+            by_key = {_key(r): r for r in group["rows"]}
+            for r in group["rows"]:
+                row = dict(r, budget=info["budget"], group=group["name"])
+                t = r["times_s"]
+                row["time_s"] = statistics.median(t)
+                kd = by_key.get(f"{r['framework']}:{r['case']}:kd")
+                if kd is not None:
+                    row["time_ratio_kd"] = _harness.paired_ratio(t, kd["times_s"])
+                    if r["flops"] and kd["flops"]:
+                        row["flop_ratio_kd"] = r["flops"] / kd["flops"]
+                    if r["peak_bytes"] and kd["peak_bytes"]:
+                        row["peak_ratio_kd"] = r["peak_bytes"] / kd["peak_bytes"]
+                other = by_key.get(f"torch:{r['case']}:{r['mode']}")
+                if r["framework"] == "jax" and other is not None:
+                    row["jax_over_torch"] = _harness.paired_ratio(t, other["times_s"])
+                rows.append(row)
+    return rows, targets(rows)
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    def find(budget, case, mode, framework="jax"):
+        return next((r for r in rows if r["budget"] == budget and r["case"] == case
+                     and r["mode"] == mode and r["framework"] == framework), None)
+
+    def ratio(a, b):
+        if a is None or b is None or a["group"] != b["group"] or a["budget"] != b["budget"]:
+            return None
+        return _harness.paired_ratio(a["times_s"], b["times_s"])
+
+    out = []
+
+    def add(name, value, target, how, met=None):
+        if value is None:
+            return
+        if met is None and target is not None:
+            op, bound = target
+            met = value <= bound if op == "<=" else value >= bound
+        out.append(dict(target=name, value=value,
+                        bound=None if target is None else f"{target[0]} {target[1]}",
+                        met=met, how=how))
+
+    budgets = sorted({r["budget"] for r in rows}, key=lambda b: ("all", "gpu", "one").index(b)
+                     if b in ("all", "gpu", "one") else 9)
+    for b in budgets:
+        c = "user_avg"
+        kd, jm = find(b, c, "kd"), find(b, c, "jm")
+        add(f"[{b}] library JM / hand-written JM (time)", ratio(jm, find(b, c, "jm_hand")),
+            ("<=", 1.03), "user_avg, jm vs jm_hand, paired rounds")
+        add(f"[{b}] exact JM (label) / KD (time)", ratio(jm, kd), ("<=", 2.0), "user_avg")
+        add(f"[{b}] JVP k=1 / KD (time)", ratio(find(b, c, "jvp_k1"), kd), ("<=", 2.0),
+            "user_avg")
+        add(f"[{b}] JM step JAX / PyTorch ({'all cores' if b == 'all' else b} each)",
+            ratio(jm, find(b, c, "jm", "torch")), ("<=", 0.8) if b != "one" else None,
+            "user_avg, same core budget, paired rounds")
+        add(f"[{b}] KD step JAX / PyTorch", ratio(kd, find(b, c, "kd", "torch")), None,
+            "user_avg")
+        jm_all = find(b, c, "jm_all")
+        for p in ("jvp_k1", "vjp_k1"):
+            add(f"[{b}] exact all-output (K=10) / {p} (time)", ratio(jm_all, find(b, c, p)),
+                (">=", 5.0), "user_avg")
+        if jm is not None and kd is not None and jm["peak_bytes"] and kd["peak_bytes"]:
+            add(f"[{b}] exact JM peak memory / KD's (no remat)",
+                jm["peak_bytes"] / kd["peak_bytes"], None, "XLA memory_analysis")
+        rm = find(b, c, "jm_remat")
+        if rm is not None and kd is not None and rm["peak_bytes"] and kd["peak_bytes"]:
+            add(f"[{b}] exact JM peak memory / KD's (remat on)",
+                rm["peak_bytes"] / kd["peak_bytes"], ("<=", 2.0),
+                f"XLA memory_analysis; {rm['note']}")
+            add(f"[{b}] JM with remat / without (time)", ratio(rm, jm), None, rm["note"])
+        add(f"[{b}] bf16 / f32 KD step (time)", ratio(find(b, c, "kd_bf16"), kd), None,
+            "networks in bfloat16")
+        add(f"[{b}] bf16 / f32 JM step (time)", ratio(find(b, c, "jm_bf16"), jm), None,
+            "networks in bfloat16")
+        for case, label in (("user_max", "nn.max_pool"), ("user_maxr", "reshape + max")):
+            add(f"[{b}] {label}: JM / KD (time)", ratio(find(b, case, "jm"),
+                                                         find(b, case, "kd")), None, case)
+            add(f"[{b}] {label}: JM step JAX / PyTorch",
+                ratio(find(b, case, "jm"), find(b, case, "jm", "torch")), None, case)
+        add(f"[{b}] nn.max_pool JM step / reshape + max JM step",
+            ratio(find(b, "user_max", "jm"), find(b, "user_maxr", "jm")), None,
+            "same rounds")
+    return out
+
+
+def environment(args, results: list[dict]) -> dict:
     import jax
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.machine(),
         "processor": _cpu_name(),
-        "cpu_count": os.cpu_count(),
+        "cores": available_cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "devices": [str(d.device_kind) for d in jax.local_devices()][:1],
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "git_commit": _git_commit(),
-        "command": " ".join(["python -m benchmarks.step_cost"] + sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "benchmarks.step_cost"] + (args.argv or [])),
+        "budgets": [r["info"] for r in results],
+        "quick": bool(args.quick),
     }
     for mod in ("flax", "optax", "torch"):
         try:
             env[mod] = __import__(mod).__version__
         except ImportError:
             env[mod] = None
-    if env["torch"] is not None:
-        import torch
-        env["torch_threads"] = torch.get_num_threads()
     return env
 
 
 def _git_commit() -> str:
-    """The checked-out commit, so a results file says which code it measured."""
+    """The checked-out commit (``+dirty`` with uncommitted changes)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=os.path.dirname(__file__))
-        return out.stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=REPO).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -333,70 +428,109 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def markdown(rows: list[dict], env: dict) -> str:
+def markdown(rows: list[dict], tgts: list[dict], env: dict) -> str:
     lines = [
-        "# Step cost of each loss mode (ratios to the KD step of the same run)",
+        "# Step cost: Jacobian matching against KD and against PyTorch",
         "",
-        f"{env['date']} · {env['processor']} ({env['cpu_count']} cores, "
-        f"{env['jax_backend']}: {', '.join(env['devices'])}) · jax {env['jax']}, "
-        f"flax {env['flax']}, optax {env['optax']}, torch {env['torch']} · "
-        f"XLA_FLAGS={env['XLA_FLAGS'] or '(none)'} · commit {env['git_commit']}",
+        f"{env['date']} · {env['processor']} ({env['machine']}, {env['cores']} cores) · "
+        f"jax {env['jax']}, flax {env['flax']}, optax {env['optax']}, torch {env['torch']} · "
+        f"commit {env['git_commit']} · {env.get('wall_s', 0):.0f} s",
         "",
         f"Command: `{env['command']}`",
         "",
-        "time: median over interleaved rounds; ×KD: median per-round ratio to the JAX KD "
-        "step; FLOPs: XLA cost analysis; peak: XLA buffer assignment "
-        "(argument + output + temp − alias); JAX/torch: median per-round ratio to the "
-        "PyTorch eager step of the same objective.",
+        "Budgets (each its own process):",
         "",
-        "| model (student / teacher) | B | mode | time ms | ×KD time | ×KD FLOPs | GFLOP | "
-        "peak MiB | ×KD peak | compile s | torch ms | torch ×KD | JAX/torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for b in env["budgets"]:
+        threads = "" if b["torch_threads"] is None else f" with {b['torch_threads']} thread(s)"
+        lines.append(f"* `{b['budget']}`: {b['jax_devices']} JAX device(s) ({b['backend']}, "
+                     f"{b['device_kind']}), PyTorch on {b['torch_device'] or '-'}{threads}; "
+                     f"cores {b['pinned_cores']}; XLA_FLAGS=`{b['XLA_FLAGS'] or '(none)'}`; "
+                     f"load average {b['load_before']} before, {b.get('load_after')} after")
+    loads = [b.get(k) for b in env["budgets"] for k in ("load_before", "load_after")]
+    if any(load is not None and load > env["cores"] for load in loads):
+        lines += ["", f"**Loaded machine**: a load average above {env['cores']} means other "
+                  "jobs shared the cores; multi-threaded PyTorch suffers most (its OpenMP "
+                  "threads wait for cores), so read this run's JAX/PyTorch ratios at the "
+                  "all-cores budget as unreliable."]
+    if env.get("quick"):
+        lines += ["", "**--quick: tiny sizes (a smoke run of the code path); the targets do "
+                  "not apply to these figures.**"]
+    lines += ["", "## Targets (issue 9): each a ratio of steps timed in the same rounds", "",
+              "| quantity | measured | target | met | how |", "|---|---|---|---|---|"]
+    for t in tgts:
+        met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {_r(t['value'])} | {t['bound'] or '–'} | {met} | "
+                     f"{t['how']} |")
+    lines += ["", "## Every step", "",
+              "time: median over interleaved rounds; ×KD: median per-round ratio to the KD "
+              "step of the same framework, case and budget; FLOPs: XLA cost analysis; peak: "
+              "XLA buffer assignment (argument + output + temp − alias, per device); "
+              "JAX/torch: median per-round ratio to PyTorch's step of the same mode.", "",
+              "| budget | case | B | framework | mode | ms | ×KD time | FLOPs | ×KD FLOPs | "
+              "peak | ×KD peak | JAX/torch | compile s | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def f(row, key, fmt):
-        return format(row[key], fmt) if key in row else "–"
+    def f(row, key, fmt=None):
+        if row.get(key) is None:
+            return "–"
+        return _r(row[key]) if fmt is None else format(row[key], fmt)
 
-    for row in rows:
+    for r in rows:
         lines.append(
-            f"| {row['model']} ({row['student']} / {row['teacher']}) | {row['batch']} | "
-            f"{row['mode']} | {row['time_s'] * 1e3:.1f} | {f(row, 'time_ratio_kd', '.2f')} | "
-            f"{f(row, 'flop_ratio_kd', '.2f')} | {row['flops'] / 1e9:.2f} | "
-            f"{row['peak_bytes'] / 2**20:.1f} | {f(row, 'peak_ratio_kd', '.2f')} | "
-            f"{row['compile_s']:.1f} | "
-            f"{format(row['torch_time_s'] * 1e3, '.1f') if 'torch_time_s' in row else '–'} | "
-            f"{f(row, 'torch_time_ratio_kd', '.2f')} | {f(row, 'jax_over_torch', '.2f')} |")
+            f"| {r['budget']} | {r['case']} | {r['batch']} | {r['framework']} | {r['mode']} | "
+            f"{r['time_s'] * 1e3:.1f} | {f(r, 'time_ratio_kd')} | "
+            f"{_harness.fmt_flops(r['flops']) if r['framework'] == 'jax' else '–'} | "
+            f"{f(r, 'flop_ratio_kd')} | "
+            f"{_harness.fmt_bytes(r['peak_bytes']) if r['framework'] == 'jax' else '–'} | "
+            f"{f(r, 'peak_ratio_kd')} | {f(r, 'jax_over_torch')} | {f(r, 'compile_s', '.1f')} | "
+            f"{r.get('note') or ''} |")
     return "\n".join(lines) + "\n"
 
 
+def _r(x: float) -> str:
+    """A ratio to three significant digits (0.0041, not 0.00)."""
+    return f"{x:.3g}"
+
+
 def plot(rows: list[dict], path: str) -> None:
+    """Left: user_avg step time / KD per mode; right: JAX / PyTorch per step. Bars from 0."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
-    markers = {"cnn": "o", "vgg": "s", "wrn": "^"}
-    modes = sorted({r["mode"] for r in rows})
-    colors = {m: plt.cm.tab20(i / max(1, len(modes) - 1)) for i, m in enumerate(modes)}
-    for row in rows:
-        if "time_ratio_kd" not in row:
-            continue
-        ax.scatter(row["flop_ratio_kd"], row["time_ratio_kd"],
-                   marker=markers.get(row["model"], "x"), color=colors[row["mode"]],
-                   label=row["mode"])
-    lim = max([1.0] + [max(r.get("flop_ratio_kd", 1), r.get("time_ratio_kd", 1))
-                       for r in rows]) * 1.1
-    ax.plot([0, lim], [0, lim], "k:", lw=1, label="time ratio = FLOP ratio")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("FLOPs / KD step FLOPs (XLA cost analysis)")
-    ax.set_ylabel("step time / KD step time (same run)")
-    ax.set_title("Cost of each loss mode relative to KD "
-                 "(o CNN, s VGG-4/9, ^ WRN-16-1/2)", fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7, ncol=2)
+    budgets = sorted({r["budget"] for r in rows})
+    left = [r for r in rows if r["case"] == "user_avg" and r["framework"] == "jax"
+            and "time_ratio_kd" in r]
+    right = [r for r in rows if "jax_over_torch" in r]
+    left_labels = list(dict.fromkeys(r["mode"] for r in left))
+    right_labels = list(dict.fromkeys(f"{r['case']}:{r['mode']}" for r in right))
+    width = 0.8 / max(1, len(budgets))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, b in enumerate(budgets):
+        for ax, sel, labels, key, name in (
+                (axes[0], left, left_labels, "time_ratio_kd", lambda r: r["mode"]),
+                (axes[1], right, right_labels, "jax_over_torch",
+                 lambda r: f"{r['case']}:{r['mode']}")):
+            mine = [r for r in sel if r["budget"] == b]
+            ax.bar([labels.index(name(r)) + (i - (len(budgets) - 1) / 2) * width
+                    for r in mine], [r[key] for r in mine], width=width,
+                   label=f"budget {b}", color=f"C{i}")
+    for ax, labels in ((axes[0], left_labels), (axes[1], right_labels)):
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(bottom=0)
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].axhline(2.0, color="k", ls=":", lw=1, label="target 2.0 (jm, jvp_k1)")
+    axes[0].set_ylabel("step time / KD step time (same rounds)")
+    axes[0].set_title("user_avg (Linen CNN, avg-pool): cost of each mode relative to KD",
+                      fontsize=9)
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].axhline(0.8, color="k", ls=":", lw=1, label="target 0.8 (jm, all cores)")
+    axes[1].set_ylabel("JAX step time / PyTorch step time (same rounds)")
+    axes[1].set_title("JAX / PyTorch eager at the same core budget", fontsize=9)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -405,88 +539,130 @@ def parse_args(argv=None):
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="seconds: tiny SmallCNN at 8x8, batch 4, modes ce,kd,jm_top1,jvp_k1")
-    p.add_argument("--models", default="cnn,vgg,wrn", help="comma list of cnn, vgg, wrn")
-    p.add_argument("--batch-sizes", default="8,32", help="comma list of batch sizes")
-    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                   help="comma list of: " + ", ".join(MODES))
+                   help="tens of seconds: tiny Linen CNN (8x8, batch 4, width 4), modes "
+                        "kd,jm,jm_hand,jvp_k1, all-cores budget, no zoo; writes to a temp "
+                        "folder unless --out is given")
+    p.add_argument("--budgets", default=None,
+                   help="comma list of 'all' (every core each) and 'one' (one core each); "
+                        "default all,one (all with --quick); on a GPU only one runs")
+    p.add_argument("--devices", type=int, default=None,
+                   help="JAX host devices of the 'all' budget (default: one per core, "
+                        "rounded down to a divisor of the batch sizes)")
+    p.add_argument("--user-cases", default=None,
+                   help="comma list of user_avg, user_max, user_maxr (default all three; "
+                        "user_avg with --quick)")
+    p.add_argument("--modes", default=None,
+                   help="modes of the first user case at the all-cores budget, from: "
+                        + ", ".join(USER_MODES) + " (default all)")
+    p.add_argument("--other-modes", default=None,
+                   help="modes of the other user cases and of the one-core budget "
+                        "(default kd,jm,jvp_k1)")
+    p.add_argument("--torch-modes", default="kd,jm,jvp_k1",
+                   help="modes that also get a PyTorch step (user: kd, jm, jvp_k1, vjp_k1, "
+                        "jm_all; the zoo's jm_top1 always with jm)")
+    p.add_argument("--zoo-models", default=None,
+                   help="comma list of cnn, vgg, wrn (default all; none with --quick)")
+    p.add_argument("--zoo-modes", default="kd,jm_top1,jvp_k1",
+                   help="zoo modes, from: " + ", ".join(TORCH_ZOO_MODES) + ", jm_top1_rof")
+    p.add_argument("--zoo-batch-sizes", default="32")
+    p.add_argument("--zoo-one-core", action="store_true",
+                   help="also run the zoo at the one-core budget")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="user-model batch (default 64; 4 with --quick)")
+    p.add_argument("--width", type=int, default=None,
+                   help="user-model student width (default 32, teacher 2x; 4 with --quick)")
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="default 32 (8 with --quick)")
     p.add_argument("--vgg-width", type=int, default=32)
     p.add_argument("--cnn-width", type=int, default=32)
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds (default 5; 3 with --quick)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed runs of each step first (default 1)")
-    p.add_argument("--torch", dest="torch", action="store_true", default=None,
-                   help="PyTorch eager side-by-side (default: on if torch is installed)")
-    p.add_argument("--no-torch", dest="torch", action="store_false")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch.set_num_threads (default 1: on a shared 2-core machine two "
-                        "OpenMP threads made torch's steps up to 10x slower)")
-    p.add_argument("--xla-single-thread", action="store_true",
-                   help="append --xla_cpu_multi_thread_eigen=false to XLA_FLAGS (only "
-                        "effective if jax is not imported yet)")
+                   help="interleaved timing rounds (default 10; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each step first")
     p.add_argument("--pause", type=float, default=0.05,
                    help="seconds of rest before each timed step")
+    p.add_argument("--torch", dest="torch", action="store_true", default=None,
+                   help="PyTorch side-by-side (default: on if torch is installed)")
+    p.add_argument("--no-torch", dest="torch", action="store_false")
+    p.add_argument("--platform", default=None,
+                   help="JAX_PLATFORMS for the workers (e.g. cpu on a GPU machine)")
     p.add_argument("--compile-workers", type=int, default=2,
-                   help="XLA compilations run in parallel")
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
-    p.add_argument("--tag", default=None,
-                   help="output file stem (default step_cost; step_cost_quick with --quick, "
-                        "so a quick run never overwrites the committed results)")
+                   help="XLA compilations in parallel (all-cores budget)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default benchmarks/results; a new temporary folder "
+                        "with --quick)")
+    p.add_argument("--tag", default=None, help="output file stem (default step_cost)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--silent", action="store_true")
     args = p.parse_args(argv)
-    if args.quick:
-        args.models, args.batch_sizes = "cnn", "4"
-        if args.modes == ",".join(DEFAULT_MODES):
-            args.modes = "ce,kd,jm_top1,jvp_k1"
-        args.image_size, args.cnn_width = 8, 4
-    if args.tag is None:
-        args.tag = "step_cost_quick" if args.quick else "step_cost"
-    if args.rounds is None:
-        args.rounds = 3 if args.quick else 5
-    if args.warmup is None:
-        args.warmup = 1
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    quick = args.quick
+    defaults = dict(budgets="all" if quick else "all,one",
+                    user_cases="user_avg" if quick else "user_avg,user_max,user_maxr",
+                    modes="kd,jm,jm_hand,jvp_k1" if quick else ",".join(USER_MODES),
+                    other_modes="kd,jm,jvp_k1", zoo_models="" if quick else "cnn,vgg,wrn",
+                    batch_size=4 if quick else 64, width=4 if quick else 32,
+                    image_size=8 if quick else 32, rounds=3 if quick else 10,
+                    tag="step_cost")
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for m in _split(args.modes) + _split(args.other_modes):
+        if m not in USER_MODES:
+            p.error(f"--modes/--other-modes: unknown mode {m!r}; choose from {USER_MODES}")
+    from benchmarks import _user_models, _zoo
+    for c in _split(args.user_cases):
+        if c not in _user_models.CASES:
+            p.error(f"--user-cases: unknown case {c!r}; choose from {list(_user_models.CASES)}")
+    for m in _split(args.zoo_modes):
+        if m not in _zoo.MODES:
+            p.error(f"--zoo-modes: unknown mode {m!r}; choose from {list(_zoo.MODES)}")
+    for m in _split(args.zoo_models):
+        if m not in ("cnn", "vgg", "wrn"):
+            p.error(f"--zoo-models: unknown model {m!r}; choose from cnn, vgg, wrn")
+    if args.torch is None:
+        from benchmarks import _torch_reference
+        args.torch = _torch_reference.available()
+    if args.out is None:
+        args.out = (tempfile.mkdtemp(prefix="step_cost_quick_") if quick
+                    else os.path.join(REPO, "benchmarks", "results"))
     return args
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        worker(argv[1], argv[2])
+        return {}
     args = parse_args(argv)
-    if args.xla_single_thread:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false").strip()
-    from benchmarks import _torch_reference
-    if args.torch is None:
-        args.torch = _torch_reference.available()
-    if args.torch:
-        import torch
-        torch.set_num_threads(args.torch_threads)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise SystemExit(f"unknown modes {unknown}; choose from {list(MODES)}")
-    specs = model_specs(args.vgg_width, args.cnn_width)
-    env = environment(args)
-    rows = []
     t0 = time.perf_counter()
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        for b in [int(s) for s in args.batch_sizes.split(",") if s.strip()]:
-            _log(args, f"{model} batch {b}")
-            rows.extend(bench_pair(model, specs[model], b, args, modes))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="step_cost_jobs_") as workdir:
+        for job in plan(args):
+            if results and results[0]["info"]["backend"] != "cpu":
+                _log(args, f"skipping the {job['budget']!r} budget: not a CPU backend")
+                continue
+            results.append(run_job(job, args, workdir))
+    rows, tgts = analyse(results)
+    if args.quick:  # tiny sizes: a smoke run of the code path, not the targets' setting
+        for t in tgts:
+            t["met"] = None
+    env = environment(args, results)
     env["wall_s"] = time.perf_counter() - t0
-    result = {"environment": env, "rows": rows}
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"{args.tag}.json"), "w") as f:
+    result = {"environment": env, "targets": tgts, "rows": rows}
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, args.tag)
+    with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    with open(os.path.join(out, f"{args.tag}.md"), "w") as f:
-        f.write(markdown(rows, env))
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(rows, tgts, env))
     if not args.no_plot:
-        plot(rows, os.path.join(out, f"{args.tag}.png"))
-    _log(args, f"wrote {out}/{args.tag}.{{json,md{',png' if not args.no_plot else ''}}} "
-               f"in {env['wall_s']:.0f}s")
+        plot(rows, stem + ".png")
+    for t in tgts:
+        met = "" if t["met"] is None else ("  (met)" if t["met"] else "  (NOT met)")
+        _log(args, f"{t['target']}: {_r(t['value'])}"
+                   f"{'' if t['bound'] is None else ' target ' + t['bound']}{met}")
+    _log(args, f"wrote {stem}.{{json,md{'' if args.no_plot else ',png'}}} in "
+               f"{env['wall_s']:.0f}s")
     return result
 
 

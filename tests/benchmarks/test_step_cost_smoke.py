@@ -1,35 +1,153 @@
-"""Smoke test of ``python -m benchmarks.step_cost``: it runs and writes its three outputs.
+"""Smoke tests of ``python -m benchmarks.step_cost`` and the pieces it is built from.
 
-Tiny mode (SmallCNN of width 4 on 8x8 inputs, batch 4, two modes, two rounds): a few
-seconds. Timings are reported by the benchmark, never asserted here (a shared CPU makes
-them noise); only the structure of the results is checked.
+Timings are reported by the benchmark, never asserted (a shared CPU makes them noise);
+only structure, FLOP counts, units, the output folder and the hand-written loss are
+checked. The end-to-end run uses the tiny ``--quick`` sizes (8x8 images, batch 4, width 4)
+and two modes, and runs both core budgets (two subprocesses); PyTorch is left out (the
+suite does not need torch); ``test_torch_user_steps_run`` covers it where installed.
 """
 
 import json
+import os
 
-from benchmarks import step_cost
+import numpy as np
+import pytest
+
+from benchmarks import _harness, _user_models, step_cost
 
 
-def test_quick_run_writes_json_markdown_and_plot(tmp_path):
-    # --no-torch: the PyTorch side-by-side (when torch is installed) takes most of the time
-    # of a quick run and is not what this smoke test checks.
-    args = ["--quick", "--modes", "kd,jm_top1", "--rounds", "2", "--warmup", "1", "--pause", "0",
-            "--out", str(tmp_path), "--silent", "--no-torch"]
+def test_quick_run_writes_results_for_both_budgets(tmp_path):
+    args = ["--quick", "--budgets", "all,one", "--modes", "kd,jm", "--other-modes", "kd,jm",
+            "--rounds", "2", "--warmup", "1", "--pause", "0", "--out", str(tmp_path),
+            "--silent", "--no-torch"]
     result = step_cost.main(args)
 
     rows = result["rows"]
-    assert [r["mode"] for r in rows] == ["kd", "jm_top1"]
+    assert [(r["budget"], r["mode"]) for r in rows] == [
+        ("all", "kd"), ("all", "jm"), ("one", "kd"), ("one", "jm")]
+    budgets = {b["budget"]: b for b in result["environment"]["budgets"]}
+    assert budgets["one"]["jax_devices"] == 1 and len(budgets["one"]["pinned_cores"]) == 1
+    assert "intra_op_parallelism_threads=1" in budgets["one"]["XLA_FLAGS"]
+    assert budgets["all"]["jax_devices"] == step_cost.device_count(
+        step_cost.available_cores(), [4], None)
     for row in rows:
         assert row["time_s"] > 0 and row["flops"] > 0 and row["peak_bytes"] > 0
         assert len(row["times_s"]) == 2
-        assert {"time_ratio_kd", "flop_ratio_kd", "peak_ratio_kd"} <= set(row)
         assert "jax_over_torch" not in row
-    # Jacobian matching does strictly more work than KD (a FLOP count, not a timing).
-    assert rows[1]["flop_ratio_kd"] > 1.0
+    kd, jm = rows[2], rows[3]  # one device: whole-program counts
+    # Jacobian matching does strictly more work than KD: a FLOP count, not a timing.
+    assert jm["flop_ratio_kd"] > 1.0 and kd["flop_ratio_kd"] == 1.0
+    assert {t["target"] for t in result["targets"]} >= {
+        "[all] exact JM (label) / KD (time)", "[one] exact JM (label) / KD (time)"}
+    # Tiny --quick sizes are not the targets' setting: no met / not met verdicts.
+    assert all(t["met"] is None for t in result["targets"])
 
-    saved = json.loads((tmp_path / "step_cost_quick.json").read_text())
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
-    assert {"date", "jax", "processor", "command"} <= set(saved["environment"])
-    table = (tmp_path / "step_cost_quick.md").read_text()
-    assert "| jm_top1 |" in table
-    assert (tmp_path / "step_cost_quick.png").stat().st_size > 0
+    assert {"date", "jax", "processor", "cores", "git_commit", "command"} <= set(
+        saved["environment"])
+    table = (tmp_path / "step_cost.md").read_text()
+    assert "| one | user_avg | 4 | jax | jm |" in table
+    # The tiny step's counts are printed with units, never as zeros (issue 10 item 8).
+    assert "0.00 GFLOP" not in table and " 0 MiB" not in table
+    assert (tmp_path / "step_cost.png").stat().st_size > 0
+
+
+def test_quick_run_writes_outside_the_repository_by_default():
+    # Issue 10 item 8: --quick used to write untracked files into benchmarks/results.
+    args = step_cost.parse_args(["--quick"])
+    results = os.path.join(step_cost.REPO, "benchmarks", "results")
+    try:
+        assert not os.path.abspath(args.out).startswith(os.path.abspath(step_cost.REPO))
+        assert os.path.isdir(args.out) and not os.listdir(args.out)
+    finally:
+        os.rmdir(args.out)
+    assert step_cost.parse_args([]).out == results
+
+
+@pytest.mark.parametrize("value,text", [(3.2e5, "320 kFLOP"), (5.34e9, "5.34 GFLOP"),
+                                        (12.0, "12 FLOP"), (None, "n/a")])
+def test_flops_are_printed_with_units(value, text):
+    assert _harness.fmt_flops(value) == text
+
+
+@pytest.mark.parametrize("value,text", [(30413, "29.7 KiB"), (3 * 2**20, "3 MiB"),
+                                        (100, "100 B"), (None, "n/a")])
+def test_bytes_are_printed_with_units(value, text):
+    assert _harness.fmt_bytes(value) == text
+
+
+def test_device_count_is_one_per_core_dividing_every_batch():
+    assert step_cost.device_count(2, [64, 32], None) == 2
+    assert step_cost.device_count(6, [64], None) == 4
+    assert step_cost.device_count(16, [64, 32], None) == 16
+    assert step_cost.device_count(16, [64], 3) == 2
+
+
+def test_paired_ratio_pairs_rounds():
+    # A slow second round hits both steps: paired quotients are all 2, unpaired medians
+    # would give 2.5 / 1.5.
+    assert _harness.paired_ratio([2.0, 10.0, 4.0], [1.0, 5.0, 2.0]) == 2.0
+    with pytest.raises(ValueError, match="equally long"):
+        _harness.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_hand_written_jacobian_matching_is_the_library_loss():
+    """The "same maths by hand" row computes the library's value (float round-off)."""
+    import inspect
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxkd.losses import jacobian_matching_loss
+
+    eps_default = inspect.signature(jacobian_matching_loss).parameters["eps"].default
+    assert _user_models.HAND_EPS == eps_default
+    student = _user_models.cnn("avg", (4, 8), 10, jnp.float32)
+    teacher = _user_models.cnn("avg", (8, 16), 10, jnp.float32)
+    kx, ky, ks, kt = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (5, 8, 8, 3))
+    y = jax.random.randint(ky, (5,), 0, 10)
+    ps, pt = student.init(ks, x), teacher.init(kt, x)
+
+    def s_fn(z):
+        return student.apply(ps, z)
+
+    def t_fn(z):
+        return teacher.apply(pt, z)
+
+    lib = jacobian_matching_loss(s_fn, t_fn, x, labels=y, outputs="label")
+    hand = _user_models.hand_jacobian_matching(s_fn, t_fn, x, y, 10)
+    # Values in [0, 4] (unit vectors): sums over D = 192 of float32 products agree to a
+    # few ulp of the sum, far inside 1e-5 relative.
+    np.testing.assert_allclose(hand, lib, rtol=1e-5, atol=1e-6)
+    assert float(jnp.min(lib)) > 1e-3  # not trivially zero
+    # And its parameter gradient (what the train step uses): each entry sums ~10^3
+    # float32 products (eps 1.2e-7) in a different order, so up to ~1e-4 relative.
+    g_lib = jax.grad(lambda p: jnp.mean(jacobian_matching_loss(
+        lambda z: student.apply(p, z), t_fn, x, labels=y, outputs="label")))(ps)
+    g_hand = jax.grad(lambda p: jnp.mean(_user_models.hand_jacobian_matching(
+        lambda z: student.apply(p, z), t_fn, x, y, 10)))(ps)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 g_lib, g_hand)
+
+
+# torch's forward-mode AD scripts a helper on first use and warns about its own API.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("mode", ["kd", "jm", "jvp_k1", "vjp_k1", "jm_all"])
+def test_torch_user_steps_run(mode):
+    torch = pytest.importorskip("torch")
+    from benchmarks import _torch_reference
+    step = _torch_reference.make_user_step("avg", mode, batch=2, image_size=8, num_classes=10,
+                                           width=2)
+    before = [p.detach().clone() for p in _params_of(step)]
+    step()
+    after = list(_params_of(step))
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def _params_of(step):
+    # The closure holds the optimizer, whose param groups hold the student's parameters.
+    opt = next(c.cell_contents for c in step.__closure__
+               if type(c.cell_contents).__name__ == "Adam")
+    return [p for g in opt.param_groups for p in g["params"]]
