@@ -129,11 +129,16 @@ class Objective:
 
 
 def cross_entropy(weight: float = 1.0, *, name: str = "ce") -> Term:
-    """Softmax cross-entropy of the student's train-mode logits with the labels."""
+    """Softmax cross-entropy of the student's train-mode logits with the labels.
+
+    A label outside ``[0, K)`` gives ``NaN`` for its example (optax would read -1 as class
+    K-1), so that the non-finite guard of the training loop reports it.
+    """
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
-        return optax.softmax_cross_entropy_with_integer_labels(inputs.student_logits,
-                                                               inputs.labels)
+        logits, labels = inputs.student_logits, inputs.labels
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return jnp.where((labels >= 0) & (labels < logits.shape[-1]), ce, jnp.nan)
     return Term(name, weight, fn, needs_teacher=False)
 
 
