@@ -112,7 +112,8 @@ def make_steps(jm_weight=1.0, seed=0, dtype=None, **jm_options):
 
 
 def time_interleaved(steps, state, batch, repeats=30):
-    """Median seconds per step of each step, run in turn (round-robin) ``repeats`` times."""
+    """Seconds per call of each step, run in turn (round-robin) ``repeats`` times:
+    ``{name: [seconds of round 0, 1, ...]}``."""
     params, opt_state, teacher_params = state
     for step in steps.values():  # compile and warm up
         jax.block_until_ready(step(params, opt_state, teacher_params, *batch))
@@ -122,17 +123,23 @@ def time_interleaved(steps, state, batch, repeats=30):
             start = time.perf_counter()
             jax.block_until_ready(step(params, opt_state, teacher_params, *batch))
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def peak_bytes(step, state, batch):
-    """XLA's compiled temporary-buffer size of ``step`` (arguments and outputs excluded)."""
-    compiled = step.lower(*state[:2], state[2], *batch).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    """XLA's buffer-assignment peak of ``step``: argument + output + temp - alias bytes."""
+    mem = step.lower(*state, *batch).compile().memory_analysis()
+    return (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
 
 
 if __name__ == "__main__":
+    import sys
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     steps, state, batch = make_steps()
-    medians = time_interleaved(steps, state, batch)
-    print({k: f"{v * 1e3:.1f} ms" for k, v in medians.items()},
-          f"library/hand = {medians['library'] / medians['hand']:.3f}")
+    times = {k: np.asarray(v) for k, v in time_interleaved(steps, state, batch, repeats).items()}
+    print({k: f"{np.median(v) * 1e3:.1f} ms" for k, v in times.items()},
+          f"library/hand: median ratio per round "
+          f"{np.median(times['library'] / times['hand']):.3f}, ratio of medians "
+          f"{np.median(times['library']) / np.median(times['hand']):.3f}; JM/KD "
+          f"{np.median(times['library'] / times['kd']):.2f}")
