@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks
-from jaxkd.losses._jacobian import DEFAULT_EPS, safe_normalize
+from jaxkd.losses import _checks, _remat
+from jaxkd.losses._jacobian import DEFAULT_EPS, like, safe_normalize
 
 FeatureFn = Callable[[jax.Array], jax.Array]
+FEATURE_SIGNATURE = "x -> [B, H, W, C]"
+FEATURE_LAYOUT = "[B, H, W, C]"
 
 
 def attention_map(features: jax.typing.ArrayLike, *, p: float = 2.0,
@@ -46,7 +48,7 @@ def attention_map(features: jax.typing.ArrayLike, *, p: float = 2.0,
     _checks.check_floating("features", features)
     _checks.check_rank("features", features, 4, "[batch_size, height, width, channels]")
     _checks.check_positive("p", p)
-    features = jnp.asarray(features)
+    features = _checks.widen(jnp.asarray(features))
     q = jnp.sum(jnp.abs(features) ** p, axis=-1)
     return safe_normalize(q.reshape(q.shape[0], -1), eps)
 
@@ -110,7 +112,8 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
                             x: jax.typing.ArrayLike,
                             *,
                             p: float = 2.0,
-                            eps: float = DEFAULT_EPS) -> jax.Array:
+                            eps: float = DEFAULT_EPS,
+                            remat_chunks: int | None = None) -> jax.Array:
     r"""Jacobian of attention: match input gradients of the attention at the teacher's peak.
 
     Let ``j*`` be the position of the largest value of the teacher's attention map
@@ -128,9 +131,11 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
       x: ``[batch_size, ...]`` floating inputs.
       p: exponent of :func:`attention_map`.
       eps: floor of the norms.
+      remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
+        (as in :func:`jacobian_matching_loss`).
 
     Returns:
-      ``[batch_size]`` losses in ``[0, 4]``.
+      ``[batch_size]`` losses in ``[0, 4]`` (float32 for bfloat16 feature maps).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -139,24 +144,42 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
       >>> print(attention_jacobian_loss(fn, fn, jnp.ones((2, 2, 2))))
       [0. 0.]
     """
-    x = jnp.asarray(x)
+    _checks.check_function("student_feature_fn", student_feature_fn, FEATURE_SIGNATURE)
+    _checks.check_function("teacher_feature_fn", teacher_feature_fn, FEATURE_SIGNATURE)
+    x = _checks.as_array("x", x)
     _checks.check_floating("x", x)
     _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
+    _remat.check_remat_chunks(remat_chunks)
+    student_maps = jax.eval_shape(student_feature_fn, x)
+    teacher_maps = jax.eval_shape(teacher_feature_fn, x)
+    _checks.check_function_output("student_feature_fn", student_maps, FEATURE_LAYOUT)
+    _checks.check_function_output("teacher_feature_fn", teacher_maps, FEATURE_LAYOUT)
+    _check_pair(student_maps, teacher_maps, "student_feature_fn(x)", "teacher_feature_fn(x)")
 
+    # attention_map upcasts a bfloat16 feature map to float32 before its power and norm.
     def teacher_attention(y):
         return attention_map(teacher_feature_fn(y), p=p, eps=eps)
 
     def student_attention(y):
         return attention_map(student_feature_fn(y), p=p, eps=eps)
 
-    _check_pair(jax.eval_shape(student_feature_fn, x), jax.eval_shape(teacher_feature_fn, x),
-                "student_feature_fn(x)", "teacher_feature_fn(x)")
-    q_t, teacher_vjp = jax.vjp(teacher_attention, x)
-    q_s, student_vjp = jax.vjp(student_attention, x)
-    cotangent = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(q_t), axis=-1), q_t.shape[-1],
-                               dtype=q_t.dtype)
-    (g_t,) = teacher_vjp(cotangent)
-    (g_s,) = student_vjp(cotangent.astype(q_s.dtype))
-    g_t = safe_normalize(jax.lax.stop_gradient(g_t).reshape(x.shape[0], -1), eps)
-    g_s = safe_normalize(g_s.reshape(x.shape[0], -1), eps)
-    return jnp.sum(jnp.square(g_t - g_s), axis=-1)
+    def teacher_part(x):
+        q_t, vjp = jax.vjp(teacher_attention, x)
+        cotangent = like(jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(q_t), axis=-1),
+                                        q_t.shape[-1], dtype=q_t.dtype)[None], q_t)[0]
+        (g_t,) = vjp(cotangent)
+        g_t = safe_normalize(_checks.widen(g_t).reshape(x.shape[0], -1), eps)
+        return jax.lax.stop_gradient(g_t), cotangent
+
+    def student_part(x, g_t, cotangent):
+        q_s, vjp = jax.vjp(student_attention, x)
+        (g_s,) = vjp(cotangent.astype(q_s.dtype))
+        g_s = safe_normalize(_checks.widen(g_s).reshape(x.shape[0], -1), eps)
+        return (jnp.sum(jnp.square(g_t - g_s), axis=-1),)
+
+    if remat_chunks is None:
+        return student_part(x, *teacher_part(x))[0]
+    g_t, cotangent = _remat.map_chunks(teacher_part, remat_chunks, (x,), (0,), (0, 0),
+                                       remat=False)
+    return _remat.map_chunks(student_part, remat_chunks, (x, g_t, cotangent), (0, 0, 0), (0,),
+                             remat=True)[0]

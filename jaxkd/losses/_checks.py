@@ -7,7 +7,7 @@ argument and what was expected, in the style of optax's losses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -20,13 +20,78 @@ def is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
+# What the losses accept as an array argument: arrays, tracers, NumPy and Python scalars,
+# and the ShapeDtypeStructs of jax.eval_shape. Lists and tuples are not arrays (as in
+# jax.numpy, which refuses them too): they get a TypeError naming the argument.
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, int, float)
+
+
+def describe(value: Any) -> str:
+    """A short description of ``value`` for an error message (never its contents)."""
+    if isinstance(value, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
+def check_array(name: str, x: Any) -> None:
+    if not isinstance(x, _ARRAY_TYPES):
+        hint = " (convert it with jnp.asarray)" if isinstance(x, (list, tuple)) else ""
+        raise TypeError(f"`{name}`: expected an array, got {type(x).__name__}{hint}.")
+
+
+def as_array(name: str, x: Any) -> jax.Array:
+    """``jnp.asarray(x)`` after :func:`check_array`."""
+    check_array(name, x)
+    return jnp.asarray(x)
+
+
+def check_function(name: str, fn: Any, signature: str = "x -> [B, K]") -> None:
+    """``fn`` must be callable: the network as a pure function, not its output."""
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be a function {signature} (the network as a pure "
+                        f"function of the batch, e.g. `lambda x: model.apply(params, x)`), "
+                        f"got {describe(fn)}.")
+
+
+def check_function_output(name: str, out: Any, layout: str = "[B, K]") -> None:
+    """``out = fn(x)`` must be one array (not a dict, tuple or other pytree)."""
+    if not isinstance(out, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
+        raise TypeError(f"`{name}` must return one array {layout}, got {describe(out)}.")
+
+
+def wide_dtype(dtype: Any) -> np.dtype:
+    """The dtype the losses compute in: ``dtype`` promoted to at least float32.
+
+    bfloat16 and float16 network outputs and input gradients are upcast before any
+    normalisation, softmax or reduction; float32 and float64 are kept.
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def widen(x: jax.Array) -> jax.Array:
+    """``x`` in :func:`wide_dtype` (a no-op for float32 and float64)."""
+    return x.astype(wide_dtype(x.dtype))
+
+
+def widened(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+    """``fn`` with its output upcast by :func:`widen` (the network itself is unchanged)."""
+    return lambda x: widen(fn(x))
+
+
 def check_floating(name: str, x: jax.typing.ArrayLike) -> None:
+    check_array(name, x)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`{name}` must have a floating dtype (float32 or float64), got {dtype}.")
+        raise TypeError(f"`{name}` must have a floating dtype (e.g. float32, bfloat16), got {dtype}.")
 
 
 def check_integer(name: str, x: jax.typing.ArrayLike) -> None:
+    check_array(name, x)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"`{name}` must have an integer dtype (class indices), got {dtype}.")
@@ -73,6 +138,8 @@ def check_logit_pair(student_logits: jax.typing.ArrayLike,
 
 def check_network_outputs(x: jax.Array, student_out: jax.Array, teacher_out: jax.Array) -> None:
     """Checks the outputs of ``student_fn(x)`` and ``teacher_fn(x)``: ``[B, K]`` each."""
+    check_function_output("student_fn", student_out)
+    check_function_output("teacher_fn", teacher_out)
     check_logit_pair(student_out, teacher_out, "student_fn(x)", "teacher_fn(x)")
     if student_out.shape[0] != x.shape[0]:
         raise ValueError(f"`student_fn` must map a batch `x` of shape {x.shape} to "

@@ -43,8 +43,9 @@ def distillation_loss(student_logits: jax.typing.ArrayLike,
     """
     _checks.check_logit_pair(student_logits, teacher_logits)
     _checks.check_positive("temperature", temperature)
-    student_logits = jnp.asarray(student_logits)
-    teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
+    # bfloat16 logits are upcast: the softmax and the KL sum are computed in float32.
+    student_logits = _checks.widen(jnp.asarray(student_logits))
+    teacher_logits = jax.lax.stop_gradient(_checks.widen(jnp.asarray(teacher_logits)))
     log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
     log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
@@ -75,5 +76,6 @@ def logit_matching_loss(student_logits: jax.typing.ArrayLike,
       [5.]
     """
     _checks.check_logit_pair(student_logits, teacher_logits)
-    diff = jax.lax.stop_gradient(jnp.asarray(teacher_logits)) - jnp.asarray(student_logits)
+    diff = (jax.lax.stop_gradient(_checks.widen(jnp.asarray(teacher_logits)))
+            - _checks.widen(jnp.asarray(student_logits)))
     return jnp.sum(jnp.square(diff), axis=-1)

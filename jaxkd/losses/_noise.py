@@ -95,7 +95,8 @@ def noisy_distillation_loss(student_fn: Fn,
       >>> print(loss)
       [0. 0.]
     """
-    x = jnp.asarray(x)
+    _check_networks(student_fn, teacher_fn)
+    x = _checks.as_array("x", x)
     _checks.check_floating("x", x)
     _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
     _checks.check_key("key", key)
@@ -111,6 +112,7 @@ def noisy_distillation_loss(student_fn: Fn,
     teacher_out = jax.lax.stop_gradient(teacher_fn(noisy))
     student_out = student_fn(noisy)
     _checks.check_network_outputs(noisy, student_out, teacher_out)
+    teacher_out, student_out = _checks.widen(teacher_out), _checks.widen(student_out)
     if kind == "squared":
         per_sample = jnp.sum(jnp.square(teacher_out - student_out), axis=-1)
     elif kind == "kl":
@@ -151,7 +153,7 @@ def weighted_laplacian(fn: Fn,
     batch, dim = x.shape[0], math.prod(x.shape[1:])
 
     def scalar(y):
-        return jnp.sum(weights * fn(y))
+        return jnp.sum(weights * _checks.widen(fn(y)))
 
     def quadratic_form(u):  # u^T H u for every example at once: H is block-diagonal.
         _, hu = jax.jvp(jax.grad(scalar), (x,), (u,))
@@ -166,7 +168,14 @@ def weighted_laplacian(fn: Fn,
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
-def _check_expansion_args(x, sigma, curvature, key, num_probes):
+def _check_networks(student_fn, teacher_fn):
+    _checks.check_function("student_fn", student_fn)
+    _checks.check_function("teacher_fn", teacher_fn)
+
+
+def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes):
+    _check_networks(student_fn, teacher_fn)
+    x = _checks.as_array("x", x)
     _checks.check_floating("x", x)
     _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
     _checks.check_positive("sigma", sigma)
@@ -174,6 +183,9 @@ def _check_expansion_args(x, sigma, curvature, key, num_probes):
     if curvature == "hutchinson":
         _checks.check_key("key", key)
         _checks.check_count("num_probes", num_probes)
+    _checks.check_network_outputs(x, jax.eval_shape(student_fn, x),
+                                  jax.eval_shape(teacher_fn, x))
+    return x
 
 
 def squared_noise_expansion(student_fn: Fn,
@@ -215,8 +227,8 @@ def squared_noise_expansion(student_fn: Fn,
       >>> print(squared_noise_expansion(student, teacher, jnp.ones((1, 2)), sigma=0.5))
       [4.]
     """
-    x = jnp.asarray(x)
-    _check_expansion_args(x, sigma, curvature, key, num_probes)
+    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
+    teacher_fn, student_fn = _checks.widened(teacher_fn), _checks.widened(student_fn)
     d = jax.lax.stop_gradient(teacher_fn(x)) - student_fn(x)
     jacobian_term = jacobian_matching_loss(student_fn, teacher_fn, x, outputs="all",
                                            normalize=False)
@@ -275,15 +287,14 @@ def cross_entropy_noise_expansion(student_fn: Fn,
       >>> print(cross_entropy_noise_expansion(f, f, jnp.ones((1, 3)), sigma=0.1).round(4))
       [0.6931]
     """
-    x = jnp.asarray(x)
-    _check_expansion_args(x, sigma, curvature, key, num_probes)
+    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
     _checks.check_positive("temperature", temperature)
 
     def teacher_probs(y):
-        return jax.nn.softmax(teacher_fn(y) / temperature, axis=-1)
+        return jax.nn.softmax(_checks.widen(teacher_fn(y)) / temperature, axis=-1)
 
     def student_probs(y):
-        return jax.nn.softmax(student_fn(y) / temperature, axis=-1)
+        return jax.nn.softmax(_checks.widen(student_fn(y)) / temperature, axis=-1)
 
     t, t_vjp = jax.vjp(teacher_probs, x)
     s, s_vjp = jax.vjp(student_probs, x)

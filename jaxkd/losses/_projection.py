@@ -20,8 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks
-from jaxkd.losses._jacobian import like
+from jaxkd.losses import _checks, _remat
+from jaxkd.losses._jacobian import like, rows_of_vjp
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -67,11 +67,37 @@ def sample_probes(key: jax.Array, shape: tuple[int, ...], num_probes: int,
     return probes.reshape(full)
 
 
-def _check_common(x, key, num_probes):
+def _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks):
+    _checks.check_function("student_fn", student_fn)
+    _checks.check_function("teacher_fn", teacher_fn)
+    x = _checks.as_array("x", x)
     _checks.check_floating("x", x)
     _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
     _checks.check_key("key", key)
     _checks.check_count("num_probes", num_probes)
+    _remat.check_remat_chunks(remat_chunks)
+    student_out = jax.eval_shape(student_fn, x)
+    teacher_out = jax.eval_shape(teacher_fn, x)
+    _checks.check_network_outputs(x, student_out, teacher_out)
+    return x, student_out, teacher_out
+
+
+def _two_parts(teacher_part, student_part, args, teacher_axes, remat_chunks):
+    """``student_part(*args, *teacher_part(*args))[0]``, in chunks when ``remat_chunks``."""
+    if remat_chunks is None:
+        return student_part(*args, *teacher_part(*args))[0]
+    in_axes = (0,) + (1,) * (len(args) - 1)  # x [B, ...], probes [n, B, ...]
+    teacher_out = _remat.map_chunks(teacher_part, remat_chunks, args, in_axes, teacher_axes,
+                                    remat=False)
+    return _remat.map_chunks(student_part, remat_chunks, tuple(args) + tuple(teacher_out),
+                             in_axes + tuple(teacher_axes), (0,), remat=True)[0]
+
+
+def _tangents(fn: Fn, x: jax.Array, u: jax.Array) -> jax.Array:
+    """``[n, B, K]`` Jacobian-vector products ``J_fn(x) u_j``; one row is a direct ``jvp``."""
+    if u.shape[0] == 1:
+        return jax.jvp(fn, (x,), (u[0],))[1][None]
+    return jax.vmap(lambda ui: jax.jvp(fn, (x,), (ui,))[1])(u)
 
 
 def vjp_projection_loss(student_fn: Fn,
@@ -80,7 +106,8 @@ def vjp_projection_loss(student_fn: Fn,
                         *,
                         key: jax.Array,
                         num_probes: int = 1,
-                        distribution: str = "rademacher") -> jax.Array:
+                        distribution: str = "rademacher",
+                        remat_chunks: int | None = None) -> jax.Array:
     r"""Output-space (VJP) unbiased estimate of ``||J_T(x) - J_S(x)||_F^2``.
 
     .. math::
@@ -97,6 +124,8 @@ def vjp_projection_loss(student_fn: Fn,
       key: a ``jax.random.key`` for the probes (fold in the step when training).
       num_probes: probes per example ``k >= 1``.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"`` (``k <= K``).
+      remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
+        (as in :func:`jacobian_matching_loss`); the same probes, the same values.
 
     Returns:
       ``[batch_size]`` estimates; their expectation over ``key`` is
@@ -112,17 +141,25 @@ def vjp_projection_loss(student_fn: Fn,
       >>> print(est)  # exact for Rademacher probes when J_T - J_S is the identity
       [3.]
     """
-    x = jnp.asarray(x)
-    _check_common(x, key, num_probes)
-    teacher_out, teacher_vjp = jax.vjp(teacher_fn, x)
-    student_out, student_vjp = jax.vjp(student_fn, x)
-    _checks.check_network_outputs(x, student_out, teacher_out)
-    v = like(sample_probes(key, teacher_out.shape, num_probes, distribution, teacher_out.dtype),
-             teacher_out)
-    (g_t,) = jax.vmap(teacher_vjp)(v)
-    (g_s,) = jax.vmap(student_vjp)(v.astype(student_out.dtype))
-    diff = jax.lax.stop_gradient(g_t) - g_s
-    return jnp.mean(jnp.sum(jnp.square(diff.reshape(diff.shape[:2] + (-1,))), axis=-1), axis=0)
+    x, student_out, teacher_out = _check_common(student_fn, teacher_fn, x, key, num_probes,
+                                                remat_chunks)
+    # Probes in float32 (or wider) whatever the networks' dtype, cast to each network's
+    # output dtype for its VJP: a bfloat16 network sees its probes rounded, as it would.
+    v = sample_probes(key, teacher_out.shape, num_probes, distribution,
+                      _checks.wide_dtype(teacher_out.dtype))
+
+    def teacher_part(x, v):
+        out, vjp = jax.vjp(teacher_fn, x)
+        g_t = _checks.widen(rows_of_vjp(vjp, like(v.astype(out.dtype), out)))
+        return (jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,))),)
+
+    def student_part(x, v, g_t):
+        out, vjp = jax.vjp(student_fn, x)
+        g_s = _checks.widen(rows_of_vjp(vjp, like(v.astype(out.dtype), out)))
+        diff = g_t - g_s.reshape(g_s.shape[:2] + (-1,))
+        return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
+
+    return _two_parts(teacher_part, student_part, (x, v), (1,), remat_chunks)
 
 
 def jvp_projection_loss(student_fn: Fn,
@@ -131,7 +168,8 @@ def jvp_projection_loss(student_fn: Fn,
                         *,
                         key: jax.Array,
                         num_probes: int = 1,
-                        distribution: str = "rademacher") -> jax.Array:
+                        distribution: str = "rademacher",
+                        remat_chunks: int | None = None) -> jax.Array:
     r"""Input-space (JVP) unbiased estimate of ``||J_T(x) - J_S(x)||_F^2``.
 
     .. math::
@@ -151,6 +189,8 @@ def jvp_projection_loss(student_fn: Fn,
       key: a ``jax.random.key`` for the probes.
       num_probes: probes per example ``k >= 1``.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"`` (``k <= D``).
+      remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
+        (as in :func:`jacobian_matching_loss`); the same probes, the same values.
 
     Returns:
       ``[batch_size]`` estimates with the same expectation as :func:`vjp_projection_loss`.
@@ -163,11 +203,15 @@ def jvp_projection_loss(student_fn: Fn,
       >>> print(jvp_projection_loss(student, teacher, jnp.ones((1, 3)), key=jax.random.key(0)))
       [3.]
     """
-    x = jnp.asarray(x)
-    _check_common(x, key, num_probes)
-    u = like(sample_probes(key, x.shape, num_probes, distribution, x.dtype), x)
-    teacher_out, t_u = jax.vmap(lambda ui: jax.jvp(teacher_fn, (x,), (ui,)), out_axes=(None, 0))(u)
-    student_out, s_u = jax.vmap(lambda ui: jax.jvp(student_fn, (x,), (ui,)), out_axes=(None, 0))(u)
-    _checks.check_network_outputs(x, student_out, teacher_out)
-    diff = jax.lax.stop_gradient(t_u) - s_u  # [n, B, K]
-    return jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0)
+    x, _, _ = _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks)
+    u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)
+
+    def teacher_part(x, u):
+        t_u = _checks.widen(_tangents(teacher_fn, x, like(u, x)))
+        return (jax.lax.stop_gradient(t_u),)
+
+    def student_part(x, u, t_u):
+        diff = t_u - _checks.widen(_tangents(student_fn, x, like(u, x)))  # [n, B, K]
+        return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
+
+    return _two_parts(teacher_part, student_part, (x, u), (1,), remat_chunks)

@@ -129,11 +129,16 @@ class Objective:
 
 
 def cross_entropy(weight: float = 1.0, *, name: str = "ce") -> Term:
-    """Softmax cross-entropy of the student's train-mode logits with the labels."""
+    """Softmax cross-entropy of the student's train-mode logits with the labels.
+
+    A label outside ``[0, K)`` gives ``NaN`` for its example (optax would read -1 as class
+    K-1), so that the non-finite guard of the training loop reports it.
+    """
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
-        return optax.softmax_cross_entropy_with_integer_labels(inputs.student_logits,
-                                                               inputs.labels)
+        logits, labels = inputs.student_logits, inputs.labels
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return jnp.where((labels >= 0) & (labels < logits.shape[-1]), ce, jnp.nan)
     return Term(name, weight, fn, needs_teacher=False)
 
 
@@ -156,11 +161,14 @@ def logit_matching(weight: float = 1.0, *, name: str = "logits") -> Term:
 
 
 def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: int = 1,
-                      normalize: bool = True, name: str = "jacobian") -> Term:
+                      normalize: bool = True, remat_chunks: int | None = None,
+                      name: str = "jacobian") -> Term:
     """Exact Jacobian matching of the selected outputs (:func:`jacobian_matching_loss`).
 
     ``outputs``: ``"teacher_top1"``, ``"label"`` (uses the batch labels), ``"top_k"``
-    (with ``k``) or ``"all"``; ``normalize=False`` is Proposition 1's squared form.
+    (with ``k``) or ``"all"``; ``normalize=False`` is Proposition 1's squared form;
+    ``remat_chunks=n`` rematerialises the term in ``n`` slices of the batch (less memory,
+    one more student forward and backward pass).
     """
     if outputs not in losses.OUTPUT_MODES:
         raise ValueError(f"outputs must be one of {losses.OUTPUT_MODES}, got {outputs!r}.")
@@ -170,27 +178,29 @@ def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: 
         return losses.jacobian_matching_loss(
             inputs.student_fn, inputs.teacher_fn, inputs.x,
             labels=inputs.labels if outputs == "label" else None,
-            outputs=outputs, k=k, normalize=normalize)
+            outputs=outputs, k=k, normalize=normalize, remat_chunks=remat_chunks)
     return Term(name, weight, fn)
 
 
 def vjp_projection(weight: float = 1.0, *, num_probes: int = 1,
-                   distribution: str = "rademacher", name: str = "vjp") -> Term:
+                   distribution: str = "rademacher", remat_chunks: int | None = None,
+                   name: str = "vjp") -> Term:
     """Output-space random projection of ``||J_T - J_S||_F^2`` (:func:`vjp_projection_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         return losses.vjp_projection_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
                                           key=key, num_probes=num_probes,
-                                          distribution=distribution)
+                                          distribution=distribution, remat_chunks=remat_chunks)
     return Term(name, weight, fn)
 
 
 def jvp_projection(weight: float = 1.0, *, num_probes: int = 1,
-                   distribution: str = "rademacher", name: str = "jvp") -> Term:
+                   distribution: str = "rademacher", remat_chunks: int | None = None,
+                   name: str = "jvp") -> Term:
     """Input-space random projection of ``||J_T - J_S||_F^2`` (:func:`jvp_projection_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         return losses.jvp_projection_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
                                           key=key, num_probes=num_probes,
-                                          distribution=distribution)
+                                          distribution=distribution, remat_chunks=remat_chunks)
     return Term(name, weight, fn)
 
 
@@ -231,10 +241,12 @@ def attention_transfer(weight: float = 1.0, *, layers: Sequence[str], p: float =
 
 
 def attention_jacobian(weight: float = 1.0, *, layer: str, p: float = 2.0,
+                       remat_chunks: int | None = None,
                        name: str = "attention_jacobian") -> Term:
     """Input-gradient matching of one tap's attention peak (:func:`attention_jacobian_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
         return losses.attention_jacobian_loss(inputs.student_feature_fn(layer),
-                                              inputs.teacher_feature_fn(layer), inputs.x, p=p)
+                                              inputs.teacher_feature_fn(layer), inputs.x, p=p,
+                                              remat_chunks=remat_chunks)
     return Term(name, weight, fn)

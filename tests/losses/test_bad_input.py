@@ -105,3 +105,78 @@ def test_student_batch_mismatch_is_reported():
         return STUDENT(x)[:2]
     with pytest.raises(ValueError, match="same batch size|one row per example"):
         losses.jacobian_matching_loss(drops_rows, TEACHER, X)
+
+
+# Issue 12, item 7: readable failures for a wrong kind of argument.
+
+BIG_LOGITS = jnp.arange(4 * 1000, dtype=jnp.float32).reshape(4, 1000)
+FN_CALLS = {
+    "jacobian_matching_loss": lambda s, t: losses.jacobian_matching_loss(s, t, X),
+    "vjp_projection_loss": lambda s, t: losses.vjp_projection_loss(s, t, X, key=KEY),
+    "jvp_projection_loss": lambda s, t: losses.jvp_projection_loss(s, t, X, key=KEY),
+    "noisy_distillation_loss": lambda s, t: losses.noisy_distillation_loss(s, t, X, key=KEY,
+                                                                           sigma=0.1),
+    "squared_noise_expansion": lambda s, t: losses.squared_noise_expansion(s, t, X, sigma=0.1),
+    "cross_entropy_noise_expansion": lambda s, t: losses.cross_entropy_noise_expansion(
+        s, t, X, sigma=0.1),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(FN_CALLS))
+@pytest.mark.parametrize("which", ["student_fn", "teacher_fn"])
+def test_logits_where_a_network_function_is_expected(loss, which):
+    args = {"student_fn": STUDENT, "teacher_fn": TEACHER, which: BIG_LOGITS}
+    with pytest.raises(TypeError) as info:
+        FN_CALLS[loss](args["student_fn"], args["teacher_fn"])
+    message = str(info.value)
+    assert f"`{which}` must be a function x -> [B, K]" in message
+    assert "got an array of shape (4, 1000) and dtype float32" in message
+    assert "3999" not in message and len(message) < 300  # the array is not printed
+
+
+def test_feature_map_passed_where_a_feature_function_is_expected():
+    with pytest.raises(TypeError, match=r"`teacher_feature_fn` must be a function "
+                                        r"x -> \[B, H, W, C\].*got an array of shape"):
+        losses.attention_jacobian_loss(lambda x: x[:, :, None, None], jnp.ones((4, 4, 1, 1)), X)
+
+
+def as_dict(x):
+    return {"logits": STUDENT(x), "features": x}
+
+
+@pytest.mark.parametrize("loss", sorted(FN_CALLS))
+def test_network_returning_a_dict_is_named(loss):
+    with pytest.raises(TypeError, match=r"`student_fn` must return one array \[B, K\], got a "
+                                        r"dict with keys \['features', 'logits'\]"):
+        FN_CALLS[loss](as_dict, TEACHER)
+
+
+def test_network_returning_a_tuple_is_named():
+    with pytest.raises(TypeError, match=r"`teacher_fn` must return one array \[B, K\], got a "
+                                        r"tuple of 2 items"):
+        losses.jacobian_matching_loss(STUDENT, lambda x: (TEACHER(x), x), X)
+    with pytest.raises(TypeError, match=r"`student_feature_fn` must return one array "
+                                        r"\[B, H, W, C\], got a tuple of 2 items"):
+        losses.attention_jacobian_loss(lambda x: (x, x), lambda x: x[:, :, None, None], X)
+
+
+LIST = [[0.0, 1.0, 2.0]] * 4
+LIST_CASES = {
+    "distillation_loss/student_logits": lambda: losses.distillation_loss(LIST, LOGITS),
+    "distillation_loss/teacher_logits": lambda: losses.distillation_loss(LOGITS, LIST),
+    "logit_matching_loss/student_logits": lambda: losses.logit_matching_loss(LIST, LOGITS),
+    "attention_map/features": lambda: losses.attention_map([[[[1.0]]]]),
+    "jacobian_matching_loss/x": lambda: losses.jacobian_matching_loss(STUDENT, TEACHER,
+                                                                      [[1.0] * D] * 4),
+    "jacobian_matching_loss/labels": lambda: losses.jacobian_matching_loss(
+        STUDENT, TEACHER, X, labels=[0, 1, 2, 0], outputs="label"),
+    "vjp_projection_loss/x": lambda: losses.vjp_projection_loss(STUDENT, TEACHER,
+                                                                [[1.0] * D] * 4, key=KEY),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIST_CASES))
+def test_python_lists_are_refused_naming_the_argument(case):
+    name = case.split("/")[1]
+    with pytest.raises(TypeError, match=f"`{name}`: expected an array, got list"):
+        LIST_CASES[case]()

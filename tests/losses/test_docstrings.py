@@ -1,9 +1,14 @@
 """The docstring examples are run, so the documentation cannot drift from the code."""
 
+import ast
 import doctest
+import inspect
+import pathlib
+import re
 
 import pytest
 
+from jaxkd import losses
 from jaxkd.losses import _attention, _distillation, _jacobian, _noise, _projection
 
 
@@ -12,3 +17,51 @@ from jaxkd.losses import _attention, _distillation, _jacobian, _noise, _projecti
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _table_signatures():
+    """``(name, {keyword: default source or None})`` for each call in the losses table."""
+    text = README.read_text()
+    table = text[text.index("| function | what it computes, per example |"):]
+    table = table[:table.index("\n\n")]
+    calls = []
+    for row in table.splitlines()[2:]:
+        for call in re.findall(r"`(\w+)\(([^`]*)\)`", row.split(" | ")[0]):
+            name, args = call
+            keywords = args.split("*", 1)[1] if "*" in args else ""
+            parsed = {}
+            for item in filter(None, (a.strip() for a in re.split(r",\s*(?=\w+[=,]|\w+$)",
+                                                                 keywords.strip(", ")))):
+                key, _, default = item.partition("=")
+                parsed[key.strip()] = default.strip() or None
+            calls.append((name, parsed))
+    return calls
+
+
+def test_readme_table_lists_every_loss():
+    named = {name for name, _ in _table_signatures()}
+    public = {n for n in losses.__all__ if n.endswith("_loss") or n == "attention_map"}
+    assert public - {"squared_noise_expansion", "cross_entropy_noise_expansion"} <= named
+
+
+@pytest.mark.parametrize("name,keywords", _table_signatures(), ids=lambda v: str(v)[:30])
+def test_readme_table_signature_agrees_with_the_function(name, keywords):
+    """A keyword shown as ``k=v`` defaults to ``v``; one shown bare is required; every
+    required keyword-only argument is shown (issue 12: ``temperature`` was shown as
+    required while it defaulted to 1.0)."""
+    params = inspect.signature(getattr(losses, name)).parameters
+    for key, default in keywords.items():
+        assert key in params, f"{name}: README shows `{key}`, not a parameter"
+        actual = params[key].default
+        if default is None:
+            assert actual is inspect.Parameter.empty, \
+                f"{name}: README shows `{key}` as required, it defaults to {actual!r}"
+        else:
+            assert actual is not inspect.Parameter.empty and actual == ast.literal_eval(
+                default), f"{name}: README shows `{key}={default}`, the default is {actual!r}"
+    required = {k for k, p in params.items()
+                if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
+    assert required <= set(keywords), f"{name}: required {required - set(keywords)} not shown"

@@ -32,6 +32,8 @@ CALLS = {
     "jm_top1": lambda x, y: losses.jacobian_matching_loss(STUDENT, TEACHER, x),
     "jm_label": lambda x, y: losses.jacobian_matching_loss(STUDENT, TEACHER, x, labels=y,
                                                            outputs="label"),
+    "jm_label_remat": lambda x, y: losses.jacobian_matching_loss(
+        STUDENT, TEACHER, x, labels=y, outputs="label", remat_chunks=2),
     "jm_all": lambda x, y: losses.jacobian_matching_loss(STUDENT, TEACHER, x, outputs="all",
                                                          normalize=False),
     "vjp": lambda x, y: losses.vjp_projection_loss(STUDENT, TEACHER, x, key=KEY, num_probes=2),
