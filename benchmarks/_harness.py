@@ -8,7 +8,6 @@ many host devices JAX gets (which must happen before JAX initialises its backend
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import random
 import statistics
 import time
@@ -110,17 +109,3 @@ def fmt_bytes(n: int | None) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n} B"
-
-
-def keyword_of(fn: Callable, names: tuple[str, ...]) -> str | None:
-    """The first of ``names`` that ``fn`` accepts as a keyword, else None.
-
-    How the benchmark switches on library options that may not exist yet (e.g. a
-    rematerialisation keyword of the Jacobian losses): the row uses the library's own
-    option where it has one, and says so.
-    """
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return None
-    return next((n for n in names if n in params), None)
