@@ -9,9 +9,9 @@ tensorflow-datasets lazily (extra ``jaxkd[tfds]``), and downloading needs Tensor
 from jaxkd.data._dataset import Dataset, Splits
 from jaxkd.data._load import load
 from jaxkd.data._pipeline import (BatchIterator, add_gaussian_noise, augment,
-                                  check_image_shape, data_sharding, normalization_stats,
-                                  normalize, random_crop, random_flip, resize_images,
-                                  shard_batch)
+                                  check_image_shape, normalization_stats, normalize,
+                                  random_crop, random_flip, resize_images)
+from jaxkd.data._sharding import data_sharding, shard_batch
 from jaxkd.data._subsets import few_shot_subset
 
 __all__ = [
