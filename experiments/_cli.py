@@ -78,7 +78,7 @@ def _config_spec(argv: Sequence[str], default: str) -> str:
     return spec
 
 
-def _with_config_path(argv: Sequence[str], path: str) -> list[str]:
+def _without_config(argv: Sequence[str]) -> list[str]:
     out, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
@@ -87,7 +87,7 @@ def _with_config_path(argv: Sequence[str], path: str) -> list[str]:
             skip = i + 1 < len(argv)
         elif not arg.startswith(("--config=", "-config=")):
             out.append(arg)
-    return [f"--config={path}", *out]
+    return out
 
 
 def _override_keys(argv: Sequence[str]) -> list[str]:
@@ -182,11 +182,14 @@ def parse(argv: Sequence[str], *, study: str, default_config: str,
     default = load_config(spec)
     keys = _override_keys(argv)
     _check_keys(default, keys)
-    args = [f"experiments.{study}", *_with_config_path(argv, resolve(spec))]
+    # The file was loaded above (``file[:arg]`` as config_flags' DEFINE_config_file does);
+    # config_flags applies and types the overrides.
+    args = [f"experiments.{study}", *_without_config(argv)]
     values = flags.FlagValues()
     flags.DEFINE_string("workdir", default_workdir, "work directory", flag_values=values)
-    holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
-                                             lock_config=True, sys_argv=args)
+    holder = config_flags.DEFINE_config_dict("config", load_config(spec), "config",
+                                             flag_values=values, lock_config=True,
+                                             sys_argv=args)
     try:
         rest = values(args)
     except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:

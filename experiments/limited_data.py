@@ -205,7 +205,7 @@ def markdown(s: dict[str, Any]) -> str:
     out += _report.header(s)
     out += ["", f"Data: `{s['dataset']}`; teacher `{cfg.get('teacher', {}).get('name')}` "
             f"(test accuracy {s['teacher_test_accuracy']:.1f} %); student "
-            f"`{cfg.get("student", {}).get("name")}`; seeds: {cfg.get("num_seeds")}; test "
+            f"`{cfg.get('student', {}).get('name')}`; seeds: {cfg.get('num_seeds')}; test "
             "accuracy (%) as mean ± std over seeds."]
     if not any(r.get("paper") is not None for r in s["rows"]):
         out += ["The paper's numbers (CIFAR-100) are not beside ours: the setting differs. "
