@@ -232,5 +232,7 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
         print(text)
     for path in summary.get("plots", ()):
         print(f"plot: {path}")
-    print(f"results: {os.path.join(workdir, 'results.md')}")
+    results = os.path.join(workdir, "results.md")
+    if os.path.exists(results):  # not after transfer's teacher_only
+        print(f"results: {results}")
     return summary
