@@ -81,6 +81,18 @@ def gains(ax, rows: Sequence[dict[str, Any]], *, title: str) -> None:
     ax.set_title(title)
 
 
+def gain_figure(workdir: str, name: str, rows: Sequence[dict[str, Any]], *,
+                title: str) -> list[str]:
+    """The paired gains at the last step as their own figure (none without gains)."""
+    rows = [r for r in rows if r["checkpoint"] == "last"]
+    if not rows:
+        return []
+    fig, ax = pyplot().subplots(figsize=(8, 5))
+    gains(ax, rows, title=title)
+    ax.legend(fontsize=7)
+    return [save(fig, workdir, name)]
+
+
 def bars(ax, rows: Sequence[dict[str, Any]], *, x_key: str) -> None:
     """Grouped bars (mean ± std) per method at each ``x_key`` value, from zero."""
     import numpy as np

@@ -122,28 +122,38 @@ def header(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def last_step_table(rows: list[dict[str, Any]], what: str) -> list[str]:
-    return ["", f"### {what} at the last step", "",
-            table([r for r in rows if r["checkpoint"] == "last"],
+def _checkpoint_table(rows: list[dict[str, Any]], which: str, title: str) -> list[str]:
+    return ["", f"### {title}", "",
+            table([r for r in rows if r["checkpoint"] == which],
                   col_key="examples_per_class", col_title="method \\ examples/class")]
 
 
-def best_step_table(rows: list[dict[str, Any]], what: str) -> list[str]:
-    return ["", f"### {what} at the step with the best validation accuracy", "",
-            table([r for r in rows if r["checkpoint"] == "best"],
-                  col_key="examples_per_class", col_title="method \\ examples/class")]
+def main_tables(s: dict[str, Any], *, what: str, gains_title: str) -> list[str]:
+    """The last-step accuracy table and the paired gains (what the console shows)."""
+    out = _checkpoint_table(s["rows"], "last", f"{what} at the last step")
+    gains = [r for r in s.get("paired_gains") or [] if r["checkpoint"] == "last"]
+    if gains:
+        out += ["", f"### {gains_title}, paired by seed (last step)", "",
+                "Test accuracy of the first method minus the second, per seed (same "
+                "subset, same initial weights), in points: mean ± std over seeds.", "",
+                table(gains, col_key="examples_per_class",
+                      col_title="comparison \\ examples/class", signed=True)]
+    return out
 
 
-def gains_md(gains: list[dict[str, Any]], title: str) -> list[str]:
-    """The paired-gain table at the last step."""
-    if not gains:
-        return []
-    return ["", f"### {title}, paired by seed (last step)", "",
-            "Test accuracy of the first method minus the second, per seed (same subset, "
-            "same initial weights), in points: mean ± std over seeds.", "",
-            table([r for r in gains if r["checkpoint"] == "last"],
-                  col_key="examples_per_class", col_title="comparison \\ examples/class",
-                  signed=True)]
+def accuracy_section(s: dict[str, Any], *, title: str, intro: str, paper_note: str,
+                     what: str, gains_title: str) -> str:
+    """A study's results.md section: header, intro, the main tables, the best-step table.
+
+    ``paper_note`` is shown when no row has the paper's number beside it.
+    """
+    out = [f"## {title}", "", *header(s), "", intro]
+    if not any(r.get("paper") is not None for r in s["rows"]):
+        out.append(paper_note)
+    out += main_tables(s, what=what, gains_title=gains_title)
+    out += _checkpoint_table(s["rows"], "best",
+                             f"{what} at the step with the best validation accuracy")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------------

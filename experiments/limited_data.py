@@ -53,14 +53,12 @@ PAPER_LABELS = {
     "logits+jacobian": "match activations + Jacobians",
 }
 # Srinivas & Fleuret (2018), from the authors' poster and slides (docs/experiments.md).
-# CIFAR-100, VGG-9 teacher (64.78 %) -> VGG-4 student, test accuracy (%).
-PAPER = {
-    "ce": {10: 20.03, 50: 37.6, "all": 54.28},
-    "logits+ce": {10: 33.92, 50: 46.47, "all": 56.65},
-    "logits+jacobian+ce": {10: 39.55, 50: 49.49, "all": 54.57},
-    "logits": {10: 33.6, 50: 45.73, "all": 56.59},
-    "logits+jacobian": {10: 38.16, 50: 47.79, "all": 51.33},
-}
+# CIFAR-100, VGG-9 teacher (64.78 %) -> VGG-4 student, test accuracy (%) at 10, 50 and
+# all (500) examples per class.
+PAPER_SIZES = (10, 50, "all")
+PAPER = dict(ce=(20.03, 37.6, 54.28), logits=(33.6, 45.73, 56.59))
+PAPER.update({"logits+ce": (33.92, 46.47, 56.65), "logits+jacobian+ce": (39.55, 49.49, 54.57),
+              "logits+jacobian": (38.16, 47.79, 51.33)})
 # (without, with) pairs whose per-seed difference isolates the Jacobian term.
 JACOBIAN_PAIRS = (("logits+ce", "logits+jacobian+ce"), ("logits", "logits+jacobian"),
                   ("kd+ce", "kd+jacobian+ce"), ("kd+ce", "kd+vjp+ce"), ("kd+ce", "kd+jvp+ce"),
@@ -85,7 +83,7 @@ def paper_number(dataset: str, method: str, examples_per_class) -> float | None:
     """The paper's number for this cell, only when the setting is the paper's (CIFAR-100)."""
     if dataset.removeprefix("tfds:").split("/")[0].split(":")[0] != "cifar100":
         return None
-    return PAPER.get(method, {}).get(examples_per_class)
+    return dict(zip(PAPER_SIZES, PAPER.get(method, ()))).get(examples_per_class)
 
 
 def build_objective(method: str, loss: ConfigDict) -> training.Objective:
@@ -193,30 +191,24 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
 # The report of this study.
 
 
-def main_tables(s: dict[str, Any]) -> list[str]:
-    """The last-step accuracy table and the paired gains (what the console shows)."""
-    return (_report.last_step_table(s["rows"], "Test accuracy")
-            + _report.gains_md(s.get("paired_gains") or [], "Gain from the Jacobian term"))
+REPORT = dict(what="Test accuracy", gains_title="Gain from the Jacobian term")
 
 
 def markdown(s: dict[str, Any]) -> str:
     cfg = s.get("config", {})
-    out = ["## Study 1: distillation with limited data", ""]
-    out += _report.header(s)
-    out += ["", f"Data: `{s['dataset']}`; teacher `{cfg.get('teacher', {}).get('name')}` "
-            f"(test accuracy {s['teacher_test_accuracy']:.1f} %); student "
-            f"`{cfg.get('student', {}).get('name')}`; seeds: {cfg.get('num_seeds')}; test "
-            "accuracy (%) as mean ± std over seeds."]
-    if not any(r.get("paper") is not None for r in s["rows"]):
-        out += ["The paper's numbers (CIFAR-100) are not beside ours: the setting differs. "
-                "They are in docs/experiments.md, for the shape of the comparison."]
-    out += main_tables(s)
-    out += _report.best_step_table(s["rows"], "Test accuracy")
-    return "\n".join(out)
+    return _report.accuracy_section(
+        s, title="Study 1: distillation with limited data",
+        intro=f"Data: `{s['dataset']}`; teacher `{cfg.get('teacher', {}).get('name')}` "
+              f"(test accuracy {s['teacher_test_accuracy']:.1f} %); student "
+              f"`{cfg.get('student', {}).get('name')}`; seeds: {cfg.get('num_seeds')}; "
+              "test accuracy (%) as mean ± std over seeds.",
+        paper_note="The paper's numbers (CIFAR-100) are not beside ours: the setting "
+                   "differs. They are in docs/experiments.md, for the shape of the "
+                   "comparison.", **REPORT)
 
 
 def console(s: dict[str, Any]) -> str:
-    return "\n".join(main_tables(s)).strip()
+    return "\n".join(_report.main_tables(s, **REPORT)).strip()
 
 
 def plots(workdir: str, s: dict[str, Any]) -> list[str]:
@@ -230,14 +222,10 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
                      + (" (by validation)" if which == "best" else ""))
     axes[1].legend(fontsize=7, loc="lower right")
     paths = [_plots.save(fig, workdir, "accuracy_vs_examples.png")]
-    gains = [r for r in s.get("paired_gains") or [] if r["checkpoint"] == "last"]
-    if gains:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        _plots.gains(ax, gains, title=f"{s['dataset']}: gain from the Jacobian term "
-                                      "(paired by seed, last step)")
-        ax.legend(fontsize=7)
-        paths.append(_plots.save(fig, workdir, "gain_vs_examples.png"))
-    return paths
+    return paths + _plots.gain_figure(
+        workdir, "gain_vs_examples.png", s.get("paired_gains") or [],
+        title=f"{s['dataset']}: gain from the Jacobian term "
+              "(paired by seed, last step)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -52,15 +52,12 @@ LABELS = {
 }
 LWF_TERMS = ("lwf", "jacobian", "attention", "attention_jacobian")
 # Transfer: ImageNet ResNet teacher -> VGG-9 student on MIT Indoor Scenes (67 classes),
-# test accuracy (%), Srinivas & Fleuret (2018) (docs/experiments.md).
-PAPER = {
-    "no_transfer": {25: 35.19, 50: 46.38, "all": 59.33},
-    "finetune": {25: 57.65, 50: 64.18, "all": 71.42},
-    "lwf": {25: 45.08, 50: 55.22, "all": 65.22},
-    "lwf+jacobian": {25: 45.26, 50: 56.49, "all": 66.04},
-    "lwf+attention": {25: 46.01, 50: 57.80, "all": 67.24},
-    "lwf+attention+attention_jacobian": {25: 47.31, 50: 58.35, "all": 67.31},
-}
+# test accuracy (%) at 25, 50 and all examples per class, Srinivas & Fleuret (2018)
+# (docs/experiments.md). Keys are the rows of LABELS, in order.
+PAPER_SIZES = (25, 50, "all")
+PAPER = dict(zip(LABELS, [(35.19, 46.38, 59.33), (57.65, 64.18, 71.42),
+                          (45.08, 55.22, 65.22), (45.26, 56.49, 66.04),
+                          (46.01, 57.80, 67.24), (47.31, 58.35, 67.31)]))
 # (without, with) pairs whose per-seed difference isolates one added term.
 GAIN_PAIRS = (("no_transfer", "lwf"), ("lwf", "lwf+jacobian"), ("lwf", "lwf+attention"),
               ("lwf+attention", "lwf+attention+attention_jacobian"))
@@ -163,7 +160,7 @@ def paper_number(paper_table: str, method: str, examples_per_class) -> float | N
     """The paper's transfer number, when the config declares the MIT Indoor setting."""
     if paper_table != "mit_indoor":
         return None
-    return PAPER.get(method, {}).get(examples_per_class)
+    return dict(zip(PAPER_SIZES, PAPER.get(method, ()))).get(examples_per_class)
 
 
 def prepare(config: ConfigDict):
@@ -263,29 +260,22 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
 # The report of this study.
 
 
-def main_tables(s: dict[str, Any]) -> list[str]:
-    """The last-step accuracy table and the paired gains (what the console shows)."""
-    return (_report.last_step_table(s["rows"], "Target test accuracy")
-            + _report.gains_md(s.get("paired_gains") or [], "Gain from each added term"))
+REPORT = dict(what="Target test accuracy", gains_title="Gain from each added term")
 
 
 def markdown(s: dict[str, Any]) -> str:
-    out = ["## Study 3: transfer learning (LwF as distillation)", ""]
-    out += _report.header(s)
-    out += ["", f"Source: `{s['source']}`, target: `{s['target']}`; teacher "
-            f"`{s['teacher_model']}` (source test accuracy {s['teacher_test_accuracy']:.1f} %),"
-            f" student `{s['student_model']}`; target test accuracy (%), mean ± std over "
-            "seeds."]
-    if not any(r.get("paper") is not None for r in s["rows"]):
-        out += ["The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
-                "differs."]
-    out += main_tables(s)
-    out += _report.best_step_table(s["rows"], "Target test accuracy")
-    return "\n".join(out)
+    return _report.accuracy_section(
+        s, title="Study 3: transfer learning (LwF as distillation)",
+        intro=f"Source: `{s['source']}`, target: `{s['target']}`; teacher "
+              f"`{s['teacher_model']}` (source test accuracy "
+              f"{s['teacher_test_accuracy']:.1f} %), student `{s['student_model']}`; target "
+              "test accuracy (%), mean ± std over seeds.",
+        paper_note="The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
+                   "differs.", **REPORT)
 
 
 def console(s: dict[str, Any]) -> str:
-    return "\n".join(main_tables(s)).strip() if "rows" in s else ""
+    return "\n".join(_report.main_tables(s, **REPORT)).strip() if "rows" in s else ""
 
 
 def plots(workdir: str, s: dict[str, Any]) -> list[str]:
@@ -302,14 +292,10 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     paths = [_plots.save(fig, workdir, "transfer_accuracy.png", layout=False)]
-    gains = [r for r in s.get("paired_gains") or [] if r["checkpoint"] == "last"]
-    if gains:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        _plots.gains(ax, gains, title="transfer: gain from each added term (paired by "
-                                      "seed, last step)")
-        ax.legend(fontsize=7)
-        paths.append(_plots.save(fig, workdir, "transfer_gain.png"))
-    return paths
+    return paths + _plots.gain_figure(
+        workdir, "transfer_gain.png", s.get("paired_gains") or [],
+        title="transfer: gain from each added term (paired by "
+              "seed, last step)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

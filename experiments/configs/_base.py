@@ -71,21 +71,15 @@ def model_spec(name: str, *, width: int = 16, hidden: tuple[int, ...] = (64,),
 
 def execution(config: ConfigDict) -> ConfigDict:
     """Adds the keys of how a study runs (devices, caches, progress, logs)."""
-    config.num_devices = 0
-    config.num_cpu_devices = 0
-    config.compilation_cache = True
-    config.run_progress = False
-    config.tensorboard = False
+    config.update(num_devices=0, num_cpu_devices=0, compilation_cache=True,
+                  run_progress=False, tensorboard=False)
     return config
 
 
 def smoke(config: ConfigDict) -> ConfigDict:
     """Shrinks the sweep and the training of ``config`` for the ``smoke`` mode."""
-    config.num_seeds = 1
-    config.num_devices = 1
-    config.compilation_cache = False
-    config.run_progress = False
-    config.tensorboard = False
+    config.update(num_seeds=1, num_devices=1, compilation_cache=False, run_progress=False,
+                  tensorboard=False)
     for name in ("train", "teacher_train", "finetune_train"):
         if name in config:
             config[name].update(num_steps=12, batch_size=10, num_evals=2, warmup_steps=0,
