@@ -1,9 +1,24 @@
 """The paper's experiments, each runnable as ``python -m experiments.<name>``.
 
+Studies (each holds its own method table, labels, the paper's numbers and its report):
+
 * :mod:`experiments.limited_data`: distillation with few examples per class (study 1);
-* :mod:`experiments.noise_robustness`: study 1's students on noisy test inputs (study 2);
+* :mod:`experiments.noise_robustness`: study 1's students on noisy test inputs (study 2;
+  it imports study 1 on purpose);
 * :mod:`experiments.transfer`: Learning without Forgetting as distillation (study 3).
 
-Configuration lives in ``experiments/configs/`` (one ``get_config()`` file per config,
-the command that runs it in its docstring). See ``docs/experiments.md``.
+What they share, one concept per module:
+
+* ``_cli``: the command line (absl + ``ml_collections.config_flags``), ``--help``;
+* ``_runtime``: host devices per CPU core, the mesh, the compilation cache, versions;
+* ``_workdir``: the work directory's layout, atomic JSON, what a finished run keeps;
+* ``_data``: loading, class subsets, normalisation, few-shot subsets, augmented batches;
+* ``_fit``: training and scoring one network (a cell or the teacher), models, optimizers;
+* ``_sweep``: cells, one built train step per method, the sweep's progress and time;
+* ``_report`` / ``_plots``: results files, tables and paired gains / figures.
+
+Configuration lives in ``experiments/configs/`` (one ``get_config(arg)`` file per config,
+the command that runs it in its docstring; ``configs/_base`` is the light schema they
+import: shared sub-configs, the words for every key, validation). See
+``docs/experiments.md``.
 """

@@ -6,28 +6,29 @@ for every ``sigma`` of ``config.noise_sigmas``. The noise draw depends on the se
 sigma only, so all methods of a seed see the same noisy images (a paired comparison);
 the std over seeds includes the draw. The teacher is evaluated the same way.
 
-It shares study 1's config and work directory, so it reuses study 1's checkpoints and
-trains only the cells that are missing:
+This study imports study 1 on purpose: it shares study 1's config, work directory and
+cells, so it reuses study 1's checkpoints and trains only the cells that are missing:
 
     python -m experiments.noise_robustness                       # = --workdir runs/limited_data
     python -m experiments.noise_robustness --workdir runs/limited_data --config.noise_sigmas=0,0.5,1
 
 Outputs: the ``noise_robustness`` section of ``results.{json,csv,md}`` and
-``accuracy_vs_sigma.png``; each cell caches its accuracies in ``noise.json``.
+``accuracy_vs_sigma.png``; each run directory caches its accuracies in ``noise.json``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import _common, _report, limited_data
+from experiments import _cli, _data, _fit, _plots, _report, _runtime, _sweep, _workdir
+from experiments import limited_data
 from jaxkd import data
 
 STUDY = "noise_robustness"
@@ -37,106 +38,144 @@ NOISE_FILE = "noise.json"
 NOISE_SEED = 12345
 
 
-def noisy_test(prepared: _common.PreparedData, sigma: float, seed: int,
+def noisy_test(prepared: _data.PreparedData, sigma: float, seed: int,
                batch_size: int) -> list[dict[str, np.ndarray]]:
     """Test batches with ``N(0, sigma^2)`` pixel noise (draw fixed by seed and sigma)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(NOISE_SEED), seed),
                              int(round(sigma * 1e6)))
     noisy = data.add_gaussian_noise(key, prepared.raw_test, sigma)
     images = np.asarray(data.normalize(noisy, prepared.mean, prepared.std))
-    test = prepared.splits.test
-    return [{"image": images[i:i + batch_size], "label": test.labels[i:i + batch_size]}
-            for i in range(0, len(test), batch_size)]
+    return _data.eval_batches(images, prepared.splits.test.labels, batch_size)
 
 
-def _accuracies(run_dir: str, make_state, sigmas: Sequence[float], batches_for,
-                mesh) -> dict[float, float]:
-    """Accuracy per sigma of the final state in ``run_dir``, cached in ``noise.json``."""
+def accuracies(run_dir: str, make_state: Callable, sigmas: Sequence[float],
+               batches_for: Callable[[float], list], mesh) -> dict[str, Any]:
+    """``{"accuracy": {sigma: acc}, "seconds": s}`` of ``run_dir``'s final state.
+
+    Cached in ``run_dir/noise.json``; only the missing sigmas are evaluated, and
+    ``seconds`` adds up the time spent evaluating them.
+    """
     path = os.path.join(run_dir, NOISE_FILE)
-    cached = _common.read_json(path) if os.path.exists(path) else {}
-    missing = [s for s in sigmas if repr(float(s)) not in cached]
+    cached = _workdir.read_json(path) if os.path.exists(path) else {}
+    cached.setdefault("accuracy", {})
+    cached.setdefault("seconds", 0.0)
+    missing = [s for s in sigmas if repr(float(s)) not in cached["accuracy"]]
     if missing:
+        t0 = time.perf_counter()
         state = make_state()
         for s in missing:
-            cached[repr(float(s))] = _common.evaluate(state, batches_for(s), mesh)
-        _common.write_json(path, cached)
-    return {float(s): cached[repr(float(s))] for s in sigmas}
+            cached["accuracy"][repr(float(s))] = _fit.evaluate(state, batches_for(s), mesh)
+        cached["seconds"] += time.perf_counter() - t0
+        _workdir.write_json(path, cached)
+    return {"accuracy": {float(s): cached["accuracy"][repr(float(s))] for s in sigmas},
+            "seconds": cached["seconds"]}
 
 
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
     """Trains or reuses study 1's students, evaluates them under noise, writes results."""
     t0 = time.perf_counter()
-    sizes = list(config.noise_examples_per_class) or _common.examples_per_class(config)
+    sizes = list(config.noise_examples_per_class) or _sweep.sizes(config)
     selected = [c for c in limited_data.cells(config) if c.examples_per_class in sizes]
     results, teacher_result, prepared = limited_data.sweep(config, workdir, selected=selected)
-    mesh = _common.make_mesh(config.num_devices)
+    mesh = _runtime.make_mesh(config)
     sigmas = [float(s) for s in config.noise_sigmas]
-    batch = config.train.eval_batch_size
-    cache: dict[tuple[float, int], list] = {}
+    batches: dict[tuple[float, int], list] = {}
 
-    def batches_for(seed):
-        def get(sigma):
-            if (sigma, seed) not in cache:
-                cache[(sigma, seed)] = noisy_test(prepared, sigma, seed, batch)
-            return cache[(sigma, seed)]
+    def batches_for(seed: int):
+        def get(sigma: float):
+            if (sigma, seed) not in batches:
+                batches[(sigma, seed)] = noisy_test(prepared, sigma, seed,
+                                                    config.train.eval_batch_size)
+            return batches[(sigma, seed)]
         return get
 
-    per_cell = {}
     from tqdm.auto import tqdm
+    per_cell = {}
     for cell in tqdm(selected, desc="noise", unit="cell", dynamic_ncols=True):
-        def make_state(cell=cell):
-            template = _common.template_state(
+        def student_state(cell=cell):
+            template = _fit.template_state(
                 limited_data.make_student(config, prepared, cell.seed), config.train, mesh)
-            return _common.restore_state(_common.cell_dir(workdir, cell), template,
-                                         step=config.train.num_steps)
-        per_cell[cell] = _accuracies(_common.cell_dir(workdir, cell), make_state, sigmas,
-                                     batches_for(cell.seed), mesh)
+            return _fit.restore_state(_sweep.cell_dir(workdir, cell), template)
+        per_cell[cell] = accuracies(_sweep.cell_dir(workdir, cell), student_state, sigmas,
+                                    batches_for(cell.seed), mesh)
 
-    teacher_dir = os.path.join(workdir, "teacher")
+    teacher_dir = limited_data.teacher_dir(workdir)
+    teacher_states = []
 
     def teacher_state():
-        model = _common.build_model(config.teacher, image_shape=prepared.image_shape,
-                                    num_classes=prepared.num_classes, seed=config.teacher_seed)
-        return _common.restore_state(teacher_dir, _common.template_state(
-            model, config.teacher_train, mesh), step=config.teacher_train.num_steps)
+        if not teacher_states:
+            model = _fit.build_model(config.teacher, image_shape=prepared.image_shape,
+                                     num_classes=prepared.num_classes, seed=config.teacher_seed)
+            teacher_states.append(_fit.restore_state(teacher_dir, _fit.template_state(
+                model, config.teacher_train, mesh)))
+        return teacher_states[0]
 
-    teacher_state_cache = []
-
-    def cached_teacher_state():
-        if not teacher_state_cache:
-            teacher_state_cache.append(teacher_state())
-        return teacher_state_cache[0]
-
-    teacher_acc = {seed: _accuracies(os.path.join(teacher_dir, f"noise_seed{seed}"),
-                                     cached_teacher_state, sigmas, batches_for(seed), mesh)
-                   for seed in _common.seeds(config)}
+    teacher_acc = {seed: accuracies(os.path.join(teacher_dir, f"noise_seed{seed}"),
+                                    teacher_state, sigmas, batches_for(seed), mesh)
+                   for seed in _sweep.seeds(config)}
 
     rows = []
     for n in sizes:
         for sigma in sigmas:
             rows.append({"method": "teacher", "label": "teacher (all training data)",
-                         "examples_per_class": n, "sigma": sigma,
-                         **_report.stats([100 * teacher_acc[s][sigma] for s in teacher_acc])})
+                         "examples_per_class": n, "sigma": sigma, **_report.stats(
+                             [100 * a["accuracy"][sigma] for a in teacher_acc.values()])})
         for method in config.methods:
             for sigma in sigmas:
-                values = [100 * acc[sigma] for c, acc in per_cell.items()
+                values = [100 * a["accuracy"][sigma] for c, a in per_cell.items()
                           if c.method == method and c.examples_per_class == n]
-                rows.append({"method": method, "label": _common.method_label(method),
+                rows.append({"method": method, "label": limited_data.method_label(method),
                              "examples_per_class": n, "sigma": sigma,
                              **_report.stats(values)})
     summary = {
         "dataset": config.dataset, "examples_per_class": sizes, "sigmas": sigmas,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
     }
-    return _common.write_summary(workdir, STUDY, summary, config=config, started=t0,
-                                 seconds=[teacher_result["seconds"]]
-                                 + [r["seconds"] for r in results.values()],
-                                 command=command)
+    noise_seconds = sum(a["seconds"] for a in [*per_cell.values(), *teacher_acc.values()])
+    return _report.finish(STUDY, workdir, summary, config=config, started=t0,
+                          command=command, num_cells=len(results),
+                          total_seconds=_sweep.total_seconds(teacher_result, results)
+                          + noise_seconds)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    _common.main(STUDY, run, default_config=DEFAULT_CONFIG, default_workdir=DEFAULT_WORKDIR,
-                 argv=argv)
+def markdown(s: dict[str, Any]) -> str:
+    out = ["## Study 2: robustness to Gaussian input noise", ""]
+    out += _report.header(s)
+    out += ["", f"Data: `{s['dataset']}`; the final students of study 1 on test images "
+            "with additive N(0, sigma^2) noise per pixel (pixels in [0, 1], noise added "
+            "before normalisation); test accuracy (%), mean ± std over seeds."]
+    for n in s["examples_per_class"]:
+        out += ["", f"### {n} examples per class", ""]
+        out.append(_report.table([r for r in s["rows"] if r["examples_per_class"] == n],
+                                 col_key="sigma", col_title="method \\ sigma"))
+    return "\n".join(out)
+
+
+def console(s: dict[str, Any]) -> str:
+    return markdown(s).split("\n", 2)[2].strip()
+
+
+def plots(workdir: str, s: dict[str, Any]) -> list[str]:
+    plt = _plots.pyplot()
+    ns = s["examples_per_class"]
+    cols = min(2, len(ns))
+    rows = -(-len(ns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), sharey=True,
+                             squeeze=False)
+    for ax, n in zip(axes.flat, ns):
+        _plots.lines(ax, [r for r in s["rows"] if r["examples_per_class"] == n],
+                     x_key="sigma", numeric=True)
+        ax.set_xlabel("noise sigma (pixels in [0, 1])")
+        ax.set_title(f"{s['dataset']}: {n} examples per class")
+    for ax in list(axes.flat)[len(ns):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    return [_plots.save(fig, workdir, "accuracy_vs_sigma.png")]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return _cli.main(STUDY, run, console, default_config=DEFAULT_CONFIG,
+                     default_workdir=DEFAULT_WORKDIR, argv=argv)
 
 
 if __name__ == "__main__":

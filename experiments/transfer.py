@@ -17,8 +17,8 @@ taps of equal size are matched too. Rows, as in the paper:
     python -m experiments.transfer --workdir runs/transfer
     python -m experiments.transfer --config=transfer_folder --workdir runs/mit_indoor
 
-Outputs: the ``transfer`` section of ``results.{json,csv,md}`` and
-``transfer_accuracy.png`` in the work directory. See docs/experiments.md.
+Outputs: the ``transfer`` section of ``results.{json,csv,md}``, ``transfer_accuracy.png``
+and ``transfer_gain.png`` in the work directory. See docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _common, _report
+from experiments import _cli, _data, _fit, _plots, _report, _runtime, _sweep
+from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
 STUDY = "transfer"
@@ -50,6 +51,13 @@ LABELS = {
     "lwf+attention+attention_jacobian": "LwF + attention + Jacobians (attention Jacobians)",
 }
 LWF_TERMS = ("lwf", "jacobian", "attention", "attention_jacobian")
+# Transfer: ImageNet ResNet teacher -> VGG-9 student on MIT Indoor Scenes (67 classes),
+# test accuracy (%) at 25, 50 and all examples per class, Srinivas & Fleuret (2018)
+# (docs/experiments.md). Keys are the rows of LABELS, in order.
+PAPER_SIZES = (25, 50, "all")
+PAPER = dict(zip(LABELS, [(35.19, 46.38, 59.33), (57.65, 64.18, 71.42),
+                          (45.08, 55.22, 65.22), (45.26, 56.49, 66.04),
+                          (46.01, 57.80, 67.24), (47.31, 58.35, 67.31)]))
 # (without, with) pairs whose per-seed difference isolates one added term.
 GAIN_PAIRS = (("no_transfer", "lwf"), ("lwf", "lwf+jacobian"), ("lwf", "lwf+attention"),
               ("lwf+attention", "lwf+attention+attention_jacobian"))
@@ -110,7 +118,7 @@ def method_terms(method: str) -> list[str]:
         return [method]
     terms = method.split("+")
     if terms[0] != "lwf" or any(t not in LWF_TERMS for t in terms):
-        raise _common.ConfigError(
+        raise ConfigError(
             f"transfer method {method!r}: use 'no_transfer', 'finetune', or 'lwf' joined by "
             f"'+' with terms from {LWF_TERMS[1:]} (e.g. 'lwf+attention+attention_jacobian').")
     return terms
@@ -139,24 +147,35 @@ def parse_aliases(text: str) -> list[tuple[str, str]]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         a, sep, b = item.partition(":")
         if not sep:
-            raise _common.ConfigError(f"student_tap_aliases item {item!r} is not 'ours:theirs'.")
+            raise ConfigError(f"student_tap_aliases item {item!r} is not 'ours:theirs'.")
         pairs.append((a, b))
     return pairs
 
 
+def label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def paper_number(paper_table: str, method: str, examples_per_class) -> float | None:
+    """The paper's transfer number, when the config declares the MIT Indoor setting."""
+    if paper_table != "mit_indoor":
+        return None
+    return dict(zip(PAPER_SIZES, PAPER.get(method, ()))).get(examples_per_class)
+
+
 def prepare(config: ConfigDict):
     """``(source, target)`` prepared data; the target uses the source's statistics."""
-    source = _common.load_data(config.source_dataset, data_dir=config.data_dir,
+    source = _data.load_data(config.source_dataset, data_dir=config.data_dir,
                                image_size=config.image_size,
                                validation_fraction=config.validation_fraction,
                                classes=config.source_classes)
-    target = _common.load_data(config.target_dataset, data_dir=config.data_dir,
+    target = _data.load_data(config.target_dataset, data_dir=config.data_dir,
                                image_size=config.image_size,
                                validation_fraction=config.validation_fraction,
                                classes=config.target_classes,
                                stats_from=(source.mean, source.std))
     if source.image_shape != target.image_shape:
-        raise _common.ConfigError(
+        raise ConfigError(
             f"source images {source.image_shape} and target images {target.image_shape} "
             "differ; set config.image_size.")
     return source, target
@@ -165,94 +184,123 @@ def prepare(config: ConfigDict):
 def make_student(config: ConfigDict, source, target, method: str, seed: int,
                  teacher: models.Split | None = None) -> models.Classifier:
     if method == "finetune":
-        model = _common.build_model(config.teacher, image_shape=target.image_shape,
+        model = _fit.build_model(config.teacher, image_shape=target.image_shape,
                                     num_classes=target.num_classes, seed=seed)
         if teacher is not None:  # None: a template for restoring a checkpoint
             trained = models.merge(*teacher)
             body = nnx.state(trained, nnx.Not(nnx.PathContains("head")))
             nnx.update(model, body)  # train() copies the arrays it donates
         return model
-    backbone = _common.build_model(config.student, image_shape=target.image_shape,
+    backbone = _fit.build_model(config.student, image_shape=target.image_shape,
                                    num_classes=target.num_classes + source.num_classes,
                                    seed=seed)
     return LwFStudent(backbone, target.num_classes, parse_aliases(config.student_tap_aliases))
 
 
-def teacher(config: ConfigDict, workdir: str, source, mesh):
-    run_dir = config.teacher_dir or os.path.join(workdir, "teacher")
-    return _common.get_teacher(run_dir, spec=config.teacher, train_cfg=config.teacher_train,
-                               prepared=source, mesh=mesh, seed=config.teacher_seed,
-                               augment=config.augment, flip=config.flip, progress=True,
-                               tensorboard=config.tensorboard)
-
-
-def cells(config: ConfigDict) -> list[_common.Cell]:
+def cells(config: ConfigDict) -> list[_sweep.Cell]:
     for method in config.methods:
-        method_terms(method)
-    return [_common.Cell(m, n, s) for s in _common.seeds(config)
-            for n in _common.examples_per_class(config) for m in config.methods]
+        method_terms(method)  # fail before training anything
+    parse_aliases(config.student_tap_aliases)
+    return _sweep.cells(config)
 
 
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
-    """Trains (or skips) the teacher and every cell; writes the results and the plot."""
+    """Trains (or skips) the teacher and every cell; writes the results and the plots."""
     t0 = time.perf_counter()
-    mesh = _common.setup(workdir, config)
+    selected = cells(config)
+    mesh = _runtime.start(config, workdir)
     source, target = prepare(config)
-    teacher_split, teacher_result = teacher(config, workdir, source, mesh)
+    teacher_dir = config.teacher_dir or os.path.join(workdir, "teacher")
+    teacher, teacher_result = _fit.get_teacher(
+        teacher_dir, spec=config.teacher, train_cfg=config.teacher_train, prepared=source,
+        mesh=mesh, seed=config.teacher_seed, augment=config.augment, flip=config.flip,
+        tensorboard=config.tensorboard)
     if config.teacher_only:
         print(f"teacher: source test accuracy {100 * teacher_result['last']['test']:.2f} % "
-              f"({config.teacher_dir or os.path.join(workdir, 'teacher')})")
+              f"({teacher_dir})")
         return {"teacher": teacher_result}
-    objectives = {m: build_objective(m, config.loss) for m in config.methods}
+    train_cfgs = {m: config.finetune_train if m == "finetune" else config.train
+                  for m in config.methods}
+    steps = _sweep.build_steps({m: build_objective(m, config.loss) for m in config.methods},
+                               train_cfgs, mesh, teacher)
     splits = target.splits
 
-    def run_cell(cell: _common.Cell) -> dict[str, Any]:
-        distills = cell.method not in ("no_transfer", "finetune")
-        return _common.fit(
-            _common.cell_dir(workdir, cell),
-            student=make_student(config, source, target, cell.method, cell.seed,
-                                 teacher_split),
-            objective=objectives[cell.method],
-            train_cfg=config.finetune_train if cell.method == "finetune" else config.train,
-            train_set=_common.subset(splits.train, cell.examples_per_class, cell.seed),
-            validation=splits.validation, test=splits.test, mesh=mesh, seed=cell.seed,
-            teacher=teacher_split if distills else None, augment=config.augment,
-            flip=config.flip, progress=config.run_progress, tensorboard=config.tensorboard,
+    def run_cell(cell: _sweep.Cell) -> dict[str, Any]:
+        return _fit.fit(
+            _sweep.cell_dir(workdir, cell),
+            student=make_student(config, source, target, cell.method, cell.seed, teacher),
+            step=steps[cell.method], train_cfg=train_cfgs[cell.method],
+            train_set=_data.subset(splits.train, cell.examples_per_class, cell.seed),
+            validation=splits.validation, test=splits.test, seed=cell.seed,
+            augment=config.augment, flip=config.flip,
+            progress=cell.name if config.run_progress else False,
+            tensorboard=config.tensorboard,
             describe={"method": cell.method, "examples_per_class": cell.examples_per_class,
                       "seed": cell.seed})
 
-    results = _common.run_sweep(cells(config), run_cell, workdir=workdir, desc=STUDY)
-    rows = []
-    for method in config.methods:
-        for n in _common.examples_per_class(config):
-            runs = [r for c, r in results.items()
-                    if c.method == method and c.examples_per_class == n]
-            for which in ("last", "best"):
-                rows.append({
-                    "method": method, "label": LABELS.get(method, method),
-                    "examples_per_class": n, "checkpoint": which,
-                    **_report.stats([100.0 * r[which]["test"] for r in runs]),
-                    "paper": _report.paper_transfer(config.paper_table, method, n)})
-    gains = _report.paired_gains(
-        results, GAIN_PAIRS, methods=config.methods,
-        sizes=_common.examples_per_class(config), seeds=_common.seeds(config),
-        label=lambda m: LABELS.get(m, m))
+    results = _sweep.run_sweep(selected, run_cell, workdir=workdir, desc=STUDY)
+    sizes = _sweep.sizes(config)
     summary = {
-        "paired_gains": gains,
+        "rows": _report.accuracy_rows(results, config.methods, sizes, label,
+                                      lambda m, n: paper_number(config.paper_table, m, n)),
+        "paired_gains": _report.paired_gains(results, GAIN_PAIRS, methods=config.methods,
+                                             sizes=sizes, seeds=_sweep.seeds(config),
+                                             label=label),
         "source": f"{config.source_dataset} classes {list(config.source_classes) or 'all'}",
         "target": f"{config.target_dataset} classes {list(config.target_classes) or 'all'}",
         "teacher_model": config.teacher.name, "student_model": config.student.name,
-        "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
+        "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"],
     }
-    return _common.write_summary(workdir, STUDY, summary, config=config, started=t0,
-                                 seconds=[teacher_result["seconds"]]
-                                 + [r["seconds"] for r in results.values()],
-                                 command=command)
+    return _report.finish(STUDY, workdir, summary, config=config, started=t0,
+                          command=command, num_cells=len(results),
+                          total_seconds=_sweep.total_seconds(teacher_result, results))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    _common.main(STUDY, run, default_config=DEFAULT_CONFIG, default_workdir=DEFAULT_WORKDIR,
-                 argv=argv)
+# ----------------------------------------------------------------------------------------
+# The report of this study.
+
+
+REPORT = dict(what="Target test accuracy", gains_title="Gain from each added term")
+
+
+def markdown(s: dict[str, Any]) -> str:
+    return _report.accuracy_section(
+        s, title="Study 3: transfer learning (LwF as distillation)",
+        intro=f"Source: `{s['source']}`, target: `{s['target']}`; teacher "
+              f"`{s['teacher_model']}` (source test accuracy "
+              f"{s['teacher_test_accuracy']:.1f} %), student `{s['student_model']}`; target "
+              "test accuracy (%), mean ± std over seeds.",
+        paper_note="The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
+                   "differs.", **REPORT)
+
+
+def console(s: dict[str, Any]) -> str:
+    return "\n".join(_report.main_tables(s, **REPORT)).strip() if "rows" in s else ""
+
+
+def plots(workdir: str, s: dict[str, Any]) -> list[str]:
+    plt = _plots.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, which in zip(axes, ("last", "best")):
+        _plots.bars(ax, [r for r in s["rows"] if r["checkpoint"] == which],
+                    x_key="examples_per_class")
+        ax.set_xlabel("target examples per class")
+        ax.set_ylabel("target test accuracy (%)")
+        ax.set_title(f"transfer, {which} step" + (" (by validation)" if which == "best"
+                                                  else ""))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    paths = [_plots.save(fig, workdir, "transfer_accuracy.png", layout=False)]
+    return paths + _plots.gain_figure(
+        workdir, "transfer_gain.png", s.get("paired_gains") or [],
+        title="transfer: gain from each added term (paired by "
+              "seed, last step)")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return _cli.main(STUDY, run, console, default_config=DEFAULT_CONFIG,
+                     default_workdir=DEFAULT_WORKDIR, argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Study 1, distillation with limited data, on the offline digits (the default).
 
-Run (the README's first command; about 5-10 minutes on a 2-core CPU):
+Run (the README's first command; its wall time is in docs/experiments.md):
 
     python -m experiments.limited_data --workdir runs/limited_data
 
@@ -8,22 +8,24 @@ A SmallCNN teacher (~98 % test accuracy) is trained once on all 1,295 training d
 and cached in the work directory; then a one-hidden-layer MLP student is trained for
 every method x examples per class x seed, each for the same 300 AdamW steps of 40
 images (a fixed budget whatever the subset size, so all cells share one compiled step).
+``--config=limited_data_digits:smoke`` runs the whole pipeline in seconds (the tests).
 See docs/experiments.md for why each value is what it is.
 """
 
 from ml_collections import ConfigDict
 
-from experiments._common import loss_config, model_spec, train_config
+from experiments.configs import _base
 
 
-def get_config() -> ConfigDict:
+def get_config(arg: str | None = None) -> ConfigDict:
+    mode = _base.mode(arg)
     c = ConfigDict()
     # Data: 8x8x1 digits, 10 classes; 10 % of the training split is validation.
     c.dataset = "digits"
-    c.data_dir = ""               # tfds data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
-    c.image_size = ()             # (height, width) to resize to; () keeps the native size
+    c.data_dir = ""
+    c.image_size = ()
     c.validation_fraction = 0.1
-    c.augment = False             # random crops (+ flips) of the training batches
+    c.augment = False
     c.flip = False                # digits are not mirror-symmetric
     # The sweep: methods x examples per class x seeds.
     c.examples_per_class = (5, 10, 50, "all")
@@ -40,20 +42,22 @@ def get_config() -> ConfigDict:
         "logits",                 # the paper's "without CE" rows
         "logits+jacobian",
     )
-    # Networks.
-    c.teacher = model_spec("small_cnn", width=16, hidden=(64,))
-    c.teacher_train = train_config(num_steps=1500, batch_size=64, learning_rate=3e-3,
-                                   num_evals=5)
+    # Networks. 40 and 64 divide by 1, 2, 4 and 8 devices.
+    c.teacher = _base.model_spec("small_cnn", width=16, hidden=(64,))
+    c.teacher_train = _base.train_config(num_steps=1500, batch_size=64, learning_rate=3e-3,
+                                         num_evals=5)
     c.teacher_seed = 0
-    c.student = model_spec("mlp", hidden=(64,))
-    c.train = train_config(num_steps=300, batch_size=40, learning_rate=3e-3, num_evals=5)
-    c.loss = loss_config()
+    c.student = _base.model_spec("mlp", hidden=(64,))
+    c.train = _base.train_config(num_steps=300, batch_size=40, learning_rate=3e-3,
+                                 num_evals=5)
+    c.loss = _base.loss_config()
     # Noise robustness (study 2 reads these; study 1 ignores them).
     c.noise_sigmas = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-    c.noise_examples_per_class = ()  # () = every size of the sweep
-    # Execution.
-    c.num_devices = 0             # data-parallel devices (0 = all)
-    c.compilation_cache = True    # <workdir>/jax_cache: compile each method once
-    c.run_progress = False        # a progress bar per cell too (besides the sweep's)
-    c.tensorboard = False
+    c.noise_examples_per_class = ()
+    _base.execution(c)
+    if mode == "smoke":
+        _base.smoke(c)
+        c.methods = ("logits+ce", "logits+jacobian+ce")
+        c.examples_per_class = (5, "all")
+        c.noise_sigmas = (0.0, 0.5)
     return c

@@ -13,9 +13,9 @@ TensorFlow (``jaxkd[tfds-prepare]``).
 from jaxkd.data._dataset import Dataset, Splits
 from jaxkd.data._load import load
 from jaxkd.data._pipeline import (BatchIterator, add_gaussian_noise, augment,
-                                  check_image_shape, data_sharding, normalization_stats,
-                                  normalize, random_crop, random_flip, resize_images,
-                                  shard_batch)
+                                  check_image_shape, normalization_stats, normalize,
+                                  random_crop, random_flip, resize_images)
+from jaxkd.data._sharding import data_sharding, shard_batch
 from jaxkd.data._subsets import few_shot_subset
 
 __all__ = [

@@ -1,15 +1,17 @@
 """The input pipeline: normalisation, augmentation, noise, batching, sharding.
 
-Per-example transforms are pure, jit-able JAX functions of a PRNG key; the training
-step applies them (key = ``jax.random.fold_in(rng, step)``). Batching runs on the host
-in NumPy with a per-epoch permutation that depends only on (seed, epoch), so the
-iterator's position is three integers and restores exactly.
+Per-example transforms are pure, jit-able JAX functions of a PRNG key, applied on the
+host side of the train step, to a batch before it is placed on the devices (the
+experiments fold the iterator's position into the key, so a resumed run augments the
+same way); the train step itself never augments. Batching runs on the host in NumPy
+with a per-epoch permutation that depends only on (seed, epoch), so the iterator's
+position is three integers and restores exactly. Placement on a mesh is
+:mod:`jaxkd.data._sharding`'s.
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,9 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
 from jaxkd.data._dataset import Dataset
+from jaxkd.data._sharding import num_batch_shards, shard_batch
 
 
 def _static_shape(images: jax.typing.ArrayLike) -> tuple[int, ...]:
@@ -195,49 +196,6 @@ def add_gaussian_noise(key: jax.Array, images: jax.typing.ArrayLike,
     return images + sigma * jax.random.normal(key, images.shape, images.dtype)
 
 
-def data_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
-    """Splits the leading (batch) axis over ``axis`` of ``mesh``.
-
-    Returns:
-        ``NamedSharding(mesh, PartitionSpec(axis))``.
-    """
-    return NamedSharding(mesh, PartitionSpec(axis))
-
-
-def _num_batch_shards(sharding: jax.sharding.Sharding) -> int:
-    if isinstance(sharding, NamedSharding):
-        spec = tuple(sharding.spec)
-        if not spec or spec[0] is None:
-            return 1
-        axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-        return math.prod(sharding.mesh.shape[a] for a in axes)
-    return len(sharding.device_set)
-
-
-def shard_batch(batch: Mapping[str, Any],
-                sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Places every array of ``batch`` on the devices, split along its leading axis.
-
-    Args:
-        batch: e.g. ``{"image": [B, H, W, C], "label": [B]}``.
-        sharding: usually :func:`data_sharding` of the mesh.
-
-    Returns:
-        The same dict of device arrays (the transfer is asynchronous).
-
-    Raises:
-        ValueError: the batch size is not divisible by the number of batch shards.
-    """
-    shards = _num_batch_shards(sharding)
-    for key, value in batch.items():
-        size = np.shape(value)[0]
-        if size % shards:
-            raise ValueError(f"batch[{key!r}] has batch size {size}, which is not divisible "
-                             f"by the {shards} devices of the data axis; choose a batch "
-                             f"size that is a multiple of {shards}.")
-    return jax.device_put(dict(batch), sharding)
-
-
 class BatchIterator:
     """Seeded, restorable batches of a :class:`Dataset`, optionally sharded and prefetched.
 
@@ -250,9 +208,15 @@ class BatchIterator:
     Yields ``{"image": [B, H, W, C] float32, "label": [B] int32}``: NumPy arrays, or
     device arrays placed with ``sharding`` (``prefetch`` batches ahead) when given.
 
+    Several processes (multi-host): every process iterates the same global batches (same
+    dataset, same seed) and yields only its own rows, the ``process_index``-th of
+    ``process_count`` equal slices of each, which is what :func:`shard_batch` and
+    :func:`jaxkd.training.train` expect; with ``sharding`` the yielded arrays are the
+    assembled global batch.
+
     Args:
         dataset: the examples.
-        batch_size: examples per batch.
+        batch_size: examples per global batch (divisible by the number of processes).
         seed: the shuffling seed.
         shuffle: reshuffle every epoch (False: dataset order, for evaluation).
         drop_remainder: skip an epoch's last, smaller batch (use for training).
@@ -279,16 +243,24 @@ class BatchIterator:
                              f"{num_epochs!r}.")
         if not isinstance(prefetch, numbers.Integral) or prefetch < 0:
             raise ValueError(f"prefetch must be a non-negative integer; got {prefetch!r}.")
-        if sharding is not None and batch_size % _num_batch_shards(sharding):
+        if sharding is not None and batch_size % num_batch_shards(sharding):
             raise ValueError(f"batch_size={batch_size} is not divisible by the "
-                             f"{_num_batch_shards(sharding)} devices of the data axis.")
+                             f"{num_batch_shards(sharding)} devices of the data axis.")
+        processes = jax.process_count()
+        if batch_size % processes:
+            raise ValueError(f"batch_size={batch_size} is not divisible by the {processes} "
+                             f"processes, each of which takes an equal slice of a batch.")
         remainder = len(dataset) % batch_size
+        if not drop_remainder and remainder % processes:
+            raise ValueError(f"drop_remainder=False: the last batch of each epoch would hold "
+                             f"{remainder} examples, which the {processes} processes cannot "
+                             f"split equally; use drop_remainder=True.")
         if (sharding is not None and not drop_remainder
-                and remainder % _num_batch_shards(sharding)):
+                and remainder % num_batch_shards(sharding)):
             raise ValueError(
                 f"drop_remainder=False with a sharding: the last batch of each epoch would "
                 f"hold {remainder} of the {len(dataset)} examples, which the "
-                f"{_num_batch_shards(sharding)} devices of the data axis cannot split. Use "
+                f"{num_batch_shards(sharding)} devices of the data axis cannot split. Use "
                 f"drop_remainder=True, or jaxkd.training.evaluate (it pads and masks).")
         self._dataset = dataset
         self._batch_size = int(batch_size)
@@ -349,6 +321,9 @@ class BatchIterator:
             return None
         take = self._epoch_order()[self._index:self._index + self._batch_size]
         self._index += take.size
+        if jax.process_count() > 1:  # this process's rows of the global batch
+            rows = take.size // jax.process_count()
+            take = take[jax.process_index() * rows:(jax.process_index() + 1) * rows]
         return {"image": self._dataset.images[take], "label": self._dataset.labels[take]}
 
     def __iter__(self) -> BatchIterator:

@@ -3,12 +3,13 @@
 * :class:`Objective` of :class:`Term` s (``cross_entropy``, ``distillation``,
   ``logit_matching``, ``jacobian_matching``, ``vjp_projection``, ``jvp_projection``,
   ``noisy_distillation``, ``attention_transfer``, ``attention_jacobian``);
-* :func:`make_train_step` / :func:`make_eval_step`: one ``jax.jit`` each, batch sharded
-  ``P("data")``, state replicated and donated, teacher frozen by structure;
+* :func:`make_train_step` (a :class:`TrainStep`) / :func:`make_eval_step`: one
+  ``jax.jit`` each, batch sharded ``P("data")`` (placed by :func:`jaxkd.data.shard_batch`),
+  state replicated and donated, teacher frozen by structure;
 * :class:`Checkpointer` (orbax) and :class:`MetricWriter` (JSONL + TensorBoard);
 * :func:`train`: the resumable loop the experiments call;
 * :func:`atomic_write_text` / :func:`atomic_write_json`: crash-safe file writes;
-* :func:`initialize_distributed`, :func:`data_mesh`, :func:`put_batch`: scale-out.
+* :func:`initialize_distributed`, :func:`data_mesh`, :func:`replicate`, :func:`replicated`: scale-out.
 
 See ``docs/training.md``.
 """
@@ -21,19 +22,19 @@ from jaxkd.training._objective import (Objective, Term, TermInputs, attention_ja
                                        attention_transfer, cross_entropy, distillation,
                                        jacobian_matching, jvp_projection, logit_matching,
                                        noisy_distillation, vjp_projection)
-from jaxkd.training._sharding import (DATA_AXIS, auto_mesh, batch_sharding, data_mesh,
+from jaxkd.training._sharding import (DATA_AXIS, auto_mesh, data_mesh,
                                       initialize_distributed, is_main_process,
-                                      multi_process_env, put_batch, replicated)
-from jaxkd.training._step import (TrainState, init_train_state, make_eval_step,
+                                      multi_process_env, replicate, replicated)
+from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
                                   make_train_step)
 
 __all__ = [
     "CheckpointError", "Checkpointer", "DATA_AXIS", "METRICS_FILE", "MetricWriter",
     "NonFiniteLossError", "Objective", "Term", "TermInputs", "TrainResult", "TrainState",
-    "attention_jacobian", "attention_transfer", "auto_mesh", "batch_sharding", "cross_entropy",
+    "TrainStep", "attention_jacobian", "attention_transfer", "auto_mesh", "cross_entropy",
     "data_mesh", "distillation", "evaluate", "init_train_state", "initialize_distributed",
     "is_main_process", "jacobian_matching", "jvp_projection", "logit_matching",
     "make_eval_step", "make_train_step", "multi_process_env", "noisy_distillation",
-    "put_batch", "read_metrics", "replicated", "train", "vjp_projection",
+    "read_metrics", "replicate", "replicated", "train", "vjp_projection",
     "atomic_write_json", "atomic_write_text",
 ]

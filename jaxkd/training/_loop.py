@@ -18,13 +18,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxkd import models
+from jaxkd.data._sharding import data_sharding, shard_batch
 from jaxkd.training._checkpoint import Checkpointer
 from jaxkd.training._io import atomic_write_json
 from jaxkd.training._metrics import MetricWriter, read_metrics
 from jaxkd.training._objective import Objective
-from jaxkd.training._sharding import (DATA_AXIS, data_mesh, is_main_process, put_batch,
+from jaxkd.training._sharding import (DATA_AXIS, data_mesh, is_main_process, replicate,
                                       replicated)
-from jaxkd.training._step import (TrainState, init_train_state, make_eval_step,
+from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
                                   make_train_step)
 
 
@@ -123,7 +124,8 @@ def evaluate(eval_step, state: TrainState, batches: EvalData, mesh: Mesh, *,
         if pad:
             image = np.concatenate([image, np.zeros((pad, *image.shape[1:]), image.dtype)])
             label = np.concatenate([label, np.zeros(pad, label.dtype)])
-        placed = put_batch({"image": image, "label": label, "mask": mask}, mesh)
+        placed = shard_batch({"image": image, "label": label, "mask": mask},
+                             data_sharding(mesh))
         out, label_range = jax.device_get(
             (eval_step(state, placed), _jitted_label_range(mesh)(placed["label"])))
         _check_labels(label_range, num_classes, where)
@@ -166,34 +168,14 @@ def _check_finite(metrics: Mapping[str, float], step: int) -> None:
             + ". Lower the learning rate or the term's weight, or check the inputs.")
 
 
-def _replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` placed whole on every device of ``mesh``.
-
-    ``jax.device_put`` refuses a sharding with other processes' devices, so across
-    processes each array is assembled from the copy that every process holds (the
-    student was built from the same seed everywhere) with ``make_array_from_callback``.
-    """
-    sharding = replicated(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-
-    def put(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                            impl=jax.random.key_impl(x))
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, tree)
-
-
 def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTransformation,
           train_data: Iterator[Mapping[str, Any]], *, workdir: str | os.PathLike,
           num_steps: int | None = None, teacher: nnx.Module | models.Split | None = None,
           eval_data: EvalData | None = None, mesh: Mesh | None = None,
           seed: int = 0, checkpoint_every: int = 1000, eval_every: int | None = None,
-          log_every: int = 50, max_to_keep: int = 3, progress: bool = True,
-          tensorboard: bool = True, config: Mapping[str, Any] | None = None) -> TrainResult:
+          log_every: int = 50, max_to_keep: int = 3, progress: bool | str = True,
+          tensorboard: bool = True, config: Mapping[str, Any] | None = None,
+          train_step: TrainStep | None = None) -> TrainResult:
     """Trains ``student`` (optionally from ``teacher``) on ``objective``; resumes if it can.
 
     If ``workdir/checkpoints`` holds a checkpoint, training resumes from the latest one:
@@ -216,14 +198,19 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
       teacher: the frozen teacher, needed by the objective's teacher terms.
       eval_data: batches for :func:`evaluate` (a re-iterable or a function returning
         a fresh iterable), evaluated every ``eval_every`` steps and at the end.
-      mesh: a ``("data",)`` mesh (default: all devices, :func:`data_mesh`).
+      mesh: a ``("data",)`` mesh (default: all devices, :func:`data_mesh`, as in
+        :func:`make_train_step`; with ``train_step``, its mesh).
       seed: the base PRNG seed of the step RNG.
       checkpoint_every: save every this many steps (and at the end).
       log_every: write train metrics every this many steps (and at the end).
       max_to_keep: checkpoints kept.
-      progress: show a tqdm bar (process 0 only).
+      progress: show a tqdm bar (process 0 only); a string is the bar's label. The bar
+        starts after the first step, so its rate and ETA leave out compilation.
       tensorboard: also write TensorBoard files.
       config: JSON-serialisable run description, written to ``workdir/config.json``.
+      train_step: a step built by :func:`make_train_step` with this ``objective`` and
+        ``optimizer`` (and the teacher), to share one compiled step between runs on
+        purpose; ``teacher`` must then be None. Default: built here.
 
     Returns:
       A :class:`TrainResult`.
@@ -248,6 +235,16 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
         raise ValueError(f"workdir {workdir!r} is an existing file, not a directory; pass "
                          "a directory path (it will hold checkpoints/, metrics.jsonl and "
                          "config.json).")
+    if train_step is not None:
+        if train_step.objective is not objective or train_step.optimizer is not optimizer:
+            raise ValueError("train_step was built with another objective or optimizer than "
+                             "the ones passed to train; build it from the same objects.")
+        if teacher is not None:
+            raise ValueError("pass the teacher to make_train_step, not to train, when "
+                             "giving a built train_step (it holds the placed teacher).")
+        if mesh is not None and mesh != train_step.mesh:
+            raise ValueError(f"mesh {mesh} differs from train_step's mesh {train_step.mesh}.")
+        mesh = train_step.mesh
     mesh = data_mesh() if mesh is None else mesh
     main = is_main_process()
     if main:
@@ -257,8 +254,8 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                               sort_keys=True, default=str)
 
     state = init_train_state(student, optimizer, key=jax.random.key(seed))
-    state = _replicate(state, mesh)
-    train_step = make_train_step(objective, optimizer, mesh, teacher=teacher)
+    state = replicate(state, mesh)
+    train_step = train_step or make_train_step(objective, optimizer, mesh, teacher=teacher)
     eval_step = make_eval_step(mesh) if eval_data is not None else None
     writer = MetricWriter(workdir, tensorboard=tensorboard)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
@@ -276,9 +273,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
         writer.truncate_after(start)
 
         bar = None
-        if progress and main:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
+        label = progress if isinstance(progress, str) else "train"
 
         step = last_logged = start
         train_metrics: dict[str, float] = {}
@@ -296,7 +291,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                                  "iterator that repeats, or num_steps=None.") from None
             where = f"the batch of step {step + 1}"
             _check_batch(batch, f"train_data's batch for step {step + 1}")
-            batch = put_batch(batch, mesh)
+            batch = shard_batch(batch, data_sharding(mesh))
             if num_classes is None:
                 num_classes = _num_classes(state, batch["image"])
             # Dispatched with the step and fetched with its metrics: no extra sync. A bad
@@ -309,8 +304,12 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
             _check_labels(label_range, num_classes, where)
             train_metrics = {k: float(v) for k, v in metrics.items()}
             _check_finite(train_metrics, step)
-            if bar is not None:
+            if progress and main and bar is None:  # after step 1: no compile in the ETA
+                from tqdm.auto import tqdm
+                bar = tqdm(total=num_steps, initial=step, desc=label, dynamic_ncols=True)
+            elif bar is not None:
                 bar.update(1)
+            if bar is not None:
                 bar.set_postfix(loss=f"{train_metrics['loss']:.4g}")
             last = num_steps is not None and step == num_steps
             if step % log_every == 0 or last:

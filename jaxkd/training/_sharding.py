@@ -1,7 +1,8 @@
-"""Device meshes, batch placement and the guarded multi-host start.
+"""Device meshes, replicated placement and the guarded multi-host start.
 
 Data parallelism only: a 1-D mesh with axis ``"data"``; batches are split along their
-leading axis (``P("data")``), parameters and optimizer state are replicated (``P()``).
+leading axis (``P("data")``, placed by :func:`jaxkd.data.shard_batch`), parameters and
+optimizer state are replicated (``P()``).
 Across hosts, every process runs the same program on its own slice of the global batch;
 JAX's ``jax.distributed.initialize()`` must run first, on every host, before anything
 touches a device. :func:`initialize_distributed` is that call, made only when asked or
@@ -11,7 +12,6 @@ when the environment says the job spans several processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA_AXIS = "data"
+from jaxkd.data._sharding import DATA_AXIS, auto_mesh
 
 # Variables that launchers set when a job spans several processes.
 _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
@@ -72,20 +72,6 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def auto_mesh(mesh: Mesh) -> Mesh:
-    """``mesh`` with every axis of type ``Auto`` (compiler-propagated shardings).
-
-    ``jax.make_mesh`` now defaults to ``Explicit`` axes, under which every intermediate
-    array carries its sharding in its type and the losses' ``jax.vjp`` / ``jax.jvp``
-    calls would need sharded cotangents. Our steps only fix the shardings of inputs and
-    outputs and let XLA propagate the rest, so they normalise the mesh to ``Auto``.
-    """
-    if all(t == AxisType.Auto for t in mesh.axis_types):
-        return mesh
-    return Mesh(mesh.devices, mesh.axis_names,
-                axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-
-
 def data_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D ``("data",)`` mesh over the first ``num_devices`` devices (default: all)."""
     devices = jax.devices()
@@ -96,40 +82,27 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
                          devices=devices[:n])
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """``NamedSharding(mesh, P("data"))``: the leading (batch) axis split over devices."""
-    if DATA_AXIS not in mesh.axis_names:
-        raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis; it has {mesh.axis_names}.")
-    return NamedSharding(auto_mesh(mesh), P(DATA_AXIS))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     """``NamedSharding(mesh, P())``: a full copy on every device."""
     return NamedSharding(auto_mesh(mesh), P())
 
 
-def put_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """Places this process's part of a batch on the mesh, split along the batch axis.
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` placed whole on every device of ``mesh`` (one process or several).
 
-    Arrays already sharded as ``P("data")`` on ``mesh`` pass through. Host arrays are
-    this process's rows: on one host the whole batch, on several hosts each process's
-    slice (``jax.make_array_from_process_local_data`` assembles the global batch).
-
-    Raises:
-      ValueError: the global batch size is not divisible by the number of devices.
+    ``jax.device_put`` refuses a sharding with other processes' devices, so across
+    processes each array is assembled from the copy that every process holds (the
+    student was built from the same seed everywhere) with ``make_array_from_callback``.
     """
-    sharding = batch_sharding(mesh)
-    n = mesh.shape[DATA_AXIS]
-    out = {}
-    for name, value in batch.items():
-        if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding,
-                                                                            value.ndim):
-            out[name] = value
-            continue
-        local = np.asarray(value)
-        global_size = local.shape[0] * jax.process_count()
-        if global_size % n:
-            raise ValueError(f"batch[{name!r}] has global batch size {global_size}, not "
-                             f"divisible by the {n} devices of the data axis.")
-        out[name] = jax.make_array_from_process_local_data(sharding, local)
-    return out
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)

@@ -8,6 +8,7 @@ never receives, so it is frozen by structure and never checkpointed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,8 +20,9 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from jaxkd import models
+from jaxkd.data._sharding import data_sharding
 from jaxkd.training._objective import Objective, TermInputs
-from jaxkd.training._sharding import batch_sharding, data_mesh, replicated
+from jaxkd.training._sharding import data_mesh, replicate, replicated
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -120,44 +122,69 @@ def _jitted_train_step(objective, optimizer, teacher_graphdef, mesh):
     # Cached so that the same objective, optimizer, teacher structure and mesh share one
     # jitted function, hence one compilation (e.g. a resumed run in the same process).
     return jax.jit(functools.partial(_train_step, objective, optimizer, teacher_graphdef),
-                   in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+                   in_shardings=(replicated(mesh), data_sharding(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=0)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainStep:
+    """A built train step: call it as ``step(state, batch) -> (state, metrics)``.
+
+    Built by :func:`make_train_step`; pass one to :func:`jaxkd.training.train` (``step=``)
+    to train several students with one compiled program.
+
+    Attributes:
+      jitted: the ``jax.jit`` function ``(state, batch, teacher_vars) -> (state, metrics)``
+        (for ``.lower(...)`` / cost analysis).
+      teacher_vars: the teacher's ``(params, rest)`` placed replicated on ``mesh``, or
+        None without a teacher.
+      objective: the objective the step optimises.
+      optimizer: the optax transformation it applies.
+      mesh: the ``("data",)`` mesh its shardings live on.
+    """
+    jitted: Callable[..., tuple[TrainState, Metrics]]
+    teacher_vars: Any
+    objective: Objective
+    optimizer: optax.GradientTransformation
+    mesh: Mesh
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        return self.jitted(state, batch, self.teacher_vars)
+
+
 def make_train_step(objective: Objective, optimizer: optax.GradientTransformation,
                     mesh: Mesh | None = None, *,
-                    teacher: nnx.Module | models.Split | None = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Returns the jitted ``train_step(state, batch) -> (state, metrics)``.
+                    teacher: nnx.Module | models.Split | None = None) -> TrainStep:
+    """Builds the jitted train step ``step(state, batch) -> (state, metrics)``.
 
     ``batch`` is ``{"image": [B, H, W, C], "label": [B]}`` (``B`` divisible by the mesh
-    size), sharded ``P("data")`` over ``mesh`` (default: one device); the state is
-    replicated and donated (do not reuse the state you pass in). The step RNG is
-    ``fold_in(state.key, state.step)``; terms get ``fold_in(that, term_index)``.
+    size), sharded ``P("data")`` over ``mesh`` (default: all devices,
+    :func:`jaxkd.training.data_mesh`; place batches with :func:`jaxkd.data.shard_batch`);
+    the state is replicated and donated (do not reuse the state you pass in). The step
+    RNG is ``fold_in(state.key, state.step)``; terms get ``fold_in(that, term_index)``.
 
     The teacher (a module or a :class:`jaxkd.models.Split`) is captured once: its
-    variables are placed replicated on the mesh and passed to the compiled step as a
-    separate, non-donated argument; only the student's parameters are differentiated.
-    A change to the teacher after this call is not seen (make a new step).
+    variables are placed replicated on the mesh (``TrainStep.teacher_vars``) and passed
+    to the compiled step as a separate, non-donated argument; only the student's
+    parameters are differentiated. A change to the teacher after this call is not seen
+    (make a new step).
 
     Metrics (replicated scalars): ``loss``, ``loss/<term>`` for each term, ``accuracy``
     (train-mode logits), ``grad_norm``, ``update_norm``, ``param_norm``.
+
+    Returns:
+      A :class:`TrainStep`.
     """
-    mesh = data_mesh(1) if mesh is None else mesh
+    mesh = data_mesh() if mesh is None else mesh
     teacher_graphdef, teacher_vars = _teacher_parts(teacher)
     if objective.needs_teacher and teacher_graphdef is None:
         raise ValueError(f"{objective!r} has teacher terms but teacher is None.")
     if teacher_vars is not None:
-        teacher_vars = jax.device_put(teacher_vars, replicated(mesh))
-    step = _jitted_train_step(objective, optimizer, teacher_graphdef, mesh)
-
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        return step(state, batch, teacher_vars)
-
-    train_step.jitted = step  # for lowering / cost analysis
-    train_step.teacher_vars = teacher_vars
-    return train_step
+        teacher_vars = replicate(teacher_vars, mesh)
+    return TrainStep(jitted=_jitted_train_step(objective, optimizer, teacher_graphdef, mesh),
+                     teacher_vars=teacher_vars, objective=objective, optimizer=optimizer,
+                     mesh=mesh)
 
 
 def _eval_step(state: TrainState, batch: Batch) -> Metrics:
@@ -176,11 +203,12 @@ def make_eval_step(mesh: Mesh | None = None) -> Callable[[TrainState, Batch], Me
     Inference mode (running statistics), batch sharded ``P("data")`` as in training,
     sums over the batch so that batches add up; an optional ``batch["mask"]`` ``[B]``
     float (1 real, 0 padding) excludes padded rows. :func:`evaluate` does the padding.
+    ``mesh`` defaults to all devices, as in :func:`make_train_step` and ``train``.
     """
-    return _jitted_eval_step(data_mesh(1) if mesh is None else mesh)
+    return _jitted_eval_step(data_mesh() if mesh is None else mesh)
 
 
 @functools.lru_cache(maxsize=16)
 def _jitted_eval_step(mesh: Mesh):
-    return jax.jit(_eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+    return jax.jit(_eval_step, in_shardings=(replicated(mesh), data_sharding(mesh)),
                    out_shardings=replicated(mesh))

@@ -1,31 +1,22 @@
-"""Tiny configs of the studies: the full pipeline in seconds on a CPU."""
+"""The studies' configs in their ``smoke`` mode: the full pipeline in seconds on a CPU."""
 
 import pytest
 
-from experiments import _common
-
-# One device (the test session fakes eight; a tiny step on eight CPU "devices" is slower),
-# no persistent compilation cache (it is process-global state), tiny networks and steps.
-TINY = {
-    "num_devices": "1",
-    "compilation_cache": "false",
-    "num_seeds": "1",
-    "train.num_steps": "12",
-    "train.batch_size": "10",
-    "train.num_evals": "2",
-    "teacher_train.num_steps": "10",
-    "teacher_train.batch_size": "32",
-    "teacher_train.num_evals": "1",
-}
+from experiments import _cli
 
 
-def tiny_config(name: str, **overrides: str):
-    config = _common.load_config(name)
-    for key, value in {**TINY, **overrides}.items():
-        _common.apply_override(config, key, value)
+def smoke_config(name: str, **values):
+    """``get_config("smoke")`` of config ``name``, with ``values`` set (dotted keys)."""
+    config = _cli.load_config(f"{name}:smoke")
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
     return config
 
 
 @pytest.fixture
-def tiny():
-    return tiny_config
+def smoke():
+    return smoke_config

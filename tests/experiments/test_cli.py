@@ -1,70 +1,136 @@
-"""The command line: config by name or path, typed overrides, errors that list the keys."""
+"""The command line (absl + config_flags): names and paths, typed overrides, the nearest
+key for a typo, --help with words for every key, light config files, up-front checks."""
+
+import subprocess
+import sys
 
 import pytest
 
-from experiments import _common
-from experiments._common import ConfigError, parse_args
+from experiments import _cli, limited_data
+from experiments.configs import _base
+from experiments.configs._base import ConfigError
 
 KW = dict(study="limited_data", default_config="limited_data_digits",
           default_workdir="runs/limited_data")
+MODES = [(name, mode) for name in _cli.config_names() for mode in ("", "smoke")]
 
 
 def test_defaults():
-    config, workdir = parse_args([], **KW)
+    config, workdir = _cli.parse([], **KW)
     assert workdir == "runs/limited_data"
     assert config.dataset == "digits"
     assert config.num_seeds >= 5
     assert tuple(config.examples_per_class) == (5, 10, 50, "all")
+    assert config.num_cpu_devices == 0 and config.num_devices == 0
 
 
 def test_overrides_take_the_type_of_the_default(tmp_path):
-    config, workdir = parse_args(
+    config, workdir = _cli.parse(
         ["--workdir", str(tmp_path), "--config.dataset=cifar100", "--config.num_seeds", "3",
          "--config.train.learning_rate=0.1", "--config.examples_per_class=10,all",
          "--config.loss.jacobian_normalize=false", "--config.methods=ce,kd+jacobian+ce",
-         "--config.image_size=32,32"], **KW)
+         "--config.image_size=32,32", "--config.noise_sigmas=0,0.5,1",
+         "--config.noise_examples_per_class=5"], **KW)
     assert workdir == str(tmp_path)
     assert config.dataset == "cifar100" and config.num_seeds == 3
     assert config.train.learning_rate == 0.1
-    assert tuple(config.examples_per_class) == (10, "all")
+    assert config.examples_per_class == (10, "all")
     assert config.loss.jacobian_normalize is False
-    assert tuple(config.methods) == ("ce", "kd+jacobian+ce")
-    assert tuple(config.image_size) == (32, 32)
+    assert config.methods == ("ce", "kd+jacobian+ce")
+    assert config.image_size == (32, 32)
+    assert config.noise_sigmas == (0.0, 0.5, 1.0)
+    assert all(isinstance(s, float) for s in config.noise_sigmas)
+    assert config.noise_examples_per_class == (5,)
 
 
-def test_unknown_key_lists_the_valid_keys():
-    with pytest.raises(ConfigError, match="unknown config key 'train.num_step'") as e:
-        parse_args(["--config.train.num_step=5"], **KW)
-    assert "train.num_steps" in str(e.value) and "loss.jacobian_weight" in str(e.value)
+def test_unknown_key_names_the_nearest_valid_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.num_step'; did you "
+                                          r"mean --config.train.num_steps\?"):
+        _cli.parse(["--config.train.num_step=5"], **KW)
+    with pytest.raises(ConfigError, match="did you mean --config.num_seeds"):
+        _cli.parse(["--config.num_seed=5"], **KW)
 
 
-def test_unknown_flag_and_bad_value():
-    with pytest.raises(ConfigError, match="unknown argument"):
-        parse_args(["--workdirr=x"], **KW)
-    with pytest.raises(ConfigError, match="bad value"):
-        parse_args(["--config.num_seeds=many"], **KW)
-    with pytest.raises(ConfigError, match="no config file"):
-        parse_args(["--config=nope"], **KW)
+def test_unknown_flag_bad_value_missing_config():
+    with pytest.raises(ConfigError, match="Unknown command line flag 'workdirr'"):
+        _cli.parse(["--workdirr=x"], **KW)
+    with pytest.raises(ConfigError, match="num_seeds=many"):
+        _cli.parse(["--config.num_seeds=many"], **KW)
+    with pytest.raises(ConfigError, match="Did you mean 'limited_data_cifar100'"):
+        _cli.parse(["--config=limited_data_cifar10"], **KW)
+    with pytest.raises(ConfigError, match="unknown config mode 'smok'"):
+        _cli.parse(["--config=limited_data_digits:smok"], **KW)
 
 
-def test_config_by_path_and_name_agree():
-    by_name, _ = parse_args(["--config=transfer_digits"], **KW)
-    by_path, _ = parse_args([f"--config={_common.CONFIG_DIR / 'transfer_digits.py'}"], **KW)
+def test_config_by_name_and_path_agree_and_smoke_is_the_config_argument():
+    by_name, _ = _cli.parse(["--config=transfer_digits"], **KW)
+    by_path, _ = _cli.parse([f"--config={_cli.CONFIG_DIR / 'transfer_digits.py'}"], **KW)
     assert by_name.to_dict() == by_path.to_dict()
+    smoke, _ = _cli.parse(["--config", "transfer_digits:smoke", "--config.num_seeds=2"], **KW)
+    assert smoke.train.num_steps < by_name.train.num_steps and smoke.num_seeds == 2
+
+
+@pytest.mark.parametrize("name,mode", MODES)
+def test_every_key_of_every_config_has_words_and_passes_validation(name, mode):
+    config = _cli.load_config(f"{name}:{mode}" if mode else name)
+    missing = [k for k in _base.flat_keys(config) if not _base.describe(k)]
+    assert not missing, f"{name}:{mode} keys without a description: {missing}"
+    _base.validate(config)
+
+
+def test_help_prints_every_key_with_its_meaning(capsys):
+    with pytest.raises(SystemExit) as e:
+        _cli.parse(["--config=transfer_digits", "--help"], **KW)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    config = _cli.load_config("transfer_digits")
+    for key in _base.flat_keys(config):
+        line = next(i for i, text in enumerate(out.splitlines())
+                    if text.strip().startswith(f"--config.{key}="))
+        assert out.splitlines()[line + 1].strip() == _base.describe(key)
 
 
 def test_every_config_docstring_holds_its_command():
     import importlib.util
-    for path in sorted(_common.CONFIG_DIR.glob("*.py")):
-        if path.stem.startswith("_"):
-            continue
-        spec = importlib.util.spec_from_file_location(path.stem, path)
+    for name in _cli.config_names():
+        path = _cli.CONFIG_DIR / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert "python -m experiments." in module.__doc__, path
-        module.get_config()
+        assert "smoke" in module.__doc__, path
+
+
+def test_reading_a_config_does_not_import_jax():
+    code = ("import sys\nfrom experiments import _cli\n"
+            "for name in _cli.config_names():\n"
+            "    _cli.load_config(name); _cli.load_config(name + ':smoke')\n"
+            "heavy = [m for m in ('jax', 'flax', 'optax', 'jaxkd', 'matplotlib') "
+            "if m in sys.modules]\nassert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=_cli.CONFIG_DIR.parents[1])
+
+
+def test_validation_names_the_bad_key():
+    config = _cli.load_config("limited_data_digits")
+    config.train.num_evals = 500
+    with pytest.raises(ConfigError, match=r"'train.num_evals' = 500: expected at most "
+                                          r"num_steps \(300\)"):
+        _base.validate(config)
+    config = _cli.load_config("limited_data_digits")
+    config.examples_per_class = (5, 0)
+    with pytest.raises(ConfigError, match="'examples_per_class'"):
+        _base.validate(config)
+    config = _cli.load_config("limited_data_digits")
+    config.student.name = "vgg5"
+    with pytest.raises(ConfigError, match="'student.name' = 'vgg5'"):
+        _base.validate(config)
+
+
+def test_main_exits_with_the_message_not_a_traceback():
+    with pytest.raises(SystemExit, match="error: unknown config key 'nume_seeds'"):
+        limited_data.main(["--config.nume_seeds=2"])
 
 
 def test_bad_method_fails_before_training():
     with pytest.raises(ConfigError, match="unknown loss term"):
-        _common.build_objective("kd+jacobain", _common.loss_config())
+        limited_data.build_objective("kd+jacobain", _base.loss_config())

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments import _common, limited_data, transfer
+from experiments import _cli, _fit, limited_data, transfer
 
 
 def _forward(make, x):
@@ -15,33 +15,33 @@ def _forward(make, x):
 
 
 def test_cifar100_config_builds():
-    config, _ = _common.parse_args(["--config=limited_data_cifar100"], study="limited_data",
-                                   default_config="limited_data_digits", default_workdir="x")
+    config, _ = _cli.parse(["--config=limited_data_cifar100"], study="limited_data",
+                           default_config="limited_data_digits", default_workdir="x")
     assert config.dataset == "cifar100"
     assert tuple(config.examples_per_class) == (10, 50, "all")
     cells = limited_data.cells(config)
     assert len(cells) == len(config.methods) * 3 * config.num_seeds
     for method in config.methods:
-        _common.build_objective(method, config.loss)
-    _common.build_optimizer(config.train)
+        limited_data.build_objective(method, config.loss)
+    _fit.build_optimizer(config.train)
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
     for spec in (config.teacher, config.student):
-        logits, _ = _forward(lambda spec=spec: _common.build_model(
+        logits, _ = _forward(lambda spec=spec: _fit.build_model(
             spec, image_shape=(32, 32, 3), num_classes=100, seed=0), x)
         assert logits.shape == (2, 100)
     # Paper numbers are shown for CIFAR-100 only.
-    from experiments import _report
-    assert _report.paper_distillation("cifar100", "logits+jacobian+ce", 10) == 39.55
-    assert _report.paper_distillation("digits", "logits+jacobian+ce", 10) is None
+    assert limited_data.paper_number("cifar100", "logits+jacobian+ce", 10) == 39.55
+    assert limited_data.paper_number("digits", "logits+jacobian+ce", 10) is None
 
 
 def test_transfer_folder_config_builds_and_taps_match():
-    config, _ = _common.parse_args(
+    config, _ = _cli.parse(
         ["--config=transfer_folder", "--config.target_dataset=folder:/somewhere"],
         study="transfer", default_config="transfer_digits", default_workdir="x")
     shape = (*config.image_size, 3)
     for method in config.methods:
         transfer.build_objective(method, config.loss)
+    assert transfer.paper_number(config.paper_table, "lwf", 25) == 45.08
 
     class Source:
         image_shape, num_classes = shape, 1000
@@ -50,7 +50,7 @@ def test_transfer_folder_config_builds_and_taps_match():
         image_shape, num_classes = shape, 67
 
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
-    t_logits, t_feats = _forward(lambda: _common.build_model(
+    t_logits, t_feats = _forward(lambda: _fit.build_model(
         config.teacher, image_shape=shape, num_classes=1000, seed=0), x)
     s_logits, s_feats = _forward(lambda: transfer.make_student(config, Source, Target, "lwf",
                                                                0), x)

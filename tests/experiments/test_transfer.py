@@ -1,41 +1,40 @@
-"""Study 3 end to end on a tiny config, every row of the paper's table."""
+"""Study 3 end to end on its smoke config, every row of the paper's table."""
 
 import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from experiments import _common, transfer
+from experiments import _fit, _sweep, transfer
 from jaxkd import models, training
 
 
-def test_transfer_every_loss_term(tiny, tmp_path):
-    # Four rows reach every term: CE only, the oracle's initialisation, LwF + Jacobians,
-    # LwF + attention + attention Jacobians (the other two rows are subsets of these).
-    methods = "no_transfer,finetune,lwf+jacobian,lwf+attention+attention_jacobian"
-    config = tiny("transfer_digits", examples_per_class="5", num_seeds="1", methods=methods,
-                  **{"train.batch_size": "10", "finetune_train.num_steps": "12",
-                     "finetune_train.batch_size": "10", "finetune_train.num_evals": "2",
-                     # Small networks compile faster; the roles stay the same.
-                     "teacher.name": "small_cnn", "teacher.width": "4", "teacher.hidden": "8",
-                     "student.width": "4", "student.hidden": "8"})
-    _common.apply_override(config, "teacher_only", "true")
+@pytest.mark.slow
+def test_transfer_every_loss_term(smoke, tmp_path):
+    # The smoke rows reach every term: CE only, the oracle's initialisation, LwF +
+    # Jacobians, LwF + attention + attention Jacobians (the other rows are subsets).
+    config = smoke("transfer_digits", teacher_only=True)
     only = transfer.run(config, str(tmp_path))  # trains the teacher and stops
     assert set(only) == {"teacher"} and not os.path.exists(tmp_path / "cells")
-    _common.apply_override(config, "teacher_only", "false")
+    config.teacher_only = False
     summary = transfer.run(config, str(tmp_path))  # reuses the cached teacher
     labels = {r["label"] for r in summary["rows"]}
-    assert labels == {transfer.LABELS[m] for m in methods.split(",")}
+    assert labels == {transfer.LABELS[m] for m in config.methods}
     assert all(0 <= r["mean"] <= 100 for r in summary["rows"])
     assert os.path.getsize(os.path.join(tmp_path, "transfer_accuracy.png")) > 0
+    # No gain pair has both of its methods among the smoke rows: no gain table or plot.
+    assert summary["paired_gains"] == [] and summary["plots"] == [
+        os.path.join(tmp_path, "transfer_accuracy.png")]
     # Each method trained with its own loss terms, logged and finite at every train record.
     expected = {"no_transfer": {"ce"}, "finetune": {"ce"},
                 "lwf+jacobian": {"ce", "lwf", "lwf_jacobian"},
                 "lwf+attention+attention_jacobian": {"ce", "lwf", "attention",
                                                      "attention_jacobian"}}
+    assert set(config.methods) == set(expected)
     for method, terms in expected.items():
-        cell = _common.cell_dir(str(tmp_path), _common.Cell(method, 5, 0))
+        cell = _sweep.cell_dir(str(tmp_path), _sweep.Cell(method, 5, 0))
         records = training.read_metrics(cell, "train")
         assert records, method
         for record in records:
@@ -57,16 +56,14 @@ def test_lwf_student_splits_its_head():
     assert "stage1" in features and "block2" in features
 
 
-def test_finetune_oracle_starts_from_the_teacher(tiny):
-    # A SmallCNN teacher: building a VGG-9 compiles ~30 initialisers (seconds on a CPU).
-    config = tiny("transfer_digits", **{"teacher.name": "small_cnn", "teacher.width": "4",
-                                        "teacher.hidden": "8"})
+def test_finetune_oracle_starts_from_the_teacher(smoke):
+    config = smoke("transfer_digits")  # a SmallCNN teacher
 
     class Shape:  # make_student reads only these two attributes of the data
         image_shape, num_classes = (8, 8, 1), 5
 
-    trained = models.split(_common.build_model(config.teacher, image_shape=(8, 8, 1),
-                                               num_classes=5, seed=0))
+    trained = models.split(_fit.build_model(config.teacher, image_shape=(8, 8, 1),
+                                            num_classes=5, seed=0))
     oracle = transfer.make_student(config, Shape, Shape, "finetune", seed=1, teacher=trained)
     teacher = models.merge(*trained)
     for name in ("conv1", "conv2", "dense"):

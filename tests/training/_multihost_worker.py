@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxkd import models, training
+from jaxkd import data, models, training
 from tests.training import _helpers as h
 
 NUM_STEPS = 6
@@ -53,7 +53,7 @@ def local_rows(batch: dict, process_id: int, num_processes: int) -> dict:
 
 class Feed:
     """The global batches of ``ArrayIterator``, cut to this process's rows and placed on
-    the mesh with ``put_batch`` (kept in this one class: the place to adapt if batch
+    the mesh with ``jaxkd.data.shard_batch`` (kept in this one class: the place to adapt if batch
     placement moves); ``get_state``/``set_state`` make the resume exact."""
 
     def __init__(self, mesh, process_id: int, num_processes: int, kill_at: int):
@@ -68,7 +68,8 @@ class Feed:
         if self.calls == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         self.calls += 1
-        return training.put_batch(local_rows(next(self.it), self.pid, self.n), self.mesh)
+        return data.shard_batch(local_rows(next(self.it), self.pid, self.n),
+                                data.data_sharding(self.mesh))
 
     def get_state(self) -> dict:
         return self.it.get_state()

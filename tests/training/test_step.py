@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxkd import losses, models, training
+from jaxkd import data, losses, models, training
 from tests.training import _helpers as h
 
 OBJECTIVES = {
@@ -26,7 +26,7 @@ def _run(objective, mesh, teacher, batches):
     step = training.make_train_step(objective, optimizer, mesh, teacher=teacher)
     metrics = []
     for batch in batches:
-        state, m = step(state, training.put_batch(batch, mesh))
+        state, m = step(state, data.shard_batch(batch, data.data_sharding(mesh)))
         metrics.append(jax.device_get(m))
     return jax.device_get(state), metrics, step
 
@@ -105,9 +105,10 @@ def test_every_term_reported_and_weighted():
     state = training.init_train_state(h.student(), optimizer, key=jax.random.key(0))
     teacher = h.teacher()
     x, y = h.images(8)
-    step = training.make_train_step(objective, optimizer, teacher=teacher)
-    _, metrics = step(state, training.put_batch({"image": x, "label": y},
-                                                training.data_mesh(1)))
+    mesh = training.data_mesh(1)
+    step = training.make_train_step(objective, optimizer, mesh, teacher=teacher)
+    _, metrics = step(state, data.shard_batch({"image": x, "label": y},
+                                              data.data_sharding(mesh)))
     metrics = jax.device_get(metrics)
     for term in terms:
         assert np.isfinite(metrics[f"loss/{term.name}"]), term.name
@@ -143,3 +144,55 @@ def test_eval_step_sharded_with_padding():
                                np.mean(np.argmax(logits, -1) == y), rtol=1e-6)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y))
     np.testing.assert_allclose(result["loss"], np.mean(ce), rtol=1e-5)
+
+
+def test_train_step_is_a_typed_object_and_mesh_none_means_all_devices():
+    """make_train_step returns a TrainStep holding its pieces; mesh=None is every device
+    in make_train_step, make_eval_step and train alike."""
+    objective = OBJECTIVES["kd"]()
+    optimizer = optax.sgd(0.1)
+    teacher = h.teacher()
+    step = training.make_train_step(objective, optimizer, teacher=teacher)
+    assert isinstance(step, training.TrainStep)
+    assert step.objective is objective and step.optimizer is optimizer
+    assert step.mesh == training.data_mesh() and step.mesh.size == jax.device_count() == 8
+    assert jax.tree.structure(step.teacher_vars) == jax.tree.structure(
+        tuple(models.split(teacher)[1:]))
+    for leaf in jax.tree.leaves(step.teacher_vars):
+        assert leaf.sharding.is_equivalent_to(training.replicated(step.mesh), leaf.ndim)
+    # The eval step compiled for mesh=None is the one for the all-device mesh.
+    assert training.make_eval_step() is training.make_eval_step(training.data_mesh())
+
+
+def test_train_takes_a_built_step_and_checks_it(tmp_path):
+    """train(train_step=...) uses that step (one compile shared on purpose) and refuses a
+    step built from other objects, a second teacher or another mesh."""
+    objective = training.Objective(training.cross_entropy())
+    optimizer = optax.sgd(0.05)
+    mesh = training.data_mesh(1)
+    step = training.make_train_step(objective, optimizer, mesh)
+    x, y = h.images(32)
+    kw = dict(workdir=tmp_path / "a", num_steps=2, progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="another objective or optimizer"):
+        training.train(h.student(), objective, optax.sgd(0.05), h.ArrayIterator(x, y),
+                       train_step=step, **kw)
+    with pytest.raises(ValueError, match="pass the teacher to make_train_step"):
+        training.train(h.student(), objective, optimizer, h.ArrayIterator(x, y),
+                       train_step=step, teacher=h.teacher(), **kw)
+    with pytest.raises(ValueError, match="differs from train_step's mesh"):
+        training.train(h.student(), objective, optimizer, h.ArrayIterator(x, y),
+                       train_step=step, mesh=training.data_mesh(2), **kw)
+    calls = []
+
+    class Counting(training.TrainStep):
+        def __call__(self, state, batch):
+            calls.append(batch["label"].shape)
+            return super().__call__(state, batch)
+
+    counting = Counting(step.jitted, step.teacher_vars, objective, optimizer, mesh)
+    result = training.train(h.student(), objective, optimizer, h.ArrayIterator(x, y),
+                            train_step=counting, **kw)
+    assert calls == [(h.BATCH,), (h.BATCH,)] and int(result.state.step) == 2
+    assert result.state.params  # trained on the step's one-device mesh
+    for leaf in jax.tree.leaves(result.state.params):
+        assert leaf.sharding.device_set == set(mesh.devices.flat)

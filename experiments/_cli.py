@@ -1,0 +1,238 @@
+"""The command line of every study: absl flags and ``ml_collections.config_flags``.
+
+    python -m experiments.<study> [--workdir DIR] [--config=<file or name>[:smoke]]
+                                  [--config.<key>=<value> ...]
+
+As in the flax examples and big_vision: ``--config`` is a Python file with
+``get_config(arg)`` (``:smoke`` is passed as ``arg``); a bare name is a file of
+``experiments/configs/``; ``--config.<key>=<value>`` overrides a key, typed by the
+config (comma lists such as ``--config.examples_per_class=5,10,all`` take the type of
+the default's elements); an unknown key is an error that names the nearest valid one;
+``--help`` lists every key with its value and what it means.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import flags
+from ml_collections import ConfigDict, config_flags
+
+from experiments.configs._base import ConfigError, describe, flat_keys, get
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "-?")
+
+
+def config_names() -> list[str]:
+    """The configs of ``experiments/configs/`` by name."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve(spec: str) -> str:
+    """``name[:arg]`` -> ``<configs>/name.py[:arg]``; a path is returned as it is.
+
+    Raises:
+      ConfigError: no such file (the message names the closest config).
+    """
+    path, sep, arg = spec.partition(":")
+    if not path.endswith(".py") and os.sep not in path and "/" not in path:
+        path = str(CONFIG_DIR / f"{path}.py")
+    if not os.path.isfile(path):
+        names = config_names()
+        near = difflib.get_close_matches(Path(path).stem, names, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"no config file {path!r}.{hint} Give a .py file with "
+                          f"get_config() or one of the names {names}.")
+    return path + sep + arg
+
+
+def load_config(spec: str) -> ConfigDict:
+    """``get_config(arg)`` of ``spec`` (``file-or-name[:arg]``), locked against new keys."""
+    path, _, arg = resolve(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_jaxkd_config_{Path(path).stem}",
+                                                         path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config().")
+    config = module.get_config(*([arg] if arg else []))
+    config.lock()
+    return config
+
+
+def _config_spec(argv: Sequence[str], default: str) -> str:
+    spec = default
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif arg.startswith(("--config=", "-config=")):
+            spec = arg.partition("=")[2]
+    return spec
+
+
+def _without_config(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in ("--config", "-config"):
+            skip = i + 1 < len(argv)
+        elif not arg.startswith(("--config=", "-config=")):
+            out.append(arg)
+    return out
+
+
+def _override_keys(argv: Sequence[str]) -> list[str]:
+    keys = []
+    for arg in argv:
+        name = arg.lstrip("-").partition("=")[0]
+        if name.startswith(("config.", "noconfig.")):
+            keys.append(name.partition(".")[2])
+    return keys
+
+
+def _check_keys(config: ConfigDict, keys: Sequence[str]) -> None:
+    valid = flat_keys(config)
+    for key in keys:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean --config.{near[0]}?" if near else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} (--help lists every key).")
+
+
+def _coerce(text: Any, like: Any) -> Any:
+    if not isinstance(text, str):
+        return float(text) if isinstance(like, float) and not isinstance(text, bool) else text
+    text = text.strip()
+    if isinstance(like, bool) or isinstance(like, str):
+        return text
+    for kind in ((int,) if isinstance(like, int) else (float,) if isinstance(like, float)
+                 else (int, float)):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # e.g. "all" among examples-per-class counts
+
+
+def _normalise_tuples(config: ConfigDict, default: ConfigDict, keys: Sequence[str]) -> None:
+    """``("5,10,all",)`` -> ``(5, 10, "all")``: comma lists typed by the default's items."""
+    for key in keys:
+        before = get(default, key)
+        if not isinstance(before, (tuple, list)):
+            continue
+        items = []
+        for item in get(config, key):
+            parts = item.split(",") if isinstance(item, str) else [item]
+            items.extend(p for p in parts if not (isinstance(p, str) and not p.strip()))
+        like = next((b for b in before if not isinstance(b, str)), before[0] if before
+                    else None)
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        with node.ignore_type():
+            node[leaf] = tuple(_coerce(item, like) for item in items)
+
+
+def usage(study: str, default_config: str, default_workdir: str) -> str:
+    return (f"usage: python -m experiments.{study} [--workdir DIR] "
+            f"[--config=FILE_OR_NAME[:smoke]] [--config.KEY=VALUE ...]\n\n"
+            f"  --workdir   where cells, checkpoints and results go (default: "
+            f"{default_workdir}); the same DIR again resumes and skips finished cells\n"
+            f"  --config    a .py file with get_config(arg), or a name of experiments/configs "
+            f"({', '.join(config_names())}; default: {default_config}); ':smoke' runs it "
+            f"tiny\n"
+            f"  --config.KEY=VALUE   override one key below (lists: comma-separated)\n")
+
+
+def help_text(config: ConfigDict, spec: str, head: str) -> str:
+    lines = [head, f"config keys of {spec} (current value: meaning):"]
+    for key in flat_keys(config):
+        lines.append(f"  --config.{key}={get(config, key)!r}")
+        lines.append(f"      {describe(key) or '(no description)'}")
+    return "\n".join(lines)
+
+
+def parse(argv: Sequence[str], *, study: str, default_config: str,
+          default_workdir: str) -> tuple[ConfigDict, str]:
+    """``(config, workdir)`` from the command-line arguments ``argv`` (no program name).
+
+    Raises:
+      ConfigError: an unknown flag or key, a value of the wrong type, a missing config.
+      SystemExit: ``--help`` (after printing every key with its meaning).
+    """
+    argv = list(argv)
+    spec = _config_spec(argv, default_config)
+    if any(a in _HELP_FLAGS for a in argv):
+        print(help_text(load_config(spec), spec,
+                        usage(study, default_config, default_workdir)))
+        raise SystemExit(0)
+    default = load_config(spec)
+    keys = _override_keys(argv)
+    _check_keys(default, keys)
+    # The file was loaded above (``file[:arg]`` as config_flags' DEFINE_config_file does);
+    # config_flags applies and types the overrides.
+    args = [f"experiments.{study}", *_without_config(argv)]
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", default_workdir, "work directory", flag_values=values)
+    holder = config_flags.DEFINE_config_dict("config", load_config(spec), "config",
+                                             flag_values=values, lock_config=True,
+                                             sys_argv=args)
+    try:
+        rest = values(args)
+    except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(str(e).strip().splitlines()[-1]) from None
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected arguments {rest[1:]}; flags are --workdir, --config "
+                          f"and --config.KEY=VALUE.")
+    config = holder.value
+    _normalise_tuples(config, default, keys)
+    return config, values.workdir
+
+
+def command_line(study: str, argv: Sequence[str]) -> str:
+    """The command that ran ``study`` (for the results' header)."""
+    return " ".join(["python -m experiments." + study, *argv])
+
+
+def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict], str], *,
+         default_config: str, default_workdir: str,
+         argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parses, validates, starts the devices, runs ``run(config, workdir, command=...)``.
+
+    Prints the study's main table (``console(summary)``), the plots and, last, the line
+    ``results: <workdir>/results.md``. A bad command line or config exits with its
+    message, not a traceback.
+    """
+    from experiments import _runtime
+    from experiments.configs import _base
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config, workdir = parse(argv, study=study, default_config=default_config,
+                                default_workdir=default_workdir)
+        _base.validate(config)
+        _runtime.start_devices(config)
+        summary = run(config, workdir, command=command_line(study, argv))
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    text = console(summary)
+    if text:
+        print(text)
+    for path in summary.get("plots", ()):
+        print(f"plot: {path}")
+    results = os.path.join(workdir, "results.md")
+    if os.path.exists(results):  # not after transfer's teacher_only
+        print(f"results: {results}")
+    return summary

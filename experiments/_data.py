@@ -1,0 +1,139 @@
+"""The data of a study: loaded, class-restricted, normalised, subset, batched, augmented.
+
+The validation split is carved with seed 0 whatever the experiment seed, so every cell
+selects its best step on the same validation set. Augmentation happens here, on the
+host side of the train step (``jaxkd.training.train`` places what the iterator yields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from experiments.configs._base import ConfigError
+from jaxkd import data
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Normalised splits plus what the noise study needs to corrupt raw pixels.
+
+    Attributes:
+      splits: train / validation / test, normalised with the train statistics.
+      mean, std: ``[C]`` the normalisation statistics.
+      raw_test: ``[N, H, W, C]`` test images in ``[0, 1]`` before normalisation.
+    """
+    splits: data.Splits
+    mean: np.ndarray
+    std: np.ndarray
+    raw_test: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.train.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.splits.train.image_shape
+
+
+def _normalized(dataset: data.Dataset, mean, std) -> data.Dataset:
+    return dataclasses.replace(dataset, images=np.asarray(data.normalize(dataset.images,
+                                                                         mean, std)))
+
+
+def class_subset(dataset: data.Dataset, classes: Sequence[int]) -> data.Dataset:
+    """The examples of ``classes``, relabelled ``0..len(classes)-1`` in the given order."""
+    classes = [int(c) for c in classes]
+    keep = np.flatnonzero(np.isin(dataset.labels, classes))
+    relabel = np.full(dataset.num_classes, -1, np.int32)
+    relabel[classes] = np.arange(len(classes), dtype=np.int32)
+    return data.Dataset(images=dataset.images[keep], labels=relabel[dataset.labels[keep]],
+                        num_classes=len(classes), name=f"{dataset.name}[{classes}]",
+                        class_names=tuple(dataset.class_names[c] for c in classes),
+                        source_index=dataset.source_index[keep])
+
+
+def load_data(name: str, *, data_dir: str = "", image_size: Sequence[int] = (),
+              validation_fraction: float = 0.1, classes: Sequence[int] = (),
+              stats_from: tuple[np.ndarray, np.ndarray] | None = None) -> PreparedData:
+    """Loads ``name`` (see :func:`jaxkd.data.load`), keeps ``classes`` and normalises.
+
+    Statistics come from the (class-restricted) train split unless ``stats_from`` gives
+    them.
+    """
+    splits = data.load(name, data_dir=data_dir or None,
+                       validation_fraction=validation_fraction, seed=0,
+                       image_size=tuple(image_size) if image_size else None)
+    if classes:
+        splits = data.Splits(*(class_subset(s, classes) for s in
+                               (splits.train, splits.validation, splits.test)))
+    mean, std = stats_from if stats_from is not None else data.normalization_stats(
+        splits.train.images)
+    normalized = data.Splits(*(_normalized(s, mean, std) for s in
+                               (splits.train, splits.validation, splits.test)))
+    return PreparedData(normalized, mean, std, splits.test.images)
+
+
+def subset(dataset: data.Dataset, examples_per_class: int | str, seed: int) -> data.Dataset:
+    """``examples_per_class`` per class (nested in ``seed``), or everything for ``"all"``."""
+    if examples_per_class == "all":
+        return dataset
+    return data.few_shot_subset(dataset, int(examples_per_class), seed=seed)
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray,
+                 batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Re-iterable, in-order evaluation batches (the last may be smaller; evaluate pads)."""
+    return [{"image": images[i:i + batch_size], "label": labels[i:i + batch_size]}
+            for i in range(0, len(labels), batch_size)]
+
+
+class AugmentedBatches:
+    """A :class:`jaxkd.data.BatchIterator` whose batches are randomly cropped (and flipped).
+
+    The augmentation key of a batch is ``fold_in(key(seed), position)`` where position is
+    the iterator's ``(epoch, index)`` before the batch, so ``get_state``/``set_state``
+    resume the same augmented sequence.
+    """
+
+    def __init__(self, batches: data.BatchIterator, *, seed: int, crop_padding: int,
+                 flip: bool):
+        self._batches = batches
+        self._key = jax.random.key(seed)
+        self._augment = jax.jit(functools.partial(data.augment, crop_padding=crop_padding,
+                                                  flip=flip))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        position = self._batches.get_state()
+        batch = next(self._batches)
+        key = jax.random.fold_in(jax.random.fold_in(self._key, position["epoch"]),
+                                 position["index"])
+        return {**batch, "image": np.asarray(self._augment(key, batch["image"]))}
+
+    def get_state(self) -> dict[str, int]:
+        return self._batches.get_state()
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._batches.set_state(state)
+
+
+def train_batches(dataset: data.Dataset, *, batch_size: int, seed: int,
+                  augment: bool = False, crop_padding: int = 4,
+                  flip: bool = False) -> Iterator[dict[str, Any]]:
+    """Endless shuffled batches of ``dataset`` (restorable), optionally augmented."""
+    if batch_size > len(dataset):
+        raise ConfigError(f"batch_size={batch_size} exceeds the {len(dataset)} training "
+                          f"examples; lower train.batch_size or raise examples_per_class.")
+    batches = data.BatchIterator(dataset, batch_size, seed=seed)
+    if augment:
+        return AugmentedBatches(batches, seed=seed, crop_padding=crop_padding, flip=flip)
+    return batches

@@ -1,0 +1,88 @@
+"""Every `python -m experiments...` command of the README, the docs and the experiments'
+docstrings runs, in its config's smoke mode, in a scratch directory."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import _cli, limited_data, noise_robustness, transfer
+from experiments.configs import _base
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+           *sorted((ROOT / "experiments").rglob("*.py"))]
+STUDIES = {"limited_data": limited_data, "noise_robustness": noise_robustness,
+           "transfer": transfer}
+# Keys that point at data this machine does not have; smoke mode reads the offline digits.
+DATA_KEYS = {"data_dir", "dataset", "source_dataset", "target_dataset"}
+README_COMMAND = "python -m experiments.limited_data --workdir runs/limited_data"
+
+
+def documented_commands() -> list[str]:
+    """The commands in source order, continuation lines joined, duplicates dropped."""
+    commands = []
+    for path in SOURCES:
+        text = path.read_text().replace("\\\n", " ")
+        for match in re.finditer(r"python -m experiments\.\w+[^`\n#()]*", text):
+            command = " ".join(match.group(0).split())
+            if command not in commands:
+                commands.append(command)
+    return commands
+
+
+def smoke_argv(command: str) -> tuple[str, list[str]]:
+    """The study and its arguments with the config in smoke mode and no data paths."""
+    words = shlex.split(command)
+    study = words[2].removeprefix("experiments.")
+    args = words[3:]
+    module = STUDIES[study]
+    spec = module.DEFAULT_CONFIG
+    out = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            spec = arg.partition("=")[2]
+        elif arg.startswith("--config."):
+            key = arg[len("--config."):].partition("=")[0]
+            assert key in _base.flat_keys(_cli.load_config(spec)), (command, key)
+            if key not in DATA_KEYS:
+                out.append(arg)
+        else:
+            out.append(arg)
+    return study, [f"--config={spec}:smoke", *out]
+
+
+def test_the_commands_are_found():
+    commands = documented_commands()
+    assert README_COMMAND in commands
+    assert any("--config=transfer_folder" in c and "teacher_dir" in c for c in commands)
+    assert all(shlex.split(c)[2].removeprefix("experiments.") in STUDIES for c in commands)
+
+
+def test_every_documented_command_runs_in_smoke_mode(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # relative work directories land in the scratch directory
+    for command in documented_commands():
+        study, argv = smoke_argv(command)
+        STUDIES[study].main(argv)
+        out = capsys.readouterr().out.strip().splitlines()
+        assert out and out[-1].startswith("results: ") or "teacher_only" in command, command
+        if not any("teacher_only" in a for a in argv):
+            assert Path(out[-1].removeprefix("results: ")).is_file(), command
+
+
+def test_the_readme_command_as_a_new_process_uses_every_core(tmp_path):
+    """A fresh process (JAX not yet started) gets one host device per core, here forced
+    to 2 by the environment variable; the results header says so."""
+    study, argv = smoke_argv(README_COMMAND)
+    env = {**os.environ, "JAXKD_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", f"experiments.{study}", *argv,
+                    "--config.num_devices=0"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, text=True)
+    md = (tmp_path / "runs" / "limited_data" / "results.md").read_text()
+    assert "Devices: 2 x cpu" in md
