@@ -9,7 +9,6 @@ marks the run finished; then only its last checkpoint is kept (``_workdir.prune`
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any

@@ -62,13 +62,14 @@ def cpu_device_count(config: ConfigDict, cores: int | None = None) -> int:
 def start_devices(config: ConfigDict) -> int | None:
     """Sets ``jax_num_cpu_devices`` (:func:`cpu_device_count`) before JAX starts.
 
-    Does nothing, and returns None, when JAX's backend is already running (a test
-    session, a notebook) or ``XLA_FLAGS`` already sets a host device count. Returns the
-    count set otherwise. On a GPU or TPU host the setting only shapes the (unused)
-    CPU backend.
+    Does nothing, and returns None, when the process already chose (``jax_num_cpu_devices``
+    set, as a test session does, or a host device count in ``XLA_FLAGS``) or JAX's backend
+    is already running (a notebook). Returns the count set otherwise. On a GPU or TPU
+    host the setting only shapes the (unused) CPU backend.
     """
     count = cpu_device_count(config)
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+            or jax.config.jax_num_cpu_devices != -1):
         return None
     from jax._src import xla_bridge  # no public query for "has the backend started"
     if xla_bridge.backends_are_initialized():

@@ -7,7 +7,8 @@ the best validation accuracy (the validation split chooses; the test split never
 with the paired (same-seed) gain of each added Jacobian term.
 
     python -m experiments.limited_data --workdir runs/limited_data
-    python -m experiments.limited_data --config=limited_data_cifar100 --workdir runs/limited_data_cifar100
+    python -m experiments.limited_data --config=limited_data_cifar100 \
+        --workdir runs/limited_data_cifar100
 
 Outputs in the work directory: ``results.json``, ``results.csv``, ``results.md``,
 ``accuracy_vs_examples.png`` and ``gain_vs_examples.png``; ``teacher/`` and

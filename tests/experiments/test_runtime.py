@@ -33,9 +33,10 @@ def test_config_key_and_environment_override(config, monkeypatch):
         _runtime.cpu_device_count(config)
 
 
-def test_a_started_backend_is_left_alone(config, monkeypatch):
-    """The test session's JAX is running (8 fake devices): nothing is changed."""
+def test_a_process_that_chose_its_devices_is_left_alone(config, monkeypatch):
+    """The test session set 8 host devices (tests/conftest.py), started or not: kept."""
     import jax
     monkeypatch.delenv(_runtime.CPU_DEVICES_ENV, raising=False)
+    assert jax.config.jax_num_cpu_devices == 8
     assert _runtime.start_devices(config) is None
-    assert jax.device_count() == 8
+    assert jax.config.jax_num_cpu_devices == 8 and jax.device_count() == 8
