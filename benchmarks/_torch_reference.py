@@ -120,16 +120,18 @@ def _nets():
 
 
 def build(spec: dict, in_channels: int, num_classes: int):
-    """A torch network from a ``step_cost`` model spec ``{"kind": ..., ...}``."""
+    """A torch twin of a ``step_cost`` zoo spec ``{"name": <models.create name>, **sizes}``."""
+    from jaxkd.models import VGG4_PLAN, VGG9_PLAN
     SmallCNN, VGG, WRN = _nets()
-    kind = spec["kind"]
-    if kind == "cnn":
+    name = spec["name"]
+    if name == "small_cnn":
         return SmallCNN(in_channels, num_classes, width=spec["width"])
-    if kind == "vgg":
-        return VGG(in_channels, num_classes, spec["plan"], spec["width"])
-    if kind == "wrn":
-        return WRN(spec["depth"], spec["widen"], in_channels, num_classes)
-    raise ValueError(f"unknown model kind {kind!r}")
+    if name in ("vgg4", "vgg9"):
+        plan = VGG4_PLAN if name == "vgg4" else VGG9_PLAN
+        return VGG(in_channels, num_classes, plan, spec["width"])
+    if name == "wrn":
+        return WRN(spec["depth"], spec["widen_factor"], in_channels, num_classes)
+    raise ValueError(f"no torch twin of zoo model {name!r}")
 
 
 def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,

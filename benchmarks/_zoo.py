@@ -33,34 +33,29 @@ MODES: dict[str, dict] = {
 # width 32 (half the paper-scale 64, to keep the CPU run short). WRN-16-1 student of a
 # WRN-16-2 teacher (an attention-transfer pair).
 def model_specs(vgg_width: int = 32, cnn_width: int = 32) -> dict[str, tuple[dict, dict]]:
-    from jaxkd.models import VGG4_PLAN, VGG9_PLAN
+    """``{pair: (student, teacher)}``, each ``{"name": ..., **sizes}`` of ``models.create``."""
     return {
-        "cnn": (dict(kind="cnn", width=cnn_width), dict(kind="cnn", width=2 * cnn_width)),
-        "vgg": (dict(kind="vgg", plan=VGG4_PLAN, width=vgg_width),
-                dict(kind="vgg", plan=VGG9_PLAN, width=vgg_width)),
-        "wrn": (dict(kind="wrn", depth=16, widen=1), dict(kind="wrn", depth=16, widen=2)),
+        "cnn": (dict(name="small_cnn", width=cnn_width),
+                dict(name="small_cnn", width=2 * cnn_width)),
+        "vgg": (dict(name="vgg4", width=vgg_width), dict(name="vgg9", width=vgg_width)),
+        "wrn": (dict(name="wrn", depth=16, widen_factor=1),
+                dict(name="wrn", depth=16, widen_factor=2)),
     }
 
 
 def describe(spec: dict) -> str:
-    if spec["kind"] == "cnn":
-        return f"SmallCNN(w={spec['width']})"
-    if spec["kind"] == "vgg":
-        return f"VGG-{sum(len(b) for b in spec['plan']) + 1}(w={spec['width']})"
-    return f"WRN-{spec['depth']}-{spec['widen']}"
+    sizes = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({sizes})"
 
 
-def build(spec: dict, num_classes: int, seed: int):
-    """A zoo model from a spec (the one place that constructs zoo models)."""
+def build(spec: dict, num_classes: int, seed: int, image_size: int):
+    """A zoo model from a spec, through ``jaxkd.models.create`` (RGB inputs)."""
     from flax import nnx
 
     from jaxkd import models
-    rngs = nnx.Rngs(seed)
-    if spec["kind"] == "cnn":
-        return models.SmallCNN(3, num_classes, width=spec["width"], rngs=rngs)
-    if spec["kind"] == "vgg":
-        return models.VGG(3, num_classes, plan=spec["plan"], width=spec["width"], rngs=rngs)
-    return models.WideResNet(spec["depth"], spec["widen"], 3, num_classes, rngs=rngs)
+    sizes = {k: v for k, v in spec.items() if k != "name"}
+    return models.create(spec["name"], input_shape=(image_size, image_size, 3),
+                         num_classes=num_classes, rngs=nnx.Rngs(seed), **sizes)
 
 
 def objective_for(mode: dict):
@@ -100,29 +95,26 @@ def make_step(model: str, mode: str, *, batch: int, image_size: int, num_classes
     import jax
     import jax.numpy as jnp
     import optax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
+    from jaxkd import data as jdata
     from jaxkd import training
     if mode not in MODES:
         raise ValueError(f"unknown zoo mode {mode!r}; choose from {list(MODES)}")
     student_spec, teacher_spec = specs[model]
-    student = build(student_spec, num_classes, 0)
-    teacher = build(teacher_spec, num_classes, 1)
+    student = build(student_spec, num_classes, 0, image_size)
+    teacher = build(teacher_spec, num_classes, 1, image_size)
     optimizer = optax.sgd(1e-3, momentum=0.9)
     state = training.init_train_state(student, optimizer, key=jax.random.key(0))
     kx, ky = jax.random.split(jax.random.key(1))
     data = {"image": jax.random.normal(kx, (batch, image_size, image_size, 3)),
             "label": jax.random.randint(ky, (batch,), 0, num_classes)}
     objective = objective_for(MODES[mode])
+    # mesh=None would mean every device; the benchmark's budget says how many it has.
+    mesh = training.data_mesh(1) if mesh is None else mesh
     step = training.make_train_step(objective, optimizer, mesh,
                                     teacher=teacher if objective.needs_teacher else None)
-    if mesh is not None:
-        state = jax.device_put(state, NamedSharding(mesh, P()))
-        data = jax.device_put(data, NamedSharding(mesh, P(mesh.axis_names[0])))
-    state = jax.tree.map(jnp.copy, state)
-    # make_train_step exposes its jitted function and placed teacher variables (as
-    # attributes today; as fields of a step object after issue 10 item 4).
+    state = jax.tree.map(jnp.copy, training.replicate(state, mesh))
+    data = jdata.shard_batch(data, jdata.data_sharding(mesh))
     jitted, teacher_vars = step.jitted, step.teacher_vars
     t0 = time.perf_counter()
     lowered = jitted.lower(state, data, teacher_vars)
