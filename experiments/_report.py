@@ -233,15 +233,15 @@ def write(workdir: str, study: str, summary: dict[str, Any]) -> list[str]:
         if not isinstance(results, dict):
             results = {}
     results[study] = _json_safe(summary)
-    # Every file atomically (temporary file, fsync, rename): a kill or a full disk
-    # leaves the previous version or the new one.
-    training.atomic_write_json(json_path, results, indent=2)
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(_csv_rows(results))
-    training.atomic_write_text(os.path.join(workdir, "results.csv"), text.getvalue())
     sections = [_study(s).markdown(results[s]) for s in STUDIES if s in results]
+    # Every file atomically (temporary file, fsync, rename), each composed before any is
+    # written: a kill or a full disk leaves the previous version or the new one.
+    training.atomic_write_json(json_path, results, indent=2)
+    training.atomic_write_text(os.path.join(workdir, "results.csv"), text.getvalue())
     training.atomic_write_text(os.path.join(workdir, "results.md"),
                                "# jaxkd experiment results\n\n" + "\n\n".join(sections)
                                + "\n")
