@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import errno
 import importlib.util
 import os
 import sys
@@ -207,26 +208,84 @@ def command_line(study: str, argv: Sequence[str]) -> str:
     return " ".join(["python -m experiments." + study, *argv])
 
 
+# Operating-system failures a user can act on from one line (a full disk, a quota, a
+# read-only or forbidden directory); any other error keeps its traceback.
+KNOWN_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The known ``OSError`` anywhere in ``e``'s cause/context chain (or group), if any."""
+    seen, todo = set(), [e]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in KNOWN_ERRNOS:
+            return exc
+        todo += [exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())]
+    return None
+
+
+def failure_line(e: BaseException) -> str | None:
+    """``error: ...`` in one line for a failure the user can act on; None otherwise.
+
+    Known: a bad config or command line, a work directory in use or made with another
+    config, a checkpoint that cannot be read or written (``jaxkd.training.
+    CheckpointError``), a non-finite loss, and a full disk / quota / permission error
+    anywhere in the exception's chain (orbax's asyncio traces included).
+    """
+    from experiments import _workdir
+    from jaxkd import training
+    if isinstance(e, (ConfigError, _workdir.WorkdirInUse, training.CheckpointError,
+                      training.NonFiniteLossError)):
+        text = str(e)
+    else:
+        os_error = _os_error(e)
+        if os_error is None:
+            return None
+        text = (f"{os_error.strerror or os_error}"
+                + (f": {os_error.filename}" if os_error.filename else "")
+                + ("" if isinstance(e, OSError) else f" ({type(e).__name__})"))
+    return "error: " + " ".join(str(text).split())
+
+
 def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict], str], *,
          default_config: str, default_workdir: str,
          argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parses, validates, starts the devices, runs ``run(config, workdir, command=...)``.
+    """Parses, validates, starts the devices, locks the work directory, runs
+    ``run(config, workdir, command=...)``.
 
     Prints the study's main table (``console(summary)``), the plots and, last, the line
-    ``results: <workdir>/results.md``. A bad command line or config exits with its
-    message, not a traceback.
+    ``results: <workdir>/results.md``. A bad command line or config, a work directory in
+    use or made with another config, a full disk, a bad checkpoint: one line
+    ``error: ...`` on stderr and exit status 1 (a ``--workdir`` that is empty or a file:
+    status 2, a usage error); anything else keeps its traceback.
     """
-    from experiments import _runtime
+    from experiments import _runtime, _workdir
     from experiments.configs import _base
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config, workdir = parse(argv, study=study, default_config=default_config,
                                 default_workdir=default_workdir)
-        _base.validate(config)
-        _runtime.start_devices(config)
-        summary = run(config, workdir, command=command_line(study, argv))
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    try:
+        _workdir.check(workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    command = command_line(study, argv)
+    try:
+        _base.validate(config)
+        _runtime.start_devices(config)
+        with _workdir.locked(workdir, command=command):
+            summary = run(config, workdir, command=command)
+    except Exception as e:
+        line = failure_line(e)
+        if line is None:
+            raise
+        raise SystemExit(line) from None
     text = console(summary)
     if text:
         print(text)

@@ -48,8 +48,20 @@ def _normalized(dataset: data.Dataset, mean, std) -> data.Dataset:
 
 
 def class_subset(dataset: data.Dataset, classes: Sequence[int]) -> data.Dataset:
-    """The examples of ``classes``, relabelled ``0..len(classes)-1`` in the given order."""
+    """The examples of ``classes``, relabelled ``0..len(classes)-1`` in the given order.
+
+    Raises:
+      ConfigError: a class id outside the dataset's ``0..K-1``, a repeated one, or fewer
+        than two classes (checked as soon as the data is loaded, before any training).
+    """
     classes = [int(c) for c in classes]
+    outside = [c for c in classes if not 0 <= c < dataset.num_classes]
+    if outside or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ConfigError(
+            f"classes {tuple(classes)} of {dataset.name!r}: expected two or more distinct "
+            f"class ids in 0..{dataset.num_classes - 1} (it has {dataset.num_classes} "
+            f"classes){'; not classes of it: ' + str(outside) if outside else ''}; set "
+            f"source_classes / target_classes accordingly.")
     keep = np.flatnonzero(np.isin(dataset.labels, classes))
     relabel = np.full(dataset.num_classes, -1, np.int32)
     relabel[classes] = np.arange(len(classes), dtype=np.int32)

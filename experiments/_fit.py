@@ -4,7 +4,9 @@
 validation split as ``eval_data`` and a checkpoint at every evaluation, then reads the
 validation curve back, restores the best-on-validation checkpoint and evaluates it and
 the last state on the test split (the test split never chooses anything). ``result.json``
-marks the run finished; then only its last checkpoint is kept (``_workdir.prune``).
+marks the run finished; then only its last checkpoint is kept (``_workdir.prune``). The
+run's config (what ``_sweep.check_configs`` expects of it) goes into its ``config.json``
+when it starts and its ``result.json`` when it ends.
 """
 
 from __future__ import annotations
@@ -66,10 +68,16 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     Evaluates on ``validation`` ``train_cfg.num_evals`` times (a checkpoint each time),
     then reports the test accuracy of the last state and of the best-on-validation
     checkpoint (ties go to the earlier step), and ``seconds``, this run's wall time
-    (training and evaluation). A finished ``run_dir`` is returned as it is.
+    (training and evaluation). A finished ``run_dir`` is returned as it is; one whose
+    ``result.json`` cannot be read is computed again (``_workdir.discard_damaged_result``).
     """
-    if _workdir.is_done(run_dir):
-        return _workdir.read_json(_workdir.result_path(run_dir))
+    result = _workdir.read_result(run_dir)
+    if result is not None:
+        return result
+    _workdir.discard_damaged_result(run_dir)
+    run_config = _workdir.expected(run_dir)
+    describe = {**dict(describe or {}),
+                **({_workdir.RUN_CONFIG: run_config} if run_config is not None else {})}
     num_steps, mesh = train_cfg.num_steps, step.mesh
     devices = mesh.shape[training.DATA_AXIS]
     if train_cfg.batch_size % devices:
@@ -86,8 +94,7 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
                             augment=augment, flip=flip),
         workdir=run_dir, num_steps=num_steps, eval_data=val_batches, seed=seed,
         checkpoint_every=every, eval_every=every, log_every=every, max_to_keep=None,
-        progress=progress, tensorboard=tensorboard, config=dict(describe or {}),
-        train_step=step)
+        progress=progress, tensorboard=tensorboard, config=describe, train_step=step)
     curve = {}
     for record in training.read_metrics(run_dir, "eval"):
         curve[int(record["step"])] = float(record["accuracy"])  # a resume rewrites a step
@@ -105,7 +112,8 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         "validation_curve": {str(k): v for k, v in sorted(curve.items())},
         "train_examples": len(train_set),
         "seconds": time.perf_counter() - t0,
-        **dict(describe or {}),
+        "devices": devices,
+        **describe,
     }
     _workdir.write_json(_workdir.result_path(run_dir), result)
     _workdir.prune(run_dir, keep_step=num_steps)

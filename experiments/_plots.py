@@ -112,9 +112,21 @@ def bars(ax, rows: Sequence[dict[str, Any]], *, x_key: str) -> None:
 
 
 def save(fig, workdir: str, name: str, *, layout: bool = True) -> str:
+    """Saves ``fig`` as ``workdir/name`` (PNG) atomically: a temporary file, then a rename."""
     path = os.path.join(workdir, name)
     if layout:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
+    tmp = os.path.join(workdir, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, dpi=120, format="png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        pyplot().close(fig)
     return path

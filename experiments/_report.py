@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from jaxkd import training
 
 STUDIES = ("limited_data", "noise_robustness", "transfer")
 
@@ -220,20 +224,25 @@ def write(workdir: str, study: str, summary: dict[str, Any]) -> list[str]:
     json_path = os.path.join(workdir, "results.json")
     results = {}
     if os.path.exists(json_path):
-        with open(json_path) as f:
-            results = json.load(f)
+        try:
+            with open(json_path) as f:
+                results = json.load(f)
+        except ValueError:  # damaged (by hand or a bad disk): this study's section only
+            print(f"note: {json_path} cannot be read; it is written again with the "
+                  f"{study} section only.", file=sys.stderr)
+        if not isinstance(results, dict):
+            results = {}
     results[study] = _json_safe(summary)
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, json_path)
-
-    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(_csv_rows(results))
-
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(_csv_rows(results))
     sections = [_study(s).markdown(results[s]) for s in STUDIES if s in results]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("# jaxkd experiment results\n\n" + "\n\n".join(sections) + "\n")
+    # Every file atomically (temporary file, fsync, rename), each composed before any is
+    # written: a kill or a full disk leaves the previous version or the new one.
+    training.atomic_write_json(json_path, results, indent=2)
+    training.atomic_write_text(os.path.join(workdir, "results.csv"), text.getvalue())
+    training.atomic_write_text(os.path.join(workdir, "results.md"),
+                               "# jaxkd experiment results\n\n" + "\n\n".join(sections)
+                               + "\n")
     return plots

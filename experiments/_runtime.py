@@ -1,5 +1,17 @@
 """Where a study runs: host devices per CPU core, the data mesh, the compilation cache.
 
+**The compilation cache is the user's own.** JAX's persistent cache holds compiled
+native code that is loaded and run without any check of where it came from (its file
+names are hashes of the program, flags and devices, not signatures). So it lives where
+only its user can write: ``$XDG_CACHE_HOME/jaxkd/jax_cache`` (default
+``~/.cache/jaxkd/jax_cache``), created with mode 0700, never inside a work directory
+(which may come from someone else). Before using it, :func:`private_cache_dir` checks
+that the directory and every directory above it are owned by this user or root and
+that none is writable by others (unless sticky, as ``/tmp``); otherwise the run goes
+on without a cache and says so in one line. A cache directory the user set themselves
+(``jax.config.jax_compilation_cache_dir`` / ``$JAX_COMPILATION_CACHE_DIR``) is left as it
+is: their choice.
+
 On a CPU, XLA runs one program on one core unless it is given several host devices;
 :func:`start_devices` gives it one per core (``num_cpu_devices = 0``) before JAX's
 backend starts, so the experiments train data-parallel over every core, as they would
@@ -12,11 +24,14 @@ from __future__ import annotations
 import math
 import os
 import platform
+import stat
+import sys
 
 import jax
 from ml_collections import ConfigDict
 
-from experiments import _workdir
+from experiments import _sweep, _workdir
+from experiments.configs import _base
 from experiments.configs._base import ConfigError
 from jaxkd import training
 
@@ -79,10 +94,18 @@ def start_devices(config: ConfigDict) -> int | None:
 
 
 def start(config: ConfigDict, workdir: str) -> jax.sharding.Mesh:
-    """Creates the work directory and (if configured) the compilation cache; the mesh."""
+    """Everything a study does before it loads data or trains; returns the mesh.
+
+    Creates and locks the work directory (``_workdir.hold``: a second process fails at
+    once), validates the whole config, compares the runs the study would reuse with the
+    config (``_sweep.check_configs``), and enables the compilation cache if configured.
+    """
     _workdir.setup(workdir)
+    _workdir.hold(workdir)
+    _base.validate(config)
+    _sweep.check_configs(config, workdir)
     if config.compilation_cache:
-        enable_compilation_cache(workdir)
+        enable_compilation_cache()
     return make_mesh(config)
 
 
@@ -91,19 +114,75 @@ def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
     return training.data_mesh(config.num_devices or None)
 
 
-def enable_compilation_cache(workdir: str) -> None:
-    """Keeps compiled XLA programs in ``workdir/jax_cache`` (unless a cache is set).
+def cache_dir() -> str:
+    """``$XDG_CACHE_HOME/jaxkd/jax_cache`` (default ``~/.cache/jaxkd/jax_cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not base or not os.path.isabs(base):  # the XDG spec ignores relative paths
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxkd", "jax_cache")
+
+
+def _unsafe(path: str) -> str | None:
+    """Why ``path`` (a directory) is not private to this user, or None."""
+    uid = os.getuid()
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid not in (uid, 0):
+        return f"{path} belongs to another user (uid {st.st_uid})"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def private_cache_dir(path: str | None = None) -> tuple[str | None, str | None]:
+    """``(directory, None)`` if the cache directory is private, else ``(None, why)``.
+
+    Creates missing directories with mode 0700. The cache directory and its
+    ``jaxkd`` parent must be this user's and writable by nobody else; every directory
+    above must be this user's or root's and not writable by others unless sticky.
+    """
+    path = os.path.abspath(path or cache_dir())
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        for own in (path, os.path.dirname(path)):
+            st = os.stat(own)
+            if st.st_uid != os.getuid():
+                return None, f"{own} belongs to another user (uid {st.st_uid})"
+            if stat.S_IMODE(st.st_mode) & 0o077 and own == path:
+                return None, (f"{own} is open to other users (mode "
+                              f"{stat.S_IMODE(st.st_mode):o}; expected 700)")
+        parent = os.path.dirname(path)
+        while True:
+            why = _unsafe(parent)
+            if why:
+                return None, why
+            if os.path.dirname(parent) == parent:
+                return path, None
+            parent = os.path.dirname(parent)
+    except OSError as e:
+        return None, f"{path}: {e.strerror or e}"
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Keeps compiled XLA programs in the user's private cache (:func:`cache_dir`).
 
     Within one invocation each method's cells share one built step, so the step compiles
     once anyway; the cache saves the compilations of a second invocation (a resumed or
-    extended sweep, study 2 after study 1).
+    extended sweep, study 2 after study 1). Returns the directory used, or None: a cache
+    set by the user is left alone (its directory is returned); a directory that is not
+    private (:func:`private_cache_dir`) is not used, and one line on stderr says why.
     """
     if jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir),
-                                                               "jax_cache"))
+        return jax.config.jax_compilation_cache_dir
+    directory, why = private_cache_dir(path)
+    if directory is None:
+        print(f"note: compilation cache off: {why}.", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
 
 
 def environment(mesh: jax.sharding.Mesh) -> dict[str, str]:

@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
 
 from experiments import _fit, _workdir
+from experiments.configs import _base
 from jaxkd import models, training
+
+PRESENTATION_KEYS = ("num_devices", "num_cpu_devices", "compilation_cache", "run_progress",
+                     "tensorboard", "on_change")
+SWEEP_KEYS = ("examples_per_class", "num_seeds", "methods", "noise_sigmas",
+              "noise_examples_per_class", "teacher_only", "paper_table", "teacher_dir")
+TEACHER_KEYS = ("teacher", "teacher_train", "teacher_seed")
+STUDENT_KEYS = ("student", "student_tap_aliases", "train", "finetune_train", "loss",
+                "target_dataset", "target_classes")
+# Methods whose students never see the teacher (their cells do not depend on it).
+NO_TEACHER_METHODS = ("ce", "no_transfer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +63,98 @@ def cells(config: ConfigDict) -> list[Cell]:
 
 def cell_dir(workdir: str, cell: Cell) -> str:
     return os.path.join(workdir, "cells", cell.name)
+
+
+def _without(config: ConfigDict, keys) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in keys}
+
+
+def teacher_dir(config: ConfigDict, workdir: str) -> str:
+    """The teacher's run directory: ``config.teacher_dir`` or ``<workdir>/teacher``."""
+    return config.get("teacher_dir") or os.path.join(workdir, "teacher")
+
+
+def teacher_config(config: ConfigDict) -> dict[str, Any]:
+    """What determines the teacher: its data, network, training and seed."""
+    return _workdir.canonical(_without(config, (*PRESENTATION_KEYS, *SWEEP_KEYS,
+                                                *STUDENT_KEYS)))
+
+
+def cell_config(config: ConfigDict, cell: Cell,
+                teacher: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What determines ``cell``'s result: its data, network, training, its method's loss
+    keys, its size and seed, and (for a method that uses it) the teacher's run config.
+
+    ``finetune`` (transfer's oracle) trains the teacher's architecture with
+    ``finetune_train``; every other method the student with ``train``.
+    """
+    drop = {*PRESENTATION_KEYS, *SWEEP_KEYS, *TEACHER_KEYS, "loss"}
+    drop |= ({"student", "student_tap_aliases", "train"} if cell.method == "finetune"
+             else {"finetune_train"})
+    out = _without(config, drop)
+    if "loss" in config:
+        terms = [t.strip() for t in cell.method.split("+")]
+        keys = set()
+        for term in terms:
+            keys.update(_base.LOSS_TERM_KEYS.get(term, tuple(config.loss)))  # unknown: all
+        out["loss"] = {k: config.loss[k] for k in sorted(keys) if k in config.loss}
+    if cell.method not in NO_TEACHER_METHODS:
+        out["teacher_run"] = dict(teacher if teacher is not None else teacher_config(config))
+    out.update(method=cell.method, examples_per_class=cell.examples_per_class,
+               seed=cell.seed)
+    return _workdir.canonical(out)
+
+
+def check_configs(config: ConfigDict, workdir: str) -> None:
+    """Compares every run the study would reuse with its run config, before training.
+
+    The teacher and every cell of the sweep that has started (a checkpoint or a result)
+    must have recorded the run config the current config gives it. Otherwise
+    ``config.on_change`` decides: ``"refuse"`` raises, ``"retrain"`` deletes those runs
+    (they train again). A teacher of another work directory (``config.teacher_dir``)
+    that has finished is used as it is, whatever its training (its own run config is
+    what the cells record); only its network and data must be this config's. Then
+    notes each run's config for ``_fit.fit`` to record.
+
+    Raises:
+      _workdir.ConfigChanged: runs made with another config (names the keys, old -> new).
+    """
+    retrain = config.get("on_change", "refuse") == "retrain"
+    t_dir = teacher_dir(config, workdir)
+    expected_teacher = teacher_config(config)
+    teacher_identity = expected_teacher
+    runs = {t_dir: expected_teacher}
+    if config.get("teacher_dir") and _workdir.is_done(t_dir):
+        old = _workdir.recorded(t_dir)
+        ignore = ("teacher_train", "teacher_seed")
+        if old is not None:
+            teacher_identity = old
+            mine = {k: v for k, v in expected_teacher.items() if k not in ignore}
+            theirs = {k: v for k, v in old.items() if k not in ignore}
+            if mine != theirs:
+                raise _workdir.ConfigChanged(
+                    f"teacher_dir {t_dir} holds a teacher made with another network or data: "
+                    f"{'; '.join(_workdir.differences(theirs, mine))}. Give the teacher_dir of "
+                    f"a matching teacher, or set --config.teacher_dir='' to train one.")
+        else:
+            teacher_identity = {"teacher_dir": os.path.abspath(t_dir)}
+        runs = {}
+    for cell in cells(config):
+        runs[cell_dir(workdir, cell)] = cell_config(config, cell, teacher_identity)
+    changes = _workdir.changed(workdir, runs)
+    if changes and not retrain:
+        raise _workdir.ConfigChanged(_workdir.describe_changes(workdir, changes))
+    if retrain and config.get("teacher_dir") and t_dir in changes:
+        raise _workdir.ConfigChanged(
+            f"teacher_dir {t_dir} (another work directory's teacher, unfinished) was started "
+            f"with another config: {'; '.join(changes[t_dir])}; on_change=retrain deletes "
+            f"only this work directory's runs. Give another teacher_dir or delete it.")
+    for run_dir in changes:
+        print(f"retraining {os.path.relpath(run_dir, workdir)} (config changed: "
+              f"{'; '.join(changes[run_dir][:3])})", file=sys.stderr)
+        shutil.rmtree(run_dir)
+    for run_dir, run_config in runs.items():
+        _workdir.expect(run_dir, run_config)
 
 
 def build_steps(objectives: Mapping[str, training.Objective],

@@ -8,6 +8,7 @@ pieces; :data:`HELP` (and the group tables below it) says what every key means, 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -72,7 +73,7 @@ def model_spec(name: str, *, width: int = 16, hidden: tuple[int, ...] = (64,),
 def execution(config: ConfigDict) -> ConfigDict:
     """Adds the keys of how a study runs (devices, caches, progress, logs)."""
     config.update(num_devices=0, num_cpu_devices=0, compilation_cache=True,
-                  run_progress=False, tensorboard=False)
+                  run_progress=False, tensorboard=False, on_change="refuse")
     return config
 
 
@@ -126,7 +127,10 @@ HELP = {
                    "over them",
     "num_cpu_devices": "on a CPU, host devices XLA creates (0 = one per core, as many as "
                        "divide every batch size); env JAXKD_CPU_DEVICES overrides",
-    "compilation_cache": "keep compiled programs in <workdir>/jax_cache across invocations",
+    "compilation_cache": "keep compiled programs across invocations in the user's own "
+                         "cache ($XDG_CACHE_HOME or ~/.cache, jaxkd/jax_cache, mode 0700)",
+    "on_change": "a work directory made with another config: 'refuse' (say which keys "
+                 "differ) or 'retrain' (delete the runs that differ and train them again)",
     "run_progress": "a progress bar per cell too (the sweep and the teacher always have one)",
     "tensorboard": "TensorBoard event files in every run directory (needs tensorboardX)",
 }
@@ -172,6 +176,24 @@ LOSS_HELP = {
     "attention_jacobian_weight": "matching the input gradients of the attention maps",
     "attention_jacobian_layer": "the feature tap of the attention Jacobian",
 }
+# The loss keys each term of a method reads (a method is terms joined by "+"; the
+# transfer study's rows add cross-entropy to every method). A cell records only its
+# method's keys, so changing, say, the temperature leaves cross-entropy cells valid.
+LOSS_TERM_KEYS = {
+    "ce": ("ce_weight",),
+    "kd": ("kd_weight", "temperature"),
+    "logits": ("logits_weight",),
+    "jacobian": ("jacobian_weight", "jacobian_outputs", "jacobian_k", "jacobian_normalize"),
+    "vjp": ("vjp_weight", "num_probes", "probe_distribution"),
+    "jvp": ("jvp_weight", "num_probes", "probe_distribution"),
+    "noisy": ("noisy_weight", "noisy_sigma", "noisy_samples", "noisy_kind", "temperature"),
+    "attention": ("attention_weight", "attention_layers"),
+    "attention_jacobian": ("attention_jacobian_weight", "attention_jacobian_layer"),
+    # Transfer rows: cross-entropy on the target, LwF's distillation on the old head.
+    "no_transfer": ("ce_weight",),
+    "finetune": ("ce_weight",),
+    "lwf": ("ce_weight", "kd_weight", "temperature"),
+}
 _GROUPS = {"teacher": MODEL_HELP, "student": MODEL_HELP, "train": TRAIN_HELP,
            "teacher_train": TRAIN_HELP, "finetune_train": TRAIN_HELP, "loss": LOSS_HELP}
 
@@ -207,47 +229,171 @@ def get(config: ConfigDict, key: str) -> Any:
 # Up-front checks (before anything trains). A study checks its own methods.
 
 
+# Bounds of a sweep: a typo such as num_seeds=10**9 fails at once, not after the teacher
+# (each cell is a run directory with checkpoints; 10,000 is far beyond any table).
+MAX_SEEDS = 1000
+MAX_CELLS = 10_000
+ON_CHANGE = ("refuse", "retrain")
+# The values the library accepts (jaxkd.losses); kept here so that reading a config
+# never imports JAX. tests/experiments/test_validation.py checks they agree.
+JACOBIAN_OUTPUTS = ("teacher_top1", "label", "top_k", "all")
+PROBE_DISTRIBUTIONS = ("rademacher", "gaussian", "orthogonal")
+NOISE_KINDS = ("squared", "cross_entropy", "kl")
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return _int(value) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def validate(config: ConfigDict) -> None:
     """Raises :class:`ConfigError` for the first bad value, naming its key.
 
-    Checks what every study shares: the sweep's sizes and seeds, every training
-    sub-config, the models' names, the device counts. Study-specific values (methods,
-    tap aliases) are checked by the study before it trains.
+    Checks what every study shares: the sweep's sizes, seeds and methods (and a bound on
+    its cells), every training sub-config, the loss weights and settings, the models,
+    the noise levels, the class lists, the device counts. What needs the data (class
+    ids below the dataset's class count) is checked when the data is loaded, before the
+    teacher trains; the study checks its method names before it loads anything.
     """
     def bad(key: str, expected: str) -> ConfigError:
         return ConfigError(f"config key {key!r} = {get(config, key)!r}: expected {expected}.")
 
+    def has(key: str) -> bool:
+        try:
+            get(config, key)
+        except (KeyError, AttributeError):
+            return False
+        return True
+
     sizes = list(config.examples_per_class)
     if not sizes or not all(v == "all" or _positive_int(v) for v in sizes):
         raise bad("examples_per_class", "positive integers and/or 'all'")
-    if not _positive_int(config.num_seeds):
-        raise bad("num_seeds", "a positive integer")
-    if not 0.0 < config.validation_fraction < 1.0:
+    if len(set(map(str, sizes))) != len(sizes):
+        raise bad("examples_per_class", "each size once")
+    if not _positive_int(config.num_seeds) or config.num_seeds > MAX_SEEDS:
+        raise bad("num_seeds", f"a positive integer at most {MAX_SEEDS}")
+    methods = list(config.methods)
+    if not methods or not all(isinstance(m, str) and m.strip() for m in methods):
+        raise bad("methods", "at least one method name (the study's method table: "
+                             "docs/experiments.md)")
+    if len(set(methods)) != len(methods):
+        raise bad("methods", "each method once")
+    num_cells = len(methods) * len(sizes) * config.num_seeds
+    if num_cells > MAX_CELLS:
+        raise ConfigError(f"the sweep has {num_cells} cells (methods x examples_per_class x "
+                          f"num_seeds = {len(methods)} x {len(sizes)} x {config.num_seeds}); "
+                          f"at most {MAX_CELLS} per work directory.")
+    if not _number(config.validation_fraction) or not 0.0 < config.validation_fraction < 1.0:
         raise bad("validation_fraction", "a fraction in (0, 1)")
     for key in ("num_devices", "num_cpu_devices"):
         value = get(config, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not _int(value) or value < 0:
             raise bad(key, "a non-negative integer (0 = all)")
+    if has("on_change") and config.on_change not in ON_CHANGE:
+        raise bad("on_change", f"one of {ON_CHANGE}")
+    if has("teacher_seed") and (not _int(config.teacher_seed) or config.teacher_seed < 0):
+        raise bad("teacher_seed", "a non-negative integer")
     for name in ("train", "teacher_train", "finetune_train"):
         if name not in config:
             continue
+        cfg = config[name]
         for key in ("num_steps", "batch_size", "num_evals", "eval_batch_size"):
-            if not _positive_int(config[name][key]):
+            if not _positive_int(cfg[key]):
                 raise bad(f"{name}.{key}", "a positive integer")
-        if config[name].num_evals > config[name].num_steps:
-            raise bad(f"{name}.num_evals", f"at most num_steps ({config[name].num_steps})")
-        if config[name].optimizer not in ("adamw", "sgd"):
+        if cfg.num_evals > cfg.num_steps:
+            raise bad(f"{name}.num_evals", f"at most num_steps ({cfg.num_steps})")
+        if cfg.optimizer not in ("adamw", "sgd"):
             raise bad(f"{name}.optimizer", "'adamw' or 'sgd'")
-        if not 0 <= config[name].warmup_steps < config[name].num_steps:
-            raise bad(f"{name}.warmup_steps", "in [0, num_steps)")
+        if not _int(cfg.warmup_steps) or not 0 <= cfg.warmup_steps < cfg.num_steps:
+            raise bad(f"{name}.warmup_steps", "an integer in [0, num_steps)")
+        if not _number(cfg.learning_rate) or cfg.learning_rate <= 0:
+            raise bad(f"{name}.learning_rate", "a positive finite number")
+        if not _number(cfg.weight_decay) or cfg.weight_decay < 0:
+            raise bad(f"{name}.weight_decay", "a non-negative finite number")
+        if not _number(cfg.momentum) or not 0 <= cfg.momentum < 1:
+            raise bad(f"{name}.momentum", "a number in [0, 1)")
+    if "loss" in config:
+        _validate_loss(config, bad)
     from jaxkd.models import MODEL_NAMES  # the study's process only, not config reading
     for name in ("teacher", "student"):
-        if config[name].name not in MODEL_NAMES:
+        spec = config[name]
+        if spec.name not in MODEL_NAMES:
             raise bad(f"{name}.name", f"one of {MODEL_NAMES}")
+        for key in ("width", "depth", "widen_factor"):
+            if key in spec and not _positive_int(spec[key]):
+                raise bad(f"{name}.{key}", "a positive integer")
+        if "hidden" in spec:
+            hidden = spec.hidden if isinstance(spec.hidden, (tuple, list)) else (spec.hidden,)
+            if not hidden or not all(map(_positive_int, hidden)):
+                raise bad(f"{name}.hidden", "one or more positive integers")
+        if "stem" in spec and spec.stem not in ("cifar", "imagenet"):
+            raise bad(f"{name}.stem", "'cifar' or 'imagenet'")
     image_size = tuple(config.image_size)
     if image_size and (len(image_size) != 2 or not all(map(_positive_int, image_size))):
         raise bad("image_size", "() or (height, width) of positive integers")
+    if has("noise_sigmas"):
+        sigmas = list(config.noise_sigmas)
+        if not sigmas or not all(_number(s) and s >= 0 for s in sigmas):
+            raise bad("noise_sigmas", "one or more finite noise levels >= 0")
+    if has("noise_examples_per_class"):
+        known = set(map(str, sizes))
+        if not all(str(n) in known for n in config.noise_examples_per_class):
+            raise bad("noise_examples_per_class", f"() or sizes of examples_per_class "
+                                                  f"{tuple(sizes)}")
+    classes = {}
+    for key in ("source_classes", "target_classes", "classes"):
+        if not has(key):
+            continue
+        ids = list(get(config, key))
+        if ids and (not all(_int(c) and c >= 0 for c in ids) or len(set(ids)) != len(ids)
+                    or len(ids) < 2):
+            raise bad(key, "() for all classes, or two or more distinct class ids >= 0")
+        classes[key] = ids
+    if ("source_classes" in classes and "target_classes" in classes and
+            config.source_dataset == config.target_dataset):
+        source, target = classes["source_classes"], classes["target_classes"]
+        # () is every class, so it shares every class of the other list.
+        shared = sorted(set(source) & set(target)) if source and target else (
+            sorted(source or target) or "all")
+        if shared:
+            raise ConfigError(
+                f"config keys 'source_classes' = {tuple(source)!r} and 'target_classes' = "
+                f"{tuple(target)!r} share classes {shared} of the same dataset "
+                f"{config.source_dataset!r}: expected disjoint class lists (the teacher "
+                f"must not have learnt the target task).")
+    if has("paper_table") and config.paper_table not in ("", "mit_indoor"):
+        raise bad("paper_table", "'' or 'mit_indoor'")
+
+
+def _validate_loss(config: ConfigDict, bad) -> None:
+    loss = config.loss
+    for key in loss:
+        if key.endswith("_weight") and (not _number(loss[key]) or loss[key] < 0):
+            raise bad(f"loss.{key}", "a finite weight >= 0")
+    if not _number(loss.temperature) or loss.temperature <= 0:
+        raise bad("loss.temperature", "a positive finite temperature")
+    if not _number(loss.noisy_sigma) or loss.noisy_sigma <= 0:
+        raise bad("loss.noisy_sigma", "a positive finite noise standard deviation")
+    for key in ("jacobian_k", "num_probes", "noisy_samples"):
+        if not _positive_int(loss[key]):
+            raise bad(f"loss.{key}", "a positive integer")
+    for key, valid in (("jacobian_outputs", JACOBIAN_OUTPUTS),
+                       ("probe_distribution", PROBE_DISTRIBUTIONS),
+                       ("noisy_kind", NOISE_KINDS)):
+        if loss[key] not in valid:
+            raise bad(f"loss.{key}", f"one of {valid}")
+    if not isinstance(loss.jacobian_normalize, bool):
+        raise bad("loss.jacobian_normalize", "True or False")
+    layers = list(loss.attention_layers)
+    if not layers or not all(isinstance(t, str) and t for t in layers):
+        raise bad("loss.attention_layers", "one or more feature tap names")
+    if not isinstance(loss.attention_jacobian_layer, str) or not loss.attention_jacobian_layer:
+        raise bad("loss.attention_jacobian_layer", "a feature tap name")

@@ -1,0 +1,198 @@
+"""A work directory knows the config of each of its runs (issue 12, item 1): a changed
+config is refused before anything trains, naming the keys that differ and how to go
+on; presentation keys change freely; on_change=retrain trains the changed runs again;
+a damaged result.json is computed again, never a crash (item 2)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments import _data, _sweep, _workdir, limited_data
+from jaxkd import training
+
+pytestmark = pytest.mark.slow
+
+METHOD = "logits+ce"
+SMALL, ALL = _sweep.Cell(METHOD, 5, 0), _sweep.Cell(METHOD, "all", 0)
+
+
+class Trained(Exception):
+    """Something started to train (or loaded data) where nothing may."""
+
+
+def _config(smoke, **values):
+    return smoke("limited_data_digits", methods=(METHOD,), examples_per_class=(5, "all"),
+                 **values)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished smoke sweep (teacher + 2 cells), copied by each test that changes it."""
+    from tests.experiments.conftest import smoke_config
+    workdir = str(tmp_path_factory.mktemp("finished"))
+    summary = limited_data.run(_config(smoke_config), workdir)
+    _workdir.release(workdir)
+    return workdir, summary
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+    path = str(tmp_path / "work")
+    shutil.copytree(finished[0], path)
+    return path
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise Trained
+    monkeypatch.setattr(training, "train", refuse)
+    monkeypatch.setattr(_data, "load_data", refuse)
+
+
+def _result(workdir, cell):
+    return json.loads(Path(_workdir.result_path(_sweep.cell_dir(workdir, cell))).read_text())
+
+
+def test_each_run_records_its_config(finished):
+    workdir, _ = finished
+    teacher = json.loads(Path(workdir, "teacher", "result.json").read_text())["run_config"]
+    assert teacher["teacher_train"]["num_steps"] == 10 and teacher["dataset"] == "digits"
+    assert "student" not in teacher and "train" not in teacher and "loss" not in teacher
+    cell = _result(workdir, SMALL)["run_config"]
+    assert cell["method"] == METHOD and cell["examples_per_class"] == 5 and cell["seed"] == 0
+    assert cell["train"]["learning_rate"] == 0.003 and cell["student"]["name"] == "mlp"
+    assert cell["teacher_run"] == teacher  # the teacher's identity: its own run config
+    assert set(cell["loss"]) == {"logits_weight", "ce_weight"}  # its method's keys only
+    for key in ("run_progress", "tensorboard", "compilation_cache", "num_devices",
+                "num_cpu_devices", "on_change", "num_seeds", "methods", "teacher"):
+        assert key not in cell
+    # A started run has it on file before its first checkpoint: config.json.
+    started = json.loads(Path(_sweep.cell_dir(workdir, ALL), "config.json").read_text())
+    assert started["run_config"] == _result(workdir, ALL)["run_config"]
+
+
+def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_training):
+    # The "all" cell half done: a checkpoint, no result.json (killed before it).
+    os.remove(_workdir.result_path(_sweep.cell_dir(workdir, ALL)))
+    results_before = Path(workdir, "results.json").read_text()
+
+    with pytest.raises(_workdir.ConfigChanged) as e:
+        limited_data.run(_config(smoke, **{"train.learning_rate": 1.0}), workdir)
+    message = str(e.value)
+    assert "cells/logits-ce/n5/seed0 (and 1 more): train.learning_rate: 0.003 -> 1.0" \
+        in message
+    assert "another config: cells/" in message  # the teacher's config did not change
+    assert "Give a new --workdir, or add --config.on_change=retrain" in message
+    assert "\n" not in message
+
+    changes = _workdir.changed(workdir, {
+        _sweep.cell_dir(workdir, c): _sweep.cell_config(
+            _config(smoke, **{"train.num_steps": 24}), c,
+            _workdir.recorded(os.path.join(workdir, "teacher"))) for c in (SMALL, ALL)})
+    assert changes[_sweep.cell_dir(workdir, ALL)] == ["train.num_steps: 12 -> 24"]
+
+    with pytest.raises(_workdir.ConfigChanged,
+                       match=r"teacher: teacher_train.num_steps: 10 -> 20 \| cells/logits-ce/"
+                             r"n5/seed0 \(and 1 more\): teacher_run.teacher_train.num_steps: "
+                             r"10 -> 20"):
+        limited_data.run(_config(smoke, **{"teacher_train.num_steps": 20}), workdir)
+    with pytest.raises(_workdir.ConfigChanged, match=r"student.hidden: \[64\] -> \[32\]"):
+        limited_data.run(_config(smoke, **{"student.hidden": (32,)}), workdir)
+    with pytest.raises(_workdir.ConfigChanged, match=r"teacher: validation_fraction: "
+                                                     r"0.1 -> 0.2"):
+        limited_data.run(_config(smoke, validation_fraction=0.2), workdir)
+    with pytest.raises(_workdir.ConfigChanged, match=r"teacher_run.teacher_seed: 0 -> 1"):
+        limited_data.run(_config(smoke, teacher_seed=1), workdir)
+    # The report was not touched: it still shows the config of its numbers.
+    assert Path(workdir, "results.json").read_text() == results_before
+
+
+def test_presentation_keys_change_freely(smoke, workdir, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise Trained
+    monkeypatch.setattr(training, "train", refuse)  # every run is finished
+    config = _config(smoke, run_progress=True, num_cpu_devices=2)
+    summary = limited_data.run(config, workdir)
+    assert summary["config"]["run_progress"] is True
+
+
+def test_a_run_without_a_recorded_config_is_refused(smoke, workdir, no_training):
+    run_dir = _sweep.cell_dir(workdir, SMALL)
+    for path in (_workdir.result_path(run_dir), os.path.join(run_dir, "config.json")):
+        record = json.loads(Path(path).read_text())
+        del record["run_config"]  # as an older version wrote them
+        Path(path).write_text(json.dumps(record))
+    with pytest.raises(_workdir.ConfigChanged, match=r"cells/logits-ce/n5/seed0: \(not "
+                                                     r"recorded"):
+        limited_data.run(_config(smoke), workdir)
+
+
+def test_on_change_retrain_trains_the_changed_runs_again(smoke, workdir, finished):
+    teacher_result = Path(workdir, "teacher", "result.json")
+    before = teacher_result.stat().st_mtime_ns
+    config = _config(smoke, on_change="retrain", **{"train.learning_rate": 0.01})
+    summary = limited_data.run(config, workdir)
+    assert teacher_result.stat().st_mtime_ns == before  # its config did not change
+    for cell in (SMALL, ALL):
+        assert _result(workdir, cell)["run_config"]["train"]["learning_rate"] == 0.01
+    assert summary["config"]["train"]["learning_rate"] == 0.01
+    report = json.loads(Path(workdir, "results.json").read_text())["limited_data"]
+    assert report["config"]["train"]["learning_rate"] == 0.01
+    assert [r["mean"] for r in report["rows"]] == [r["mean"] for r in summary["rows"]]
+    # Now recorded: the same config again is accepted as it is.
+    again = limited_data.run(_config(smoke, **{"train.learning_rate": 0.01}), workdir)
+    assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in summary["rows"]]
+
+
+def test_a_damaged_result_json_is_computed_again(smoke, workdir, monkeypatch):
+    """A finished (pruned) cell whose result.json was cut short trains again from the
+    start, to the same numbers (equal seeds, equal steps); nothing else trains."""
+    run_dir = _sweep.cell_dir(workdir, SMALL)
+    path = Path(_workdir.result_path(run_dir))
+    original = json.loads(path.read_text())
+    path.write_text(path.read_text()[:40])  # truncated
+    trained = []
+    real_train = training.train
+
+    def counting_train(*args, **kwargs):
+        trained.append(kwargs["workdir"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", counting_train)
+    limited_data.run(_config(smoke), workdir)
+    again = json.loads(path.read_text())
+    assert again["last"] == original["last"] and again["best"] == original["best"]
+    assert again["validation_curve"] == original["validation_curve"]
+    assert again["run_config"] == original["run_config"]
+    assert trained == [run_dir]  # only the damaged cell
+    assert Path(str(path) + ".damaged").exists()
+
+
+def _fake_run(tmp_path, steps, evaluated, result="{"):
+    run_dir = tmp_path / "run"
+    for step in steps:
+        (run_dir / "checkpoints" / str(step)).mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"split": "eval", "step": s, "accuracy": 0.5}) + "\n" for s in evaluated))
+    (run_dir / "result.json").write_text(result)
+    return str(run_dir)
+
+
+def test_a_damaged_result_resumes_when_every_evaluated_step_has_its_checkpoint(tmp_path):
+    run_dir = _fake_run(tmp_path, [6, 12], [6, 12])
+    assert not _workdir.is_done(run_dir)
+    _workdir.discard_damaged_result(run_dir)
+    assert _workdir.checkpoint_steps(run_dir) == [6, 12]  # resumes: nothing is redone
+    assert os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+    assert not os.path.exists(_workdir.result_path(run_dir))
+
+
+def test_a_damaged_result_of_a_pruned_run_starts_over(tmp_path):
+    run_dir = _fake_run(tmp_path, [12], [6, 12], result='{"last": {"test": 0.5}}')
+    _workdir.discard_damaged_result(run_dir)
+    assert _workdir.checkpoint_steps(run_dir) == []
+    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
