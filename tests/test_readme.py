@@ -7,6 +7,8 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_example_runs(capsys):
+    # ```python blocks are complete programs and run here; ```py blocks are fragments
+    # (the performance section's snippets), shown in context of the example.
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
     for block in blocks:
