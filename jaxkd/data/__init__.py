@@ -1,9 +1,13 @@
-"""Data: the offline digits default, tfds datasets, image folders, few-shot subsets, and
-the input pipeline (normalisation, augmentation, noise, restorable sharded batches).
+"""Data: the offline digits default, MNIST-format IDX files (Fashion-MNIST from Debian's
+``dataset-fashion-mnist``), tfds datasets, image folders, few-shot subsets, and the input
+pipeline (normalisation, augmentation, noise, restorable sharded batches).
 
-``import jaxkd.data`` needs only the core install; tfds paths import
-tensorflow-datasets lazily (extra ``jaxkd[tfds]``), and downloading needs TensorFlow
-(``jaxkd[tfds-prepare]``).
+``load`` takes ``"digits"``, ``"fashion_mnist"`` / ``"mnist"`` (IDX files under
+``data_dir`` or ``/usr/share/datasets/fashion-mnist``, else tfds), ``"idx:<dir>"``,
+``"tfds:<name>"`` or a tfds name, and ``"folder:<path>"`` (symbolic links leading outside
+the folder are refused). ``import jaxkd.data`` needs only the core install; tfds paths
+import tensorflow-datasets lazily (extra ``jaxkd[tfds]``), and downloading needs
+TensorFlow (``jaxkd[tfds-prepare]``).
 """
 
 from jaxkd.data._dataset import Dataset, Splits

@@ -16,9 +16,10 @@ import numpy as np
 
 from jaxkd.data._dataset import Dataset
 
-VALID_FORMS = ("'digits' (the embedded default), 'tfds:<name>[/<config>][:<version>]' or "
-               "a plain tfds name such as 'mnist', 'cifar10', 'cifar100', "
-               "'svhn_cropped', and 'folder:<path>'")
+VALID_FORMS = ("'digits' (the embedded default), 'fashion_mnist' and 'mnist' (IDX files "
+               "or tfds), 'idx:<dir>' (MNIST-format IDX files), "
+               "'tfds:<name>[/<config>][:<version>]' or a plain tfds name such as "
+               "'cifar10', 'cifar100', 'svhn_cropped', and 'folder:<path>'")
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _NAME = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?(:[0-9*]+\.[0-9*]+\.[0-9*]+)?$")

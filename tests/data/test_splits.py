@@ -84,6 +84,10 @@ def test_resize_on_load():
     splits = data.load("digits", image_size=(16, 16))
     assert splits.train.image_shape == (16, 16, 1)
     assert splits.test.images.dtype == np.float32
+    for bad in ((0, 8), (8,), (8, 8, 1), (8.0, 8), (-1, 4)):
+        with pytest.raises(ValueError, match=r"image_size must be None or \(height, "
+                                             r"width\), two positive integers"):
+            data.load("digits", image_size=bad)
 
 
 def test_dataset_validates_fields():
@@ -94,3 +98,22 @@ def test_dataset_validates_fields():
         data.Dataset(images=np.zeros((2, 8, 8, 1), np.float32),
                      labels=np.array([0, 1], np.int32), num_classes=1, name="x",
                      class_names=("a",), source_index=[0, 1])
+
+
+def test_empty_splits_refused_naming_validation_fraction():
+    # digits' train pool: 1,437 images, 142 to 146 per class.
+    with pytest.raises(ValueError, match=r"validation_fraction=0.999 leaves class 0 "
+                                         r"\('0', 142 training examples\) with no training "
+                                         r"example \(the train split is empty\) for "
+                                         r"'digits'.*values above 0.00342 and below 0.996"):
+        data.load("digits", validation_fraction=0.999)
+    with pytest.raises(ValueError, match=r"validation_fraction=0.0001 leaves the "
+                                         r"validation split empty"):
+        data.load("digits", validation_fraction=1e-4)
+    for bad in (0, 0.0, 1, 1.5, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match=r"validation_fraction must be a number in "
+                                             r"\(0, 1\)"):
+            data.load("digits", validation_fraction=bad)
+    # The bounds the message gives are the real ones.
+    assert len(data.load("digits", validation_fraction=0.0035).validation) >= 1
+    assert data.load("digits", validation_fraction=0.995).train.class_counts().min() >= 1
