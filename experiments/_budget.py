@@ -16,6 +16,7 @@ the method compiles once per distinct step count, not once per cell. ``train_epo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -44,3 +45,24 @@ def settings(config: ConfigDict) -> dict[str, Any]:
     """``{"epochs": ..., "max_steps": ...}`` of ``config`` (0 for configs without them)."""
     return {"epochs": float(config.get("train_epochs", 0.0) or 0.0),
             "max_steps": int(config.get("train_max_steps", 0) or 0)}
+
+
+def check_batches(config: ConfigDict, num_classes: int, names: Sequence[str] = ("train",)
+                  ) -> None:
+    """Refuses, before anything trains, a batch larger than the smallest subset.
+
+    Raises:
+      ConfigError: ``<name>.batch_size`` exceeds ``n * num_classes`` for a size ``n`` of
+        ``examples_per_class`` (the cell would fail only after the teacher has trained).
+    """
+    from experiments.configs._base import ConfigError
+    sizes = [n for n in config.examples_per_class if n != "all"]
+    for name in names:
+        if name not in config or not sizes:
+            continue
+        batch, smallest = config[name].batch_size, min(sizes) * num_classes
+        if batch > smallest:
+            raise ConfigError(
+                f"{name}.batch_size={batch} exceeds the {smallest} training examples of "
+                f"examples_per_class={min(sizes)} ({num_classes} classes); lower "
+                f"{name}.batch_size or raise examples_per_class.")

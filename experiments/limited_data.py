@@ -334,6 +334,7 @@ def sweep(config: ConfigDict, workdir: str, *, selected: Sequence[_sweep.Cell] |
     selected = cells(config) if selected is None else selected
     mesh = _runtime.start(config, workdir)
     prepared = prepare(config)
+    _budget.check_batches(config, prepared.num_classes)
     teacher, teacher_result = get_teacher(config, workdir, prepared, mesh)
     trainer = _Trainer(config, prepared, mesh, teacher)
     methods = list(dict.fromkeys(c.method for c in selected))

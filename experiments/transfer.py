@@ -213,6 +213,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     selected = cells(config)
     mesh = _runtime.start(config, workdir)
     source, target = prepare(config)
+    _budget.check_batches(config, target.num_classes, ("train", "finetune_train"))
     teacher_dir = config.teacher_dir or os.path.join(workdir, "teacher")
     teacher, teacher_result = _fit.get_teacher(
         teacher_dir, spec=config.teacher, train_cfg=config.teacher_train, prepared=source,

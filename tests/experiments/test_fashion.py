@@ -194,3 +194,17 @@ def test_fashion_configs_say_what_every_key_means():
             _base.validate(config)
             missing = [k for k in _base.flat_keys(config) if _base.describe(k) is None]
             assert not missing, (name, mode, missing)
+
+
+def test_a_batch_larger_than_the_smallest_subset_is_refused_up_front():
+    config = ConfigDict(dict(examples_per_class=(10, 50, "all"),
+                             train=dict(batch_size=64), finetune_train=dict(batch_size=48)))
+    _budget.check_batches(config, 10, ("train", "finetune_train"))  # 100 images: fits
+    with pytest.raises(ConfigError, match=r"train.batch_size=64 exceeds the 50 training "
+                                          r"examples of examples_per_class=10 \(5 classes\)"):
+        _budget.check_batches(config, 5, ("train", "finetune_train"))
+    config.train.batch_size = 48
+    _budget.check_batches(config, 5, ("train", "finetune_train"))  # 48 <= 50
+    config.examples_per_class = ("all",)
+    config.train.batch_size = 10_000
+    _budget.check_batches(config, 5)  # no subset size: the loader's own check applies
