@@ -146,18 +146,31 @@ def main_tables(s: dict[str, Any], *, what: str, gains_title: str) -> list[str]:
 
 
 def accuracy_section(s: dict[str, Any], *, title: str, intro: str, paper_note: str,
-                     what: str, gains_title: str) -> str:
+                     what: str, gains_title: str, notes: Sequence[str] = (),
+                     appendix: Sequence[str] = ()) -> str:
     """A study's results.md section: header, intro, the main tables, the best-step table.
 
-    ``paper_note`` is shown when no row has the paper's number beside it.
+    ``paper_note`` is shown when no row has the paper's number beside it; ``notes`` (e.g.
+    the step budget) follow the intro; ``appendix`` lines (e.g. the weight search) end it.
     """
     out = [f"## {title}", "", *header(s), "", intro]
     if not any(r.get("paper") is not None for r in s["rows"]):
         out.append(paper_note)
+    if notes:
+        out += ["", *notes]
     out += main_tables(s, what=what, gains_title=gains_title)
     out += _checkpoint_table(s["rows"], "best",
                              f"{what} at the step with the best validation accuracy")
+    out += appendix
     return "\n".join(out)
+
+
+def budget_notes(s: dict[str, Any]) -> list[str]:
+    """The step budget of a summary with a growing budget (``_budget``), as one line."""
+    if not s.get("budget"):
+        return []
+    return ["Training steps per cell, by examples per class: " + ", ".join(
+        f"{n}: {steps}" for n, steps in s["budget"].items()) + "."]
 
 
 # ----------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
         per_cell[cell] = accuracies(_sweep.cell_dir(workdir, cell), student_state, sigmas,
                                     batches_for(cell.seed), mesh)
 
-    teacher_dir = limited_data.teacher_dir(workdir)
+    teacher_dir = limited_data.teacher_dir(config, workdir)
     teacher_states = []
 
     def teacher_state():
@@ -110,7 +110,8 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
                 model, config.teacher_train, mesh)))
         return teacher_states[0]
 
-    teacher_acc = {seed: accuracies(os.path.join(teacher_dir, f"noise_seed{seed}"),
+    # Cached under this work directory even when the teacher is another run's.
+    teacher_acc = {seed: accuracies(os.path.join(workdir, "teacher", f"noise_seed{seed}"),
                                     teacher_state, sigmas, batches_for(seed), mesh)
                    for seed in _sweep.seeds(config)}
 
@@ -134,7 +135,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     noise_seconds = sum(a["seconds"] for a in [*per_cell.values(), *teacher_acc.values()])
     return _report.finish(STUDY, workdir, summary, config=config, started=t0,
                           command=command, num_cells=len(results),
-                          total_seconds=_sweep.total_seconds(teacher_result, results)
+                          total_seconds=limited_data.study_seconds(teacher_result, results)
                           + noise_seconds)
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _cli, _data, _fit, _plots, _report, _runtime, _sweep
+from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _sweep
 from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
@@ -210,6 +210,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     selected = cells(config)
     mesh = _runtime.start(config, workdir)
     source, target = prepare(config)
+    _budget.check_batches(config, target.num_classes, ("train", "finetune_train"))
     teacher_dir = config.teacher_dir or os.path.join(workdir, "teacher")
     teacher, teacher_result = _fit.get_teacher(
         teacher_dir, spec=config.teacher, train_cfg=config.teacher_train, prepared=source,
@@ -219,17 +220,35 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
         print(f"teacher: source test accuracy {100 * teacher_result['last']['test']:.2f} % "
               f"({teacher_dir})")
         return {"teacher": teacher_result}
-    train_cfgs = {m: config.finetune_train if m == "finetune" else config.train
-                  for m in config.methods}
-    steps = _sweep.build_steps({m: build_objective(m, config.loss) for m in config.methods},
-                               train_cfgs, mesh, teacher)
     splits = target.splits
+    budget = _budget.settings(config)
+    train_cfgs: dict[Any, ConfigDict] = {}
+    steps: dict[Any, training.TrainStep] = {}
+
+    def train_cfg(method: str, examples_per_class) -> ConfigDict:
+        """The method's training config with the size's budget (``_budget``)."""
+        key = (method == "finetune", examples_per_class)
+        if key not in train_cfgs:
+            base = config.finetune_train if method == "finetune" else config.train
+            n = len(_data.subset(splits.train, examples_per_class, 0))
+            train_cfgs[key] = _budget.for_size(base, n, **budget)
+        return train_cfgs[key]
+
+    def step(method: str, examples_per_class) -> training.TrainStep:
+        """One built step per method and step count (the cells of a size share it)."""
+        cfg = train_cfg(method, examples_per_class)
+        if (method, cfg.num_steps) not in steps:
+            steps[(method, cfg.num_steps)] = _sweep.build_steps(
+                {method: build_objective(method, config.loss)}, {method: cfg}, mesh,
+                teacher)[method]
+        return steps[(method, cfg.num_steps)]
 
     def run_cell(cell: _sweep.Cell) -> dict[str, Any]:
         return _fit.fit(
             _sweep.cell_dir(workdir, cell),
             student=make_student(config, source, target, cell.method, cell.seed, teacher),
-            step=steps[cell.method], train_cfg=train_cfgs[cell.method],
+            step=step(cell.method, cell.examples_per_class),
+            train_cfg=train_cfg(cell.method, cell.examples_per_class),
             train_set=_data.subset(splits.train, cell.examples_per_class, cell.seed),
             validation=splits.validation, test=splits.test, seed=cell.seed,
             augment=config.augment, flip=config.flip,
@@ -250,6 +269,8 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
         "target": f"{config.target_dataset} classes {list(config.target_classes) or 'all'}",
         "teacher_model": config.teacher.name, "student_model": config.student.name,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"],
+        "budget": {f"{'finetune' if ft else 'students'} n={n}": cfg.num_steps
+                   for (ft, n), cfg in train_cfgs.items()},
     }
     return _report.finish(STUDY, workdir, summary, config=config, started=t0,
                           command=command, num_cells=len(results),
@@ -271,7 +292,7 @@ def markdown(s: dict[str, Any]) -> str:
               f"{s['teacher_test_accuracy']:.1f} %), student `{s['student_model']}`; target "
               "test accuracy (%), mean ± std over seeds.",
         paper_note="The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
-                   "differs.", **REPORT)
+                   "differs.", notes=_report.budget_notes(s), **REPORT)
 
 
 def console(s: dict[str, Any]) -> str:

@@ -117,7 +117,20 @@ HELP = {
     "student": "the student network",
     "student_tap_aliases": "'ours:theirs,...' renames student feature taps to pair them "
                            "with the teacher's for attention",
-    "train": "how every student cell is trained (the same budget at every size)",
+    "train": "how every student cell is trained (train.num_steps: the budget, or its "
+             "floor when train_epochs > 0)",
+    "train_epochs": "a budget that grows with the data: a cell of N examples trains "
+                    "clip(ceil(train_epochs * N / batch_size), train.num_steps, "
+                    "train_max_steps) steps; 0 = train.num_steps at every size",
+    "train_max_steps": "the cap of that budget (0 = none)",
+    "weight_search_sizes": "study 1: examples per class at which each method's Jacobian "
+                           "weight is chosen on validation before the sweep; () = no "
+                           "search (the loss.* weights as set)",
+    "weight_search_seeds": "study 1: seeds 0..k-1 of that search",
+    "jacobian_weights": "study 1: candidates for loss.jacobian_weight (methods with "
+                        "'jacobian')",
+    "projection_weights": "study 1: candidates for loss.vjp_weight / loss.jvp_weight "
+                          "(methods with 'vjp' / 'jvp')",
     "finetune_train": "how the fine-tuning oracle is trained",
     "loss": "weights and settings of the loss terms",
     "paper_table": "'mit_indoor' shows the paper's transfer numbers beside ours",
@@ -322,6 +335,7 @@ def validate(config: ConfigDict) -> None:
             raise bad(f"{name}.momentum", "a number in [0, 1)")
     if "loss" in config:
         _validate_loss(config, bad)
+    _validate_budget_and_search(config, bad)
     from jaxkd.models import MODEL_NAMES  # the study's process only, not config reading
     for name in ("teacher", "student"):
         spec = config[name]
@@ -397,3 +411,30 @@ def _validate_loss(config: ConfigDict, bad) -> None:
         raise bad("loss.attention_layers", "one or more feature tap names")
     if not isinstance(loss.attention_jacobian_layer, str) or not loss.attention_jacobian_layer:
         raise bad("loss.attention_jacobian_layer", "a feature tap name")
+
+
+def _validate_budget_and_search(config: ConfigDict, bad) -> None:
+    """The optional keys of the growing budget and the weight search (when present)."""
+    if "train_epochs" in config:
+        value = config.train_epochs
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise bad("train_epochs", "a non-negative number of epochs (0 = off)")
+    if "train_max_steps" in config:
+        value = config.train_max_steps
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad("train_max_steps", "a non-negative integer (0 = no cap)")
+        if value and "train" in config and value < config.train.num_steps:
+            raise bad("train_max_steps", f"0 or at least train.num_steps "
+                                         f"({config.train.num_steps})")
+    if "weight_search_sizes" in config:
+        sizes = list(config.weight_search_sizes)
+        if not all(v == "all" or _positive_int(v) for v in sizes):
+            raise bad("weight_search_sizes", "() or positive integers and/or 'all'")
+        if sizes and not _positive_int(config.weight_search_seeds):
+            raise bad("weight_search_seeds", "a positive integer")
+        for key in ("jacobian_weights", "projection_weights"):
+            values = list(config[key])
+            if sizes and (not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                    for v in values)):
+                raise bad(key, "one or more positive weights")
