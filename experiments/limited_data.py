@@ -273,6 +273,11 @@ def weight_search(config: ConfigDict, workdir: str, trainer: _Trainer,
             for m in methods for w in candidates(config, m)]
     by_cell = {search_cell(m, w, n, s): (m, w) for m, w, n, s in todo}
     search_workdir = os.path.join(workdir, SEARCH_DIR)
+    check_search_runs(config, search_workdir, {
+        _sweep.cell_dir(search_workdir, cell): {
+            **_sweep.cell_config(config, _sweep.Cell(m, cell.examples_per_class, cell.seed)),
+            "search_weights": dict(w)}
+        for cell, (m, w) in by_cell.items()})
 
     def run(cell: _sweep.Cell) -> dict[str, Any]:
         method, weights = by_cell[cell]
@@ -285,6 +290,21 @@ def weight_search(config: ConfigDict, workdir: str, trainer: _Trainer,
     search["seconds"] = sum(float(r["seconds"]) for r in results.values())
     _workdir.write_json(os.path.join(workdir, SEARCH_FILE), search)
     return search
+
+
+def check_search_runs(config: ConfigDict, search_workdir: str,
+                      runs: dict[str, dict[str, Any]]) -> None:
+    """The search's runs, like the sweep's cells (``_sweep.check_configs``): a started run
+    made with another config is refused, or deleted with ``on_change=retrain``; then each
+    run's config is noted for ``_fit.fit`` to record. (Its main cells were checked before
+    training; this keeps a retrained sweep from reusing a stale search.)"""
+    changes = _workdir.changed(search_workdir, runs)
+    if changes and config.get("on_change", "refuse") != "retrain":
+        raise _workdir.ConfigChanged(_workdir.describe_changes(search_workdir, changes))
+    for run_dir in changes:
+        shutil.rmtree(run_dir)
+    for run_dir, run_config in runs.items():
+        _workdir.expect(run_dir, run_config)
 
 
 def _with_methods(config: ConfigDict, methods: Sequence[str]) -> ConfigDict:

@@ -98,6 +98,25 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     assert summary["total_seconds"] == pytest.approx(teacher["seconds"] + search["seconds"]
                                                      + fresh)
 
+    # The search's runs record their config; the same command again reuses every run
+    # (a copied search run carries its cell's config, so nothing is "changed").
+    search_dir = os.path.join(workdir, limited_data.SEARCH_DIR)
+    first = _sweep.cell_dir(search_dir, limited_data.search_cell(
+        "kd+jacobian+ce", {"jacobian_weight": 1.0}, 2, 0))
+    assert _result(first)[_workdir.RUN_CONFIG]["search_weights"] == {"jacobian_weight": 1.0}
+    assert limited_data.run(config, workdir)["rows"] == summary["rows"]
+    # A changed training key: the search's runs are refused too, or deleted to retrain.
+    changed = ConfigDict(config.to_dict())
+    changed.train.learning_rate = 0.5
+    runs = {first: {**_sweep.cell_config(changed, _sweep.Cell("kd+jacobian+ce", 2, 0)),
+                    "search_weights": {"jacobian_weight": 1.0}}}
+    with pytest.raises(_workdir.ConfigChanged, match="train.learning_rate"):
+        limited_data.check_search_runs(changed, search_dir, runs)
+    assert os.path.exists(first)
+    changed.on_change = "retrain"
+    limited_data.check_search_runs(changed, search_dir, runs)
+    assert not os.path.exists(first)
+
     # Study 2 on the same work directory trains nothing new.
     before = os.path.getmtime(Path(workdir, limited_data.SEARCH_FILE).parent / "teacher"
                               / "result.json")
