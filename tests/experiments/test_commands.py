@@ -19,8 +19,9 @@ SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
            *sorted((ROOT / "experiments").rglob("*.py"))]
 STUDIES = {"limited_data": limited_data, "noise_robustness": noise_robustness,
            "transfer": transfer}
-# Keys that point at data this machine does not have; smoke mode reads the offline digits.
-DATA_KEYS = {"data_dir", "dataset", "source_dataset", "target_dataset"}
+# Keys the smoke mode owns: data this machine may not have (smoke reads the offline
+# digits) and the sweep's sizes (smoke shrinks them, with the sizes that depend on them).
+DATA_KEYS = {"data_dir", "dataset", "source_dataset", "target_dataset", "examples_per_class"}
 README_COMMAND = "python -m experiments.limited_data --workdir runs/limited_data"
 
 
