@@ -28,7 +28,11 @@ SWEEP_KEYS = ("examples_per_class", "num_seeds", "methods", "noise_sigmas",
               "noise_examples_per_class", "teacher_only", "paper_table", "teacher_dir")
 TEACHER_KEYS = ("teacher", "teacher_train", "teacher_seed")
 STUDENT_KEYS = ("student", "student_tap_aliases", "train", "finetune_train", "loss",
-                "target_dataset", "target_classes")
+                "target_dataset", "target_classes",
+                # the students' budget and loss-weight search: no part of the teacher
+                "train_epochs", "train_max_steps", "weight_search_sizes",
+                "weight_search_seeds", "jacobian_weights", "projection_weights",
+                "attention_weights")
 # Methods whose students never see the teacher (their cells do not depend on it).
 NO_TEACHER_METHODS = ("ce", "no_transfer")
 
@@ -130,7 +134,8 @@ def check_configs(config: ConfigDict, workdir: str) -> None:
         if old is not None:
             teacher_identity = old
             mine = {k: v for k, v in expected_teacher.items() if k not in ignore}
-            theirs = {k: v for k, v in old.items() if k not in ignore}
+            theirs = {k: v for k, v in old.items()  # (older runs recorded student keys)
+                      if k not in ignore and k not in STUDENT_KEYS}
             if mine != theirs:
                 raise _workdir.ConfigChanged(
                     f"teacher_dir {t_dir} holds a teacher made with another network or data: "

@@ -132,6 +132,13 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     only = limited_data.run(config, other)
     assert only["teacher"]["last"] == teacher["last"]
     assert not os.path.exists(os.path.join(other, "teacher"))
+    # The students' budget and weight search are no part of the teacher: changing them
+    # keeps the teacher (of a teacher_dir, and of the work directory itself).
+    config.train_max_steps += 1
+    config.jacobian_weights = (3.0,)
+    assert limited_data.run(config, other)["teacher"]["last"] == teacher["last"]
+    config.teacher_dir = ""
+    assert _sweep.teacher_config(config) == _workdir.recorded(os.path.join(workdir, "teacher"))
 
 
 @pytest.mark.slow
