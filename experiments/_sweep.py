@@ -32,7 +32,7 @@ STUDENT_KEYS = ("student", "student_tap_aliases", "train", "finetune_train", "lo
                 # the students' budget and loss-weight search: no part of the teacher
                 "train_epochs", "train_max_steps", "weight_search_sizes",
                 "weight_search_seeds", "jacobian_weights", "projection_weights",
-                "attention_weights")
+                "attention_weights", "attention_jacobian_weights")
 # Methods whose students never see the teacher (their cells do not depend on it).
 NO_TEACHER_METHODS = ("ce", "no_transfer")
 

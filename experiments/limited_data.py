@@ -18,17 +18,15 @@ Outputs in the work directory: ``results.json``, ``results.csv``, ``results.md``
 
 from __future__ import annotations
 
-import itertools
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
 
-from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _sweep
-from experiments import _workdir
+from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _search
+from experiments import _sweep
 from experiments.configs._base import ConfigError
 from jaxkd import training
 
@@ -137,86 +135,6 @@ def teacher_dir(config: ConfigDict, workdir: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# Loss weights chosen on validation before the sweep.
-
-SEARCH_DIR = "weight_search"
-SEARCH_FILE = "weight_search.json"
-# The loss-term names whose weight the search chooses: (loss key, candidates' config key).
-SEARCHED = {"jacobian": ("jacobian_weight", "jacobian_weights"),
-            "vjp": ("vjp_weight", "projection_weights"),
-            "jvp": ("jvp_weight", "projection_weights")}
-
-
-def search_sizes(config: ConfigDict) -> list[int | str]:
-    return list(config.get("weight_search_sizes", ()) or ())
-
-
-def search_seeds(config: ConfigDict) -> list[int]:
-    return list(range(int(config.get("weight_search_seeds", 1) or 1)))
-
-
-def candidates(config: ConfigDict, method: str) -> list[dict[str, float]]:
-    """The loss-weight settings the search tries for ``method`` (``[]``: none to choose).
-
-    One axis per searched term of the method (``SEARCHED``), their product if several.
-    """
-    if not search_sizes(config):
-        return []
-    axes = []
-    for term in method_terms(method):
-        if term in SEARCHED:
-            key, values = SEARCHED[term]
-            axes.append([(key, float(v)) for v in config[values]])
-    return [dict(combo) for combo in itertools.product(*axes)] if axes else []
-
-
-def candidate_name(weights: dict[str, float]) -> str:
-    """``{"jacobian_weight": 10.0}`` -> ``"jacobian_weight10"`` (a directory name)."""
-    return "-".join(f"{k}{v:g}" for k, v in sorted(weights.items())) or "default"
-
-
-def search_cell(method: str, weights: dict[str, float], examples_per_class, seed: int
-                ) -> _sweep.Cell:
-    return _sweep.Cell(f"{method}@{candidate_name(weights)}", examples_per_class, seed)
-
-
-def loss_with(loss: ConfigDict, weights: dict[str, float]) -> ConfigDict:
-    out = ConfigDict(loss.to_dict())
-    out.update(weights)
-    return out
-
-
-def choose_weights(config: ConfigDict, search_results: dict[_sweep.Cell, dict[str, Any]]
-                   ) -> dict[str, Any]:
-    """Per method, the candidate of best mean best-step validation accuracy.
-
-    The mean is over the search's sizes and seeds; a tie goes to the candidate listed
-    first. Only validation accuracies are read: the test split chooses nothing.
-    """
-    out = {"sizes": search_sizes(config), "seeds": search_seeds(config), "methods": {}}
-    for method in config.methods:
-        rows, best = [], None
-        for weights in candidates(config, method):
-            per_size = {}
-            for n in out["sizes"]:
-                per_size[str(n)] = [100.0 * search_results[search_cell(method, weights, n, s)]
-                                    ["best"]["validation"] for s in out["seeds"]]
-            values = [v for vs in per_size.values() for v in vs]
-            row = {"weights": weights, "validation": per_size,
-                   "mean": sum(values) / len(values)}
-            rows.append(row)
-            if best is None or row["mean"] > best["mean"]:
-                best = row
-        if rows:
-            out["methods"][method] = {"candidates": rows, "chosen": best["weights"]}
-    return out
-
-
-def chosen_weights(search: dict[str, Any], method: str) -> dict[str, float]:
-    return dict(search["methods"].get(method, {}).get("chosen", {}))
-
-
-# ----------------------------------------------------------------------------------------
 # The sweep.
 
 
@@ -244,7 +162,7 @@ class _Trainer:
         cfg = self.train_cfg(examples_per_class)
         key = (method, tuple(sorted(weights.items())), cfg.num_steps)
         if key not in self._steps:
-            objective = build_objective(method, loss_with(self.config.loss, weights))
+            objective = build_objective(method, _search.loss_with(self.config.loss, weights))
             self._steps[key] = _sweep.build_steps({method: objective}, {method: cfg},
                                                   self.mesh, self.teacher)[method]
         return self._steps[key]
@@ -266,85 +184,11 @@ class _Trainer:
                       "num_steps": cfg.num_steps})
 
 
-def weight_search(config: ConfigDict, workdir: str, trainer: _Trainer,
-                  methods: Sequence[str]) -> dict[str, Any]:
-    """Trains the search's cells (cached) and writes ``weight_search.json``: the choice."""
-    todo = [(m, w, n, s) for s in search_seeds(config) for n in search_sizes(config)
-            for m in methods for w in candidates(config, m)]
-    by_cell = {search_cell(m, w, n, s): (m, w) for m, w, n, s in todo}
-    search_workdir = os.path.join(workdir, SEARCH_DIR)
-    check_search_runs(config, search_workdir, {
-        _sweep.cell_dir(search_workdir, cell): {
-            **_sweep.cell_config(config, _sweep.Cell(m, cell.examples_per_class, cell.seed)),
-            "search_weights": dict(w)}
-        for cell, (m, w) in by_cell.items()})
-
-    def run(cell: _sweep.Cell) -> dict[str, Any]:
-        method, weights = by_cell[cell]
-        return trainer.fit(_sweep.cell_dir(search_workdir, cell), method,
-                           cell.examples_per_class, cell.seed, weights)
-
-    results = _sweep.run_sweep(list(by_cell), run, workdir=search_workdir,
-                               desc="weight search")
-    search = choose_weights(_with_methods(config, methods), results)
-    search["seconds"] = sum(float(r["seconds"]) for r in results.values())
-    _workdir.write_json(os.path.join(workdir, SEARCH_FILE), search)
-    return search
-
-
-def check_search_runs(config: ConfigDict, search_workdir: str,
-                      runs: dict[str, dict[str, Any]]) -> None:
-    """The search's runs, like the sweep's cells (``_sweep.check_configs``): a started run
-    made with another config is refused, or deleted with ``on_change=retrain``; then each
-    run's config is noted for ``_fit.fit`` to record. (Its main cells were checked before
-    training; this keeps a retrained sweep from reusing a stale search.)"""
-    changes = _workdir.changed(search_workdir, runs)
-    if changes and config.get("on_change", "refuse") != "retrain":
-        raise _workdir.ConfigChanged(_workdir.describe_changes(search_workdir, changes))
-    for run_dir in changes:
-        shutil.rmtree(run_dir)
-    for run_dir, run_config in runs.items():
-        _workdir.expect(run_dir, run_config)
-
-
-def _with_methods(config: ConfigDict, methods: Sequence[str]) -> ConfigDict:
-    out = ConfigDict(config.to_dict())
-    out.methods = tuple(methods)
-    return out
-
-
-def reuse_search_run(config: ConfigDict, workdir: str, cell: _sweep.Cell,
-                     weights: dict[str, float]) -> None:
-    """Copies the search's run of ``cell`` with the chosen ``weights`` as the cell's run.
-
-    That run is the same training (same seed, subset, initial weights, budget and loss),
-    so the sweep does not train it twice. A cell already started is left to resume.
-    """
-    if not weights or cell.examples_per_class not in search_sizes(config) \
-            or cell.seed not in search_seeds(config):
-        return
-    source = _sweep.cell_dir(os.path.join(workdir, SEARCH_DIR),
-                             search_cell(cell.method, weights, cell.examples_per_class,
-                                         cell.seed))
-    target = _sweep.cell_dir(workdir, cell)
-    if _workdir.is_done(source) and not os.path.exists(target):
-        shutil.copytree(source, target + ".tmp", dirs_exist_ok=True)
-        result = _workdir.read_json(_workdir.result_path(target + ".tmp"))
-        result["reused_from"] = os.path.relpath(source, workdir)  # its time counts once
-        # The cell's own run config (noted by _sweep.check_configs): a re-run checks it.
-        run_config = _workdir.expected(target)
-        if run_config is not None:
-            result[_workdir.RUN_CONFIG] = run_config
-        _workdir.write_json(_workdir.result_path(target + ".tmp"), result)
-        os.replace(target + ".tmp", target)
-
-
 def study_seconds(teacher_result: dict[str, Any],
                   results: dict[_sweep.Cell, dict[str, Any]]) -> float:
     """The teacher's, the search's and every cell's recorded time (a reused run once)."""
-    search = teacher_result.get("weight_search") or {}
-    return (float(teacher_result["seconds"]) + float(search.get("seconds", 0.0))
-            + sum(float(r["seconds"]) for r in results.values() if not r.get("reused_from")))
+    return float(teacher_result["seconds"]) + _search.seconds(
+        teacher_result.get("weight_search"), results)
 
 
 def sweep(config: ConfigDict, workdir: str, *, selected: Sequence[_sweep.Cell] | None = None
@@ -361,11 +205,11 @@ def sweep(config: ConfigDict, workdir: str, *, selected: Sequence[_sweep.Cell] |
     teacher, teacher_result = get_teacher(config, workdir, prepared, mesh)
     trainer = _Trainer(config, prepared, mesh, teacher)
     methods = list(dict.fromkeys(c.method for c in selected))
-    search = weight_search(config, workdir, trainer, methods)
+    search = _search.run(config, workdir, methods, method_terms, trainer.fit)
 
     def run(cell: _sweep.Cell) -> dict[str, Any]:
-        weights = chosen_weights(search, cell.method)
-        reuse_search_run(config, workdir, cell, weights)
+        weights = _search.chosen(search, cell.method)
+        _search.reuse_run(config, workdir, cell, weights)
         return trainer.fit(_sweep.cell_dir(workdir, cell), cell.method,
                            cell.examples_per_class, cell.seed, weights)
 
@@ -434,37 +278,15 @@ def markdown(s: dict[str, Any]) -> str:
         paper_note="The paper's numbers (CIFAR-100) are not beside ours: the setting "
                    "differs. They are in docs/experiments.md, for the shape of the "
                    "comparison.",
-        notes=_report.budget_notes(s), appendix=search_md(s.get("weight_search")), **REPORT)
-
-
-def search_md(search: dict[str, Any] | None) -> list[str]:
-    """The weight search's table: best-step validation accuracy per candidate, the choice."""
-    if not search or not search.get("methods"):
-        return []
-    sizes = [str(n) for n in search["sizes"]]
-    out = ["", "### Loss weights chosen on validation", "",
-           f"Before the sweep, each method with a Jacobian term was trained with every "
-           f"candidate weight at {', '.join(sizes)} examples per class, seed(s) "
-           f"{', '.join(map(str, search['seeds']))}; the candidate of best mean validation "
-           f"accuracy (best step, %) is used for every cell of that method (**bold**). The "
-           f"test split chose nothing.", "",
-           "| method | weights | " + " | ".join(f"val. n={n}" for n in sizes)
-           + " | mean |", "|---|---|" + "---|" * (len(sizes) + 1)]
-    for method, entry in search["methods"].items():
-        for row in entry["candidates"]:
-            mark = "**" if row["weights"] == entry["chosen"] else ""
-            vals = [sum(row["validation"][n]) / len(row["validation"][n]) for n in sizes]
-            out.append(f"| {method_label(method)} | {mark}{candidate_name(row['weights'])}"
-                       f"{mark} | " + " | ".join(f"{v:.2f}" for v in vals)
-                       + f" | {mark}{row['mean']:.2f}{mark} |")
-    return out
+        notes=_report.budget_notes(s),
+        appendix=_search.markdown(s.get("weight_search"), method_label), **REPORT)
 
 
 def console(s: dict[str, Any]) -> str:
     if "rows" not in s:
         return ""
     return "\n".join(_report.main_tables(s, **REPORT)
-                     + search_md(s.get("weight_search"))).strip()
+                     + _search.markdown(s.get("weight_search"), method_label)).strip()
 
 
 def plots(workdir: str, s: dict[str, Any]) -> list[str]:

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _sweep
+from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _search
+from experiments import _sweep
 from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
@@ -234,28 +235,39 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
             train_cfgs[key] = _budget.for_size(base, n, **budget)
         return train_cfgs[key]
 
-    def step(method: str, examples_per_class) -> training.TrainStep:
-        """One built step per method and step count (the cells of a size share it)."""
+    def step(method: str, weights: dict[str, float], examples_per_class
+             ) -> training.TrainStep:
+        """One built step per method, weights and step count (a size's cells share it)."""
         cfg = train_cfg(method, examples_per_class)
-        if (method, cfg.num_steps) not in steps:
-            steps[(method, cfg.num_steps)] = _sweep.build_steps(
-                {method: build_objective(method, config.loss)}, {method: cfg}, mesh,
-                teacher)[method]
-        return steps[(method, cfg.num_steps)]
+        key = (method, tuple(sorted(weights.items())), cfg.num_steps)
+        if key not in steps:
+            objective = build_objective(method, _search.loss_with(config.loss, weights))
+            steps[key] = _sweep.build_steps({method: objective}, {method: cfg}, mesh,
+                                            teacher)[method]
+        return steps[key]
+
+    def fit(run_dir: str, method: str, examples_per_class, seed: int,
+            weights: dict[str, float]) -> dict[str, Any]:
+        return _fit.fit(
+            run_dir, student=make_student(config, source, target, method, seed, teacher),
+            step=step(method, weights, examples_per_class),
+            train_cfg=train_cfg(method, examples_per_class),
+            train_set=_data.subset(splits.train, examples_per_class, seed),
+            validation=splits.validation, test=splits.test, seed=seed,
+            augment=config.augment, flip=config.flip,
+            progress=os.path.relpath(run_dir, workdir) if config.run_progress else False,
+            tensorboard=config.tensorboard,
+            describe={"method": method, "examples_per_class": examples_per_class,
+                      "seed": seed, "loss_weights": dict(weights)})
+
+    search = _search.run(config, workdir, list(dict.fromkeys(c.method for c in selected)),
+                         method_terms, fit)
 
     def run_cell(cell: _sweep.Cell) -> dict[str, Any]:
-        return _fit.fit(
-            _sweep.cell_dir(workdir, cell),
-            student=make_student(config, source, target, cell.method, cell.seed, teacher),
-            step=step(cell.method, cell.examples_per_class),
-            train_cfg=train_cfg(cell.method, cell.examples_per_class),
-            train_set=_data.subset(splits.train, cell.examples_per_class, cell.seed),
-            validation=splits.validation, test=splits.test, seed=cell.seed,
-            augment=config.augment, flip=config.flip,
-            progress=cell.name if config.run_progress else False,
-            tensorboard=config.tensorboard,
-            describe={"method": cell.method, "examples_per_class": cell.examples_per_class,
-                      "seed": cell.seed})
+        weights = _search.chosen(search, cell.method)
+        _search.reuse_run(config, workdir, cell, weights)
+        return fit(_sweep.cell_dir(workdir, cell), cell.method, cell.examples_per_class,
+                   cell.seed, weights)
 
     results = _sweep.run_sweep(selected, run_cell, workdir=workdir, desc=STUDY)
     sizes = _sweep.sizes(config)
@@ -271,10 +283,12 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"],
         "budget": {f"{'finetune' if ft else 'students'} n={n}": cfg.num_steps
                    for (ft, n), cfg in train_cfgs.items()},
+        "weight_search": search if search.get("methods") else None,
     }
     return _report.finish(STUDY, workdir, summary, config=config, started=t0,
                           command=command, num_cells=len(results),
-                          total_seconds=_sweep.total_seconds(teacher_result, results))
+                          total_seconds=float(teacher_result["seconds"])
+                          + _search.seconds(search, results))
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,11 +306,15 @@ def markdown(s: dict[str, Any]) -> str:
               f"{s['teacher_test_accuracy']:.1f} %), student `{s['student_model']}`; target "
               "test accuracy (%), mean ± std over seeds.",
         paper_note="The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
-                   "differs.", notes=_report.budget_notes(s), **REPORT)
+                   "differs.", notes=_report.budget_notes(s),
+        appendix=_search.markdown(s.get("weight_search"), label), **REPORT)
 
 
 def console(s: dict[str, Any]) -> str:
-    return "\n".join(_report.main_tables(s, **REPORT)).strip() if "rows" in s else ""
+    if "rows" not in s:
+        return ""
+    return "\n".join(_report.main_tables(s, **REPORT)
+                     + _search.markdown(s.get("weight_search"), label)).strip()
 
 
 def plots(workdir: str, s: dict[str, Any]) -> list[str]:

@@ -123,14 +123,17 @@ HELP = {
                     "clip(ceil(train_epochs * N / batch_size), train.num_steps, "
                     "train_max_steps) steps; 0 = train.num_steps at every size",
     "train_max_steps": "the cap of that budget (0 = none)",
-    "weight_search_sizes": "study 1: examples per class at which each method's Jacobian "
-                           "weight is chosen on validation before the sweep; () = no "
-                           "search (the loss.* weights as set)",
-    "weight_search_seeds": "study 1: seeds 0..k-1 of that search",
-    "jacobian_weights": "study 1: candidates for loss.jacobian_weight (methods with "
-                        "'jacobian')",
+    "weight_search_sizes": "studies 1 and 3: examples per class at which each method's "
+                           "searched loss weights are chosen on validation before the "
+                           "sweep; () = no search (the loss.* weights as set)",
+    "weight_search_seeds": "studies 1 and 3: seeds 0..k-1 of that search",
+    "jacobian_weights": "candidates for loss.jacobian_weight (methods with 'jacobian')",
     "projection_weights": "study 1: candidates for loss.vjp_weight / loss.jvp_weight "
                           "(methods with 'vjp' / 'jvp')",
+    "attention_weights": "study 3: candidates for loss.attention_weight (methods with "
+                         "'attention')",
+    "attention_jacobian_weights": "study 3: candidates for loss.attention_jacobian_weight "
+                                  "(methods with 'attention_jacobian')",
     "finetune_train": "how the fine-tuning oracle is trained",
     "loss": "weights and settings of the loss terms",
     "paper_table": "'mit_indoor' shows the paper's transfer numbers beside ours",
@@ -432,7 +435,10 @@ def _validate_budget_and_search(config: ConfigDict, bad) -> None:
             raise bad("weight_search_sizes", "() or positive integers and/or 'all'")
         if sizes and not _positive_int(config.weight_search_seeds):
             raise bad("weight_search_seeds", "a positive integer")
-        for key in ("jacobian_weights", "projection_weights"):
+        for key in ("jacobian_weights", "projection_weights", "attention_weights",
+                    "attention_jacobian_weights"):
+            if key not in config:
+                continue
             values = list(config[key])
             if sizes and (not values or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0

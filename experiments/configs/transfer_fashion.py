@@ -66,9 +66,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                           num_evals=3)
     c.train_epochs = 15.0
     c.train_max_steps = 200
-    c.loss = _base.loss_config(temperature=2.0, jacobian_weight=10.0,
-                               attention_layers=("block2", "block3"),
+    c.loss = _base.loss_config(temperature=2.0, attention_layers=("block2", "block3"),
                                attention_jacobian_layer="block3")
+    # The added terms' weights are chosen on validation (``experiments/_search.py``).
+    c.weight_search_sizes = (10,)  # the scarcest size, seed 0 (CPU time)
+    c.weight_search_seeds = 1
+    c.jacobian_weights = (1.0, 10.0)
+    c.attention_weights = (1.0, 10.0, 100.0)
+    c.attention_jacobian_weights = (0.1, 1.0, 10.0)
     if mode == "smoke":
         _base.smoke(c)
         c.validation_fraction = 0.2
@@ -78,4 +83,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.teacher.width = c.student.width = 4
         c.train_epochs = 2.0
         c.train_max_steps = 14
+        c.weight_search_sizes = (2,)  # one candidate each: the search's runs are the cells
+        c.jacobian_weights = (10.0,)
+        c.attention_weights = (10.0,)
+        c.attention_jacobian_weights = (1.0,)
     return c

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from experiments import _budget, _sweep, _workdir, limited_data, noise_robustness, transfer
+from experiments import _budget, _search, _sweep, _workdir, limited_data, noise_robustness
+from experiments import transfer
 from experiments.configs import _base
 from experiments.configs._base import ConfigError
 
@@ -64,7 +65,7 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
             str(cell.examples_per_class)]
 
     # The search trained every candidate at size 2, seed 0, and chose by validation.
-    search = json.loads(Path(workdir, limited_data.SEARCH_FILE).read_text())
+    search = json.loads(Path(workdir, _search.SEARCH_FILE).read_text())
     assert search == summary["weight_search"]
     assert set(search["methods"]) == {"kd+jacobian+ce", "kd+vjp+ce"}  # "ce": no search
     for method, candidates in (("kd+jacobian+ce", [{"jacobian_weight": 1.0},
@@ -74,8 +75,8 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
         assert [row["weights"] for row in entry["candidates"]] == candidates
         validation = []
         for weights in candidates:
-            run_dir = _sweep.cell_dir(os.path.join(workdir, limited_data.SEARCH_DIR),
-                                      limited_data.search_cell(method, weights, 2, 0))
+            run_dir = _sweep.cell_dir(os.path.join(workdir, _search.SEARCH_DIR),
+                                      _search.search_cell(method, weights, 2, 0))
             result = _result(run_dir)
             assert result["loss_weights"] == weights
             validation.append(100.0 * result["best"]["validation"])
@@ -100,8 +101,8 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
 
     # The search's runs record their config; the same command again reuses every run
     # (a copied search run carries its cell's config, so nothing is "changed").
-    search_dir = os.path.join(workdir, limited_data.SEARCH_DIR)
-    first = _sweep.cell_dir(search_dir, limited_data.search_cell(
+    search_dir = os.path.join(workdir, _search.SEARCH_DIR)
+    first = _sweep.cell_dir(search_dir, _search.search_cell(
         "kd+jacobian+ce", {"jacobian_weight": 1.0}, 2, 0))
     assert _result(first)[_workdir.RUN_CONFIG]["search_weights"] == {"jacobian_weight": 1.0}
     assert limited_data.run(config, workdir)["rows"] == summary["rows"]
@@ -111,14 +112,14 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     runs = {first: {**_sweep.cell_config(changed, _sweep.Cell("kd+jacobian+ce", 2, 0)),
                     "search_weights": {"jacobian_weight": 1.0}}}
     with pytest.raises(_workdir.ConfigChanged, match="train.learning_rate"):
-        limited_data.check_search_runs(changed, search_dir, runs)
+        _search.check_runs(changed, search_dir, runs)
     assert os.path.exists(first)
     changed.on_change = "retrain"
-    limited_data.check_search_runs(changed, search_dir, runs)
+    _search.check_runs(changed, search_dir, runs)
     assert not os.path.exists(first)
 
     # Study 2 on the same work directory trains nothing new.
-    before = os.path.getmtime(Path(workdir, limited_data.SEARCH_FILE).parent / "teacher"
+    before = os.path.getmtime(Path(workdir, _search.SEARCH_FILE).parent / "teacher"
                               / "result.json")
     noise = noise_robustness.run(config, workdir)
     assert {r["examples_per_class"] for r in noise["rows"]} == {2}
@@ -145,9 +146,21 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
 def test_transfer_fashion_smoke(smoke, tmp_path):
     data_dir = write_fashion(tmp_path / "data")
     config = smoke("transfer_fashion", data_dir=data_dir)
-    summary = transfer.run(config, str(tmp_path / "run"))
+    workdir = str(tmp_path / "run")
+    summary = transfer.run(config, workdir)
     assert {r["method"] for r in summary["rows"]} == set(config.methods)
     assert all(0 <= r["mean"] <= 100 for r in summary["rows"])
+    # The added terms' weights come from the search (one candidate each here: its runs
+    # are the cells of size 2, seed 0, copied; the time counts them once).
+    search = summary["weight_search"]
+    assert {m: e["chosen"] for m, e in search["methods"].items()} == {
+        "lwf+jacobian": {"jacobian_weight": 10.0},
+        "lwf+attention+attention_jacobian": {"attention_jacobian_weight": 1.0,
+                                             "attention_weight": 10.0}}
+    for method, entry in search["methods"].items():
+        main = _result(_sweep.cell_dir(workdir, _sweep.Cell(method, 2, 0)))
+        assert main["loss_weights"] == entry["chosen"] and "reused_from" in main
+    assert "Loss weights chosen on validation" in Path(workdir, "results.md").read_text()
     # 2 per class x 5 target classes = 10 images: the floor of 12 steps, both kinds.
     assert summary["budget"] == {"students n=2": 12, "finetune n=2": 12}
     assert summary["target"].endswith("[5, 6, 7, 8, 9]")
@@ -177,17 +190,17 @@ def test_choice_reads_validation_never_test():
     results = {}
     for w, per_size in accuracy.items():
         for n, (val, test) in zip((10, 50), per_size):
-            cell = limited_data.search_cell("kd+jacobian+ce", {"jacobian_weight": w}, n, 0)
+            cell = _search.search_cell("kd+jacobian+ce", {"jacobian_weight": w}, n, 0)
             results[cell] = {"best": {"validation": val, "test": test}}
-    search = limited_data.choose_weights(config, results)
+    search = _search.choose(config, config.methods, limited_data.method_terms, results)
     entry = search["methods"]["kd+jacobian+ce"]
     assert entry["chosen"] == {"jacobian_weight": 10.0}
     assert [round(r["mean"], 6) for r in entry["candidates"]] == [70.0, 72.5, 60.0]
     # A tie goes to the candidate listed first.
-    results[limited_data.search_cell("kd+jacobian+ce", {"jacobian_weight": 1.0}, 50, 0)] = {
+    results[_search.search_cell("kd+jacobian+ce", {"jacobian_weight": 1.0}, 50, 0)] = {
         "best": {"validation": 0.75, "test": 0.0}}
-    assert limited_data.choose_weights(config, results)["methods"]["kd+jacobian+ce"][
-        "chosen"] == {"jacobian_weight": 1.0}
+    assert _search.choose(config, config.methods, limited_data.method_terms, results)[
+        "methods"]["kd+jacobian+ce"]["chosen"] == {"jacobian_weight": 1.0}
 
 
 def _cli_config():
@@ -199,7 +212,7 @@ def _cli_config():
 
 @pytest.mark.parametrize("key, value, expected", [
     ("train_epochs", -1.0, "non-negative number of epochs"),
-    ("train_max_steps", 100, "0 or at least train.num_steps (150)"),
+    ("train_max_steps", 100, "0 or at least train.num_steps (300)"),
     ("weight_search_sizes", (0,), "positive integers and/or 'all'"),
     ("jacobian_weights", (), "one or more positive weights"),
     ("projection_weights", (0.1, -1.0), "one or more positive weights"),
