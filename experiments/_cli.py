@@ -214,17 +214,10 @@ KNOWN_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 def _os_error(e: BaseException) -> OSError | None:
-    """The known ``OSError`` anywhere in ``e``'s cause/context chain (or group), if any."""
-    seen, todo = set(), [e]
-    while todo:
-        exc = todo.pop()
-        if exc is None or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in KNOWN_ERRNOS:
-            return exc
-        todo += [exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())]
-    return None
+    """The known ``OSError`` behind ``e`` (found as the library's checkpointer finds it:
+    the cause/context chain, exception groups, tensorstore's ``os_error_code``)."""
+    from jaxkd.training import _checkpoint
+    return _checkpoint.os_error(e, KNOWN_ERRNOS)
 
 
 def failure_line(e: BaseException) -> str | None:

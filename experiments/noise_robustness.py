@@ -19,6 +19,7 @@ Outputs: the ``noise_robustness`` section of ``results.{json,csv,md}`` and
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,17 +49,33 @@ def noisy_test(prepared: _data.PreparedData, sigma: float, seed: int,
     return _data.eval_batches(images, prepared.splits.test.labels, batch_size)
 
 
+def _read_cache(path: str) -> dict[str, Any]:
+    """``noise.json`` as ``{"accuracy": {...}, "seconds": s}``; empty when missing or bad."""
+    try:
+        cached = _workdir.read_json(path)
+        if not (isinstance(cached, dict) and isinstance(cached.get("accuracy", {}), dict)
+                and isinstance(cached.get("seconds", 0.0), (int, float))):
+            raise ValueError("not {'accuracy': {sigma: accuracy}, 'seconds': s}")
+    except FileNotFoundError:
+        cached = {}
+    except (OSError, ValueError) as e:
+        print(f"{path}: unreadable ({e}); evaluating its sigmas again", file=sys.stderr)
+        cached = {}
+    cached.setdefault("accuracy", {})
+    cached.setdefault("seconds", 0.0)
+    return cached
+
+
 def accuracies(run_dir: str, make_state: Callable, sigmas: Sequence[float],
                batches_for: Callable[[float], list], mesh) -> dict[str, Any]:
     """``{"accuracy": {sigma: acc}, "seconds": s}`` of ``run_dir``'s final state.
 
     Cached in ``run_dir/noise.json``; only the missing sigmas are evaluated, and
-    ``seconds`` adds up the time spent evaluating them.
+    ``seconds`` adds up the time spent evaluating them. A cache that cannot be read (cut
+    short, edited by hand) is evaluated again, with a note, rather than stopping the study.
     """
     path = os.path.join(run_dir, NOISE_FILE)
-    cached = _workdir.read_json(path) if os.path.exists(path) else {}
-    cached.setdefault("accuracy", {})
-    cached.setdefault("seconds", 0.0)
+    cached = _read_cache(path)
     missing = [s for s in sigmas if repr(float(s)) not in cached["accuracy"]]
     if missing:
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ import contextlib
 import errno as errno_lib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -36,22 +36,23 @@ class CheckpointError(RuntimeError):
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
-def _os_error(e: BaseException) -> OSError | None:
+def os_error(e: BaseException, errnos: Collection[int] | None = None) -> OSError | None:
     """The operating-system error behind ``e``: an ``OSError`` with an errno anywhere in
-    its cause/context chain or exception group, or tensorstore's ``os_error_code``."""
+    its cause/context chain or exception group, or tensorstore's ``os_error_code``; with
+    ``errnos``, the first whose code is one of them."""
     seen, todo = set(), [e]
     while todo:
         exc = todo.pop()
         if exc is None or id(exc) in seen:
             continue
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno:
-            return OSError(exc.errno, os.strerror(exc.errno), *(
-                [exc.filename] if exc.filename else []))
-        match = _OS_ERROR_CODE.search(str(exc))
-        if match:
-            code = int(match.group(1))
-            return OSError(code, os.strerror(code))
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else None
+        filename = exc.filename if code else None
+        if code is None:
+            match = _OS_ERROR_CODE.search(str(exc))
+            code = int(match.group(1)) if match else None
+        if code is not None and (errnos is None or code in errnos):
+            return OSError(code, os.strerror(code), *([filename] if filename else []))
         todo += [exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())]
     return None
 
@@ -107,7 +108,7 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            cause = _os_error(e)
+            cause = os_error(e)
             if cause is None:
                 raise
             hint = (" Free disk space (or use another directory) and run again: training "

@@ -94,3 +94,26 @@ def test_a_plot_killed_mid_write_leaves_the_previous_one(tmp_path, monkeypatch):
         _plots.save(fig, str(tmp_path), "accuracy.png")
     assert Path(path).read_bytes() == before
     assert os.listdir(tmp_path) == ["accuracy.png"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", ['{"accuracy": {"0.0": 0.5', '[1, 2]',
+                                    '{"accuracy": [], "seconds": 1}'])
+def test_a_damaged_noise_cache_is_evaluated_again(tmp_path, monkeypatch, capsys, damage):
+    from experiments import noise_robustness
+    path = tmp_path / noise_robustness.NOISE_FILE
+    path.write_text(damage)
+    evaluated = []
+
+    def evaluate(state, batches, mesh):
+        evaluated.append(batches)
+        return 0.25 * batches
+
+    monkeypatch.setattr(noise_robustness._fit, "evaluate", evaluate)
+    out = noise_robustness.accuracies(str(tmp_path), lambda: "state", (0.0, 0.1),
+                                      lambda s: 1 + 10 * s, mesh=None)
+    assert out["accuracy"] == {0.0: 0.25, 0.1: 0.5} and evaluated == [1.0, 2.0]
+    assert "unreadable" in capsys.readouterr().err
+    # The rewritten cache is whole: the next call evaluates nothing.
+    assert noise_robustness.accuracies(str(tmp_path), lambda: "state", (0.0, 0.1),
+                                       lambda s: 1 + 10 * s, mesh=None)["accuracy"] == \
+        out["accuracy"] and evaluated == [1.0, 2.0]

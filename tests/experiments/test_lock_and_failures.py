@@ -197,3 +197,20 @@ def test_start_never_puts_a_cache_in_the_work_directory(smoke, tmp_path, monkeyp
             jax.config.update(key, value)
         _workdir.release(str(tmp_path / "work"))
     assert not os.path.exists(tmp_path / "work" / "jax_cache")
+
+
+def test_the_known_os_error_is_found_behind_an_unknown_one():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/w/ckpt")
+        except OSError as full:
+            raise FileNotFoundError(errno.ENOENT, "gone", "/w/tmp") from full
+    except OSError as e:
+        chained = RuntimeError("save failed")
+        chained.__cause__ = e
+    found = _cli._os_error(chained)
+    assert (found.errno, found.filename) == (errno.ENOSPC, "/w/ckpt")
+    # tensorstore reports the code in its message, not as an OSError.
+    found = _cli._os_error(ValueError("write failed [os_error_code='122']"))
+    assert found.errno == errno.EDQUOT
+    assert _cli._os_error(ValueError("write failed [os_error_code='2']")) is None
