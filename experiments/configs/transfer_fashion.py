@@ -19,15 +19,13 @@ the teacher's architecture started from the teacher (all but the classifier).
 
 Budget (``_budget``): ``clip(ceil(15 epochs * N / 48), 100, 200)`` steps of 48 images
 (the 10-per-class set has 50) per cell: 100 at 10 and 50 per class (96 and 19 epochs),
-200 on all the data (0.36 epoch: the cap is what 2 loaded cores afford in about half an hour for 6 methods x 3
-seeds). The teacher: 1,000 steps of 128 on the source task (4.7 epochs). The loss
-weights are ``_base.loss_config``'s (temperature 2) with the Jacobian weight 10, which
-the validation split preferred over 1 in every cell of the issue's earlier
-Fashion-MNIST run (issue 11); nothing is chosen on this study's test split. The committed
-run found otherwise: study 1's search here preferred 1, and so did this study's
-validation split in all 9 cells (results/fashion_mnist/transfer_jacobian_weight1/, run
-with ``--config.loss.jacobian_weight=1``); the default stays 10 so that the committed
-numbers are this command's.
+200 on all the data (0.36 epoch: the cap is what 2 loaded cores afford in about half
+an hour for 6 methods x 3 seeds). The teacher: 1,000 steps of 128 on the source task (4.7 epochs). The loss
+weights are ``_base.loss_config``'s (temperature 2), except the added terms' weights,
+which a search chooses on validation before the sweep (``experiments/_search.py``: at
+10 examples per class, seed 0; Jacobian 1 or 10, attention 1, 10 or 100, attention
+Jacobian 0.1, 1 or 10, the last two as pairs). The first committed run used a fixed
+Jacobian weight 10, which this study's own validation split did not prefer.
 
 ``:smoke`` runs every loss term at tiny sizes (width-4 networks, 12 steps, one seed) on
 the small IDX files the tests write under ``data_dir``.
