@@ -88,6 +88,30 @@ def accuracies(run_dir: str, make_state: Callable, sigmas: Sequence[float],
             "seconds": cached["seconds"]}
 
 
+def noisy_gains(per_cell: dict[_sweep.Cell, dict[str, Any]], methods: Sequence[str],
+                sizes: Sequence[Any], sigmas: Sequence[float], seeds: Sequence[int]
+                ) -> list[dict[str, Any]]:
+    """Noisy accuracy of ``with`` minus ``without`` (``limited_data.JACOBIAN_PAIRS``) per
+    seed, in points, per size and sigma. A seed's students share their subset, initial
+    weights and noise draw, so the difference is the Jacobian term's alone."""
+    rows = []
+    for without, with_ in limited_data.JACOBIAN_PAIRS:
+        if without not in methods or with_ not in methods:
+            continue
+        for n in sizes:
+            for sigma in sigmas:
+                diffs = [100.0 * (per_cell[_sweep.Cell(with_, n, s)]["accuracy"][sigma]
+                                  - per_cell[_sweep.Cell(without, n, s)]["accuracy"][sigma])
+                         for s in seeds if _sweep.Cell(with_, n, s) in per_cell
+                         and _sweep.Cell(without, n, s) in per_cell]
+                rows.append({"method": f"{with_} - {without}", "with": with_,
+                             "label": f"{limited_data.method_label(with_)} vs "
+                                      f"{limited_data.method_label(without)}",
+                             "examples_per_class": n, "sigma": sigma, "checkpoint": "last",
+                             **_report.stats(diffs)})
+    return rows
+
+
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
     """Trains or reuses study 1's students, evaluates them under noise, writes results."""
     t0 = time.perf_counter()
@@ -148,6 +172,8 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     summary = {
         "dataset": config.dataset, "examples_per_class": sizes, "sigmas": sigmas,
         "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
+        "paired_gains": noisy_gains(per_cell, config.methods, sizes, sigmas,
+                                    _sweep.seeds(config)),
     }
     noise_seconds = sum(a["seconds"] for a in [*per_cell.values(), *teacher_acc.values()])
     return _report.finish(STUDY, workdir, summary, config=config, started=t0,
@@ -166,6 +192,12 @@ def markdown(s: dict[str, Any]) -> str:
         out += ["", f"### {n} examples per class", ""]
         out.append(_report.table([r for r in s["rows"] if r["examples_per_class"] == n],
                                  col_key="sigma", col_title="method \\ sigma"))
+        gains = [r for r in s.get("paired_gains") or [] if r["examples_per_class"] == n]
+        if gains:
+            out += ["", "Gain from the Jacobian term under noise, paired by seed (same "
+                    "subset, initial weights and noise draw), in points:", ""]
+            out.append(_report.table(gains, col_key="sigma", col_title="comparison \\ sigma",
+                                     signed=True))
     return "\n".join(out)
 
 
