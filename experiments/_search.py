@@ -41,7 +41,6 @@ SEARCHED = {"jacobian": ("jacobian_weight", "jacobian_weights"),
             "attention": ("attention_weight", "attention_weights"),
             "attention_jacobian": ("attention_jacobian_weight",
                                    "attention_jacobian_weights")}
-CANDIDATE_KEYS = tuple(dict.fromkeys(values for _, values in SEARCHED.values()))
 
 Terms = Callable[[str], Sequence[str]]
 Fit = Callable[[str, str, Any, int, dict[str, float]], dict[str, Any]]

@@ -28,8 +28,8 @@ The cap is what 2 cores afford for 9 methods x 3 seeds in about an hour: per-ste
 times on the quiet machine are 45 ms (CE) to 140 ms (KD + Jacobians + CE, VJP, JVP),
 and the whole study took 60 min there (teacher 4, weight search 8, 103 students 48;
 results/fashion_mnist/). The largest sizes are therefore the least trained; results.md
-says so. All cells of a size share
-one compiled step. The teacher: 1,000 steps of 128 (2.2 epochs).
+says so. All cells of a size share one compiled step. The teacher: 1,000 steps of 128
+(2.2 epochs).
 
 Loss weights: before the sweep, each method with a Jacobian term is trained with
 every ``jacobian_weights`` (exact Jacobians) or ``projection_weights`` (VJP/JVP)
