@@ -3,6 +3,11 @@
 import pytest
 
 from experiments import _cli
+from jaxkd import training
+
+
+class Trained(Exception):
+    """Something started to train (or loaded data) where nothing may."""
 
 
 def smoke_config(name: str, **values):
@@ -20,3 +25,14 @@ def smoke_config(name: str, **values):
 @pytest.fixture
 def smoke():
     return smoke_config
+
+
+@pytest.fixture
+def nothing_trains(monkeypatch):
+    """``jaxkd.training.train`` and ``make_train_step`` raise :class:`Trained`; returns
+    ``monkeypatch`` to refuse more (e.g. the data loader)."""
+    def refuse(*args, **kwargs):
+        raise Trained
+    monkeypatch.setattr(training, "train", refuse)
+    monkeypatch.setattr(training, "make_train_step", refuse)
+    return monkeypatch

@@ -8,20 +8,8 @@ import pytest
 
 from experiments import _data, limited_data, transfer
 from experiments.configs import _base
-from jaxkd import losses, models, training
-
-
-class Trained(Exception):
-    pass
-
-
-@pytest.fixture
-def nothing_trains(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise Trained
-    monkeypatch.setattr(training, "train", refuse)
-    monkeypatch.setattr(training, "make_train_step", refuse)
-    return monkeypatch
+from tests.experiments.conftest import Trained
+from jaxkd import losses, models
 
 
 def _fails(main, tmp_path, *overrides, config):

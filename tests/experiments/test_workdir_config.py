@@ -12,15 +12,12 @@ import pytest
 
 from experiments import _data, _sweep, _workdir, limited_data
 from jaxkd import training
+from tests.experiments.conftest import Trained
 
 pytestmark = pytest.mark.slow
 
 METHOD = "logits+ce"
 SMALL, ALL = _sweep.Cell(METHOD, 5, 0), _sweep.Cell(METHOD, "all", 0)
-
-
-class Trained(Exception):
-    """Something started to train (or loaded data) where nothing may."""
 
 
 def _config(smoke, **values):
@@ -46,11 +43,10 @@ def workdir(finished, tmp_path):
 
 
 @pytest.fixture
-def no_training(monkeypatch):
+def no_training(nothing_trains):
     def refuse(*args, **kwargs):
         raise Trained
-    monkeypatch.setattr(training, "train", refuse)
-    monkeypatch.setattr(_data, "load_data", refuse)
+    nothing_trains.setattr(_data, "load_data", refuse)
 
 
 def _result(workdir, cell):
