@@ -20,13 +20,10 @@ student and teacher) dominate the study's time, and a width-16 VGG-9 already rea
 
 Budget (``_budget``): a student trains ``clip(ceil(10 epochs * N / 64), 300, 400)`` AdamW
 steps of 64 images on its N examples: 300 at 10 and 50 per class (192 and 38 epochs),
-400 at 500 per class (5 epochs) and on all 57,000 images (0.45 epoch). The floor, from a
-small sweep of cross-entropy alone (seed 0, validation accuracy at the last step): at
-50 per class 68.7 % with 150 steps (the first committed run), 74.1 % with 300, 76.4 %
-with 600; at 10 per class 65.4 / 69.1 / 70.1 %. 300 is the most that fits the hour.
-The cap is what 2 cores afford for 9 methods x 3 seeds in about an hour: per-step
-times on the quiet machine are 45 ms (CE) to 140 ms (KD + Jacobians + CE, VJP, JVP),
-and the whole study took 60 min there (teacher 4, weight search 8, 103 students 48;
+400 at 500 per class (5 epochs) and on all 57,000 images (0.45 epoch). The floor was
+chosen on validation by a small sweep of cross-entropy alone (docs/experiments.md);
+the cap is what 2 cores afford for 9 methods x 3 seeds in about an hour (per-step
+times 45 ms for CE to 140 ms for KD + Jacobians + CE; the measured wall time is in
 results/fashion_mnist/). The largest sizes are therefore the least trained; results.md
 says so. All cells of a size share one compiled step. The teacher: 1,000 steps of 128
 (2.2 epochs).

@@ -20,8 +20,7 @@ the teacher's architecture started from the teacher (all but the classifier).
 Budget (``_budget``): ``clip(ceil(15 epochs * N / 48), 100, 200)`` steps of 48 images
 (the 10-per-class set has 50) per cell: 100 at 10 and 50 per class (96 and 19 epochs),
 200 on all the data (0.36 epoch: the cap is what 2 loaded cores afforded in about half
-an hour for 6 methods x 3 seeds; on the quiet machine the whole study, weight search
-included, took 17 min). The teacher: 1,000 steps of 128 on the source task (4.7 epochs). The loss
+an hour for 6 methods x 3 seeds; the measured wall time is in results/fashion_mnist/). The teacher: 1,000 steps of 128 on the source task (4.7 epochs). The loss
 weights are ``_base.loss_config``'s (temperature 2), except the added terms' weights,
 which a search chooses on validation before the sweep (``experiments/_search.py``: at
 10 examples per class, seed 0; Jacobian 1 or 10, attention 1, 10 or 100, attention
