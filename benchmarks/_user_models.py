@@ -148,8 +148,8 @@ def ce_kd(term: Callable | None = None) -> Callable:
     return objective
 
 
-# The terms; jaxkd is imported inside (this module is imported before the benchmark's
-# workers configure JAX's host devices).
+# The terms. jaxkd (and so JAX) is imported inside them: the command line and the plan
+# import this module for its tables, and --help should not wait for JAX to load.
 def _jm_label(s, t, x, y, key, **options):
     from jaxkd import losses
     return losses.jacobian_matching_loss(s, t, x, labels=y, outputs="label", **options)
