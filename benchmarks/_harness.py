@@ -8,10 +8,15 @@ many host devices JAX gets (which must happen before JAX initialises its backend
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
+
+# The repository root: the workers run from here, and results default to benchmarks/results.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass
@@ -109,3 +114,14 @@ def fmt_bytes(n: int | None) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n} B"
+
+
+def step_key(step: dict) -> str:
+    """``framework:case:mode``, a step's name, unique within its group."""
+    return f"{step['framework']}:{step['case']}:{step['mode']}"
+
+
+def log(args, msg: str) -> None:
+    """A progress line on stderr, unless ``--silent``."""
+    if not args.silent:
+        print(msg, file=sys.stderr, flush=True)

@@ -134,6 +134,11 @@ def build(spec: dict, in_channels: int, num_classes: int):
     raise ValueError(f"no torch twin of zoo model {name!r}")
 
 
+# The zoo terms (``benchmarks._zoo.MODES[...]["term"]``) that :func:`make_step` has a twin
+# of; a zoo mode with another term (the reverse-over-forward experiment) has no PyTorch step.
+ZOO_TERMS = (None, "jm_top1", "jm_all", "vjp", "jvp", "noisy")
+
+
 def make_step(mode: dict, student_spec: dict, teacher_spec: dict, batch: int,
               image_size: int, num_classes: int, *, seed: int = 0, device: str = "cpu"):
     """Returns ``step()`` running one PyTorch training step of ``mode`` on a fixed batch.

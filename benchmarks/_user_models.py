@@ -6,10 +6,11 @@ on 32x32x3 images; teacher: the same at twice the width (64, 128). The pool is
 whose second derivative XLA:CPU runs slowly), or a 2x2 max written as reshape + max
 (``user_maxr``: what to write instead; the zoo's ``max_pool_if_room`` does the same).
 
-The step: cross-entropy + ``distillation_loss(temperature=4)`` + the term of the mode,
-``jax.grad`` of the batch mean, one Adam update, parameters and optimizer state donated.
-The batch, the teacher's parameters and the probe key are jit arguments (the teacher is not
-closed over as constants). Modes (every one CE + KD, plus):
+The step: the mode's objective (every mode so far: cross-entropy +
+``distillation_loss(temperature=4)`` + the mode's term), ``jax.grad`` of the batch mean,
+one Adam update, parameters and optimizer state donated. The batch, the teacher's
+parameters and the probe key are jit arguments (the teacher is not closed over as
+constants). The modes, one entry each in :data:`MODES` (CE + KD, plus):
 
 * ``kd``: nothing more (the baseline of every ratio);
 * ``jm``: ``jacobian_matching_loss(outputs="label")`` (exact, one output per example);
@@ -18,32 +19,37 @@ closed over as constants). Modes (every one CE + KD, plus):
 * ``jvp_k1`` / ``vjp_k1``: ``jvp_projection_loss`` / ``vjp_projection_loss``, one probe;
 * ``jm_all``: exact matching of all K outputs, ``outputs="all", normalize=False``
   (the ``||J_T - J_S||_F^2`` the projections estimate);
-* ``jm_remat``: ``jm`` with the networks rematerialised in the Jacobian term (the
-  library's keyword where it has one, else ``jax.checkpoint`` around each network);
+* ``jm_remat``: ``jm`` computed in ``REMAT_CHUNKS`` slices of the batch, the student
+  rematerialised (``jacobian_matching_loss(remat_chunks=...)``);
 * ``kd_bf16`` / ``jm_bf16``: ``kd`` / ``jm`` with both networks computing in bfloat16
   (``dtype=jnp.bfloat16``; parameters, logits, gradient normalisation and the loss
   reductions in float32).
 
-With a mesh (one host device per core) the batch is sharded over its ``"batch"`` axis
+A new mode is one entry of :data:`MODES` (and, when its loss is not a library call, one
+function); a mode whose step takes teacher targets computed ahead of training instead of
+the teacher's parameters says how to compute them in ``Mode.teacher_input``.
+
+With a mesh (one host device per core) the batch is sharded over the mesh's axis
 (``NamedSharding``), everything else replicated; XLA partitions the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
+from collections.abc import Callable
 
 from benchmarks import _harness
 
 CASES = {"user_avg": "avg", "user_max": "max", "user_maxr": "reshape"}
-MODES = ("kd", "jm", "jm_hand", "jvp_k1", "vjp_k1", "jm_all", "jm_remat", "kd_bf16",
-         "jm_bf16")
-# Keyword names under which the Jacobian losses may offer rematerialisation.
 # Slices of the batch for the remat row: 2 already brings exact JM near KD's peak memory
 # (docs of jaxkd/losses/_remat.py) at a smaller time cost than more slices.
 REMAT_CHUNKS = 2
 # The library's floor of the gradient norm (jaxkd/losses/_jacobian.py, DEFAULT_EPS);
 # tests/benchmarks checks that the two agree.
 HAND_EPS = 1e-6
+TEMPERATURE = 4.0
 
 
 def cnn(pool: str, widths: tuple[int, int], num_classes: int, dtype):
@@ -71,19 +77,19 @@ def cnn(pool: str, widths: tuple[int, int], num_classes: int, dtype):
     return CNN()
 
 
-def hand_jacobian_matching(student_fn, teacher_fn, x, labels, num_classes: int,
-                           eps: float = HAND_EPS):
+def hand_jacobian_matching(student_fn, teacher_fn, x, labels, eps: float = HAND_EPS):
     """Label-output Jacobian matching written directly: ``[B]`` losses.
 
     ``|| g_T / sqrt(|g_T|^2 + eps^2) - g_S / sqrt(|g_S|^2 + eps^2) ||^2`` with
-    ``g = grad_x f_{y}(x)`` per example: one VJP per network with the one-hot cotangent.
+    ``g = grad_x f_{y}(x)`` per example: one VJP per network with the one-hot cotangent
+    (``[B, K]``, K the teacher's number of outputs).
     """
     import jax
     import jax.numpy as jnp
 
     t_out, t_vjp = jax.vjp(teacher_fn, x)
     _, s_vjp = jax.vjp(student_fn, x)
-    c = jax.nn.one_hot(labels, num_classes, dtype=t_out.dtype)
+    c = jax.nn.one_hot(labels, t_out.shape[-1], dtype=t_out.dtype)
     (g_t,) = t_vjp(c)
     (g_s,) = s_vjp(c)
     g_t = jax.lax.stop_gradient(g_t).reshape(x.shape[0], -1)
@@ -95,36 +101,95 @@ def hand_jacobian_matching(student_fn, teacher_fn, x, labels, num_classes: int,
     return jnp.sum(jnp.square(normalise(g_t) - normalise(g_s)), axis=-1)
 
 
-def remat_how() -> str:
-    """How the ``jm_remat`` row rematerialises (printed in the results header)."""
-    return f"jacobian_matching_loss(remat_chunks={REMAT_CHUNKS})"
+# ----------------------------------------------------------------------------- the modes
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """One loss mode of the user-model step: its objective and how the step feeds it.
+
+    Attributes:
+      objective: ``objective(student_fn, teacher, x, labels, key) -> [B]`` per-example
+        losses; the step differentiates their batch mean in the student's parameters.
+        ``student_fn`` / ``teacher_fn`` map ``[B, H, W, 3]`` images to ``[B, K]`` float32
+        logits. ``teacher`` is ``teacher_fn`` itself, or with ``teacher_input`` what that
+        returned. :func:`ce_kd` builds the usual CE + KD + term objective.
+      teacher_input: ``None``: the compiled step takes the teacher's parameters and runs
+        the teacher inside (every mode so far). Otherwise ``teacher_input(teacher_fn, x,
+        labels, key) -> pytree of arrays``, run once when the step is built and never
+        timed; the compiled step takes that pytree in place of the teacher's parameters
+        (a student step fed teacher targets computed ahead of training).
+      dtype: the networks' compute dtype, ``"float32"`` or ``"bfloat16"`` (parameters,
+        logits and the losses stay float32).
+      note: printed beside the row in the report.
+    """
+    objective: Callable
+    teacher_input: Callable | None = None
+    dtype: str = "float32"
+    note: str = ""
 
 
-def term_fn(mode: str, num_classes: int):
-    """``term(student_fn, teacher_fn, x, labels, key) -> [B]`` added to CE + KD."""
+def ce_kd(term: Callable | None = None) -> Callable:
+    """The objective cross-entropy + ``distillation_loss(temperature=4)`` [+ ``term``].
+
+    ``term(student_fn, teacher_fn, x, labels, key) -> [B]`` is the mode's extra loss.
+    """
+    def objective(student_fn, teacher_fn, x, labels, key):
+        import optax
+
+        from jaxkd import losses
+
+        logits, t_logits = student_fn(x), teacher_fn(x)
+        loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+                + losses.distillation_loss(logits, t_logits, temperature=TEMPERATURE))
+        if term is not None:
+            loss = loss + term(student_fn, teacher_fn, x, labels, key)
+        return loss
+
+    return objective
+
+
+# The terms. jaxkd (and so JAX) is imported inside them: the command line and the plan
+# import this module for its tables, and --help should not wait for JAX to load.
+def _jm_label(s, t, x, y, key, **options):
     from jaxkd import losses
+    return losses.jacobian_matching_loss(s, t, x, labels=y, outputs="label", **options)
 
-    if mode in ("kd", "kd_bf16"):
-        return None
-    if mode in ("jm", "jm_bf16"):
-        return lambda s, t, x, y, key: losses.jacobian_matching_loss(
-            s, t, x, labels=y, outputs="label")
-    if mode == "jm_hand":
-        return lambda s, t, x, y, key: hand_jacobian_matching(s, t, x, y, num_classes)
-    if mode == "jvp_k1":
-        return lambda s, t, x, y, key: losses.jvp_projection_loss(s, t, x, key=key,
-                                                                   num_probes=1)
-    if mode == "vjp_k1":
-        return lambda s, t, x, y, key: losses.vjp_projection_loss(s, t, x, key=key,
-                                                                   num_probes=1)
-    if mode == "jm_all":
-        return lambda s, t, x, y, key: losses.jacobian_matching_loss(
-            s, t, x, outputs="all", normalize=False)
-    if mode == "jm_remat":
-        return lambda s, t, x, y, key: losses.jacobian_matching_loss(
-            s, t, x, labels=y, outputs="label", remat_chunks=REMAT_CHUNKS)
-    raise ValueError(f"unknown user-model mode {mode!r}; choose from {MODES}")
 
+def _jm_all_outputs(s, t, x, y, key):
+    from jaxkd import losses
+    return losses.jacobian_matching_loss(s, t, x, outputs="all", normalize=False)
+
+
+def _jvp_one_probe(s, t, x, y, key):
+    from jaxkd import losses
+    return losses.jvp_projection_loss(s, t, x, key=key, num_probes=1)
+
+
+def _vjp_one_probe(s, t, x, y, key):
+    from jaxkd import losses
+    return losses.vjp_projection_loss(s, t, x, key=key, num_probes=1)
+
+
+def _jm_by_hand(s, t, x, y, key):
+    return hand_jacobian_matching(s, t, x, y)
+
+
+# One entry per mode; ``--modes`` chooses from these names, in this order by default.
+MODES: dict[str, Mode] = {
+    "kd": Mode(ce_kd()),
+    "jm": Mode(ce_kd(_jm_label)),
+    "jm_hand": Mode(ce_kd(_jm_by_hand), note="hand-written: one jax.vjp per network"),
+    "jvp_k1": Mode(ce_kd(_jvp_one_probe)),
+    "vjp_k1": Mode(ce_kd(_vjp_one_probe)),
+    "jm_all": Mode(ce_kd(_jm_all_outputs)),
+    "jm_remat": Mode(ce_kd(functools.partial(_jm_label, remat_chunks=REMAT_CHUNKS)),
+                     note=f"jacobian_matching_loss(remat_chunks={REMAT_CHUNKS})"),
+    "kd_bf16": Mode(ce_kd(), dtype="bfloat16", note="networks in bfloat16"),
+    "jm_bf16": Mode(ce_kd(_jm_label), dtype="bfloat16", note="networks in bfloat16"),
+}
+
+
+# ----------------------------------------------------------------------------- the step
 
 def make_step(case: str, mode: str, *, batch: int, image_size: int, num_classes: int,
               width: int, mesh, seed: int = 0):
@@ -139,11 +204,12 @@ def make_step(case: str, mode: str, *, batch: int, image_size: int, num_classes:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from jaxkd import losses
-
     if case not in CASES:
         raise ValueError(f"unknown user-model case {case!r}; choose from {list(CASES)}")
-    dtype = jnp.bfloat16 if mode.endswith("_bf16") else jnp.float32
+    if mode not in MODES:
+        raise ValueError(f"unknown user-model mode {mode!r}; choose from {list(MODES)}")
+    spec = MODES[mode]
+    dtype = jnp.dtype(spec.dtype)
     student = cnn(CASES[case], (width, 2 * width), num_classes, dtype)
     teacher = cnn(CASES[case], (2 * width, 4 * width), num_classes, dtype)
     kx, ky, ks, kt, kp = jax.random.split(jax.random.key(seed), 5)
@@ -153,24 +219,24 @@ def make_step(case: str, mode: str, *, batch: int, image_size: int, num_classes:
     t_params = teacher.init(kt, x[:1])
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
-    term = term_fn(mode, num_classes)
 
-    def loss_fn(params, t_params, x, y, key):
+    def teacher_fn_of(t_params):
+        return lambda z: teacher.apply(t_params, z)
+
+    if spec.teacher_input is None:
+        teacher_of = teacher_fn_of
+    else:
+        def teacher_of(targets):
+            return targets
+
+    def loss_fn(params, teacher_arg, x, y, key):
         def s_fn(z):
             return student.apply(params, z)
 
-        def t_fn(z):
-            return teacher.apply(t_params, z)
+        return jnp.mean(spec.objective(s_fn, teacher_of(teacher_arg), x, y, key))
 
-        logits, t_logits = s_fn(x), t_fn(x)
-        loss = (optax.softmax_cross_entropy_with_integer_labels(logits, y)
-                + losses.distillation_loss(logits, t_logits, temperature=4.0))
-        if term is not None:
-            loss = loss + term(s_fn, t_fn, x, y, key)
-        return jnp.mean(loss)
-
-    def train_step(params, opt_state, t_params, x, y, key):
-        grads = jax.grad(loss_fn)(params, t_params, x, y, key)
+    def train_step(params, opt_state, teacher_arg, x, y, key):
+        grads = jax.grad(loss_fn)(params, teacher_arg, x, y, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -179,20 +245,23 @@ def make_step(case: str, mode: str, *, batch: int, image_size: int, num_classes:
         params, opt_state, t_params, kp = jax.device_put((params, opt_state, t_params, kp),
                                                          rep)
         x, y = jax.device_put((x, y), split)
+    teacher_arg = t_params
+    if spec.teacher_input is not None:  # once, outside the timed step
+        teacher_arg = jax.block_until_ready(jax.jit(
+            lambda tp, x, y, key: spec.teacher_input(teacher_fn_of(tp), x, y, key))(
+                t_params, x, y, kp))
     state = [params, opt_state]
     jitted = jax.jit(train_step, donate_argnums=(0, 1))
     t0 = time.perf_counter()
-    lowered = jitted.lower(params, opt_state, t_params, x, y, kp)
+    lowered = jitted.lower(params, opt_state, teacher_arg, x, y, kp)
     lower_s = time.perf_counter() - t0
 
     def finish(compiled, compile_s: float) -> _harness.Step:
         def run():
-            state[:] = jax.block_until_ready(compiled(state[0], state[1], t_params, x, y, kp))
+            state[:] = jax.block_until_ready(
+                compiled(state[0], state[1], teacher_arg, x, y, kp))
 
-        note = {"jm_remat": remat_how(),
-                "kd_bf16": "networks in bfloat16", "jm_bf16": "networks in bfloat16",
-                "jm_hand": "hand-written: one jax.vjp per network"}.get(mode, "")
-        return _harness.Step("jax", mode, run, compile_s=lower_s + compile_s, note=note,
-                             **_harness.compiled_stats(compiled))
+        return _harness.Step("jax", mode, run, compile_s=lower_s + compile_s,
+                             note=spec.note, **_harness.compiled_stats(compiled))
 
     return lowered, finish

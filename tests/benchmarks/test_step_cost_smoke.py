@@ -1,19 +1,22 @@
 """Smoke tests of ``python -m benchmarks.step_cost`` and the pieces it is built from.
 
 Timings are reported by the benchmark, never asserted (a shared CPU makes them noise);
-only structure, FLOP counts, units, the output folder and the hand-written loss are
-checked. The end-to-end run uses the tiny ``--quick`` sizes (8x8 images, batch 4, width 4)
-and two modes, and runs both core budgets (two subprocesses); PyTorch is left out (the
-suite does not need torch); ``test_torch_user_steps_run`` covers it where installed.
+only structure, FLOP counts, units, the plan, the output folder and the re-rendering of a
+committed run are checked (the user-model modes and the hand-written loss:
+``test_user_models.py``). The end-to-end run uses the tiny ``--quick`` sizes (8x8 images,
+batch 4, width 4) and two modes, and runs both core budgets (two subprocesses); PyTorch is
+left out (the suite does not need torch); ``test_torch_user_steps_run`` covers it where
+installed.
 """
 
 import json
 import os
 
-import numpy as np
 import pytest
 
-from benchmarks import _harness, _user_models, step_cost
+from benchmarks import _harness, _step_report, _user_models, step_cost
+
+RESULTS = os.path.join(_harness.REPO, "benchmarks", "results")
 
 
 def test_quick_run_writes_results_for_both_budgets(tmp_path):
@@ -48,21 +51,52 @@ def test_quick_run_writes_results_for_both_budgets(tmp_path):
         saved["environment"])
     table = (tmp_path / "step_cost.md").read_text()
     assert "| one | user_avg | 4 | jax | jm |" in table
-    # The tiny step's counts are printed with units, never as zeros (issue 10 item 8).
+    # The tiny step's counts are printed with units, never as zeros.
     assert "0.00 GFLOP" not in table and " 0 MiB" not in table
     assert (tmp_path / "step_cost.png").stat().st_size > 0
 
 
 def test_quick_run_writes_outside_the_repository_by_default():
-    # Issue 10 item 8: --quick used to write untracked files into benchmarks/results.
+    # A smoke run must not leave untracked files in benchmarks/results.
     args = step_cost.parse_args(["--quick"])
-    results = os.path.join(step_cost.REPO, "benchmarks", "results")
     try:
-        assert not os.path.abspath(args.out).startswith(os.path.abspath(step_cost.REPO))
+        assert not os.path.abspath(args.out).startswith(os.path.abspath(_harness.REPO))
         assert os.path.isdir(args.out) and not os.listdir(args.out)
     finally:
         os.rmdir(args.out)
-    assert step_cost.parse_args([]).out == results
+    assert step_cost.parse_args([]).out == RESULTS
+
+
+def test_every_mode_of_the_tables_is_a_choice_of_the_command_line():
+    args = step_cost.parse_args(["--modes", ",".join(_user_models.MODES), "--no-torch"])
+    assert args.modes.split(",") == list(_user_models.MODES)
+    with pytest.raises(SystemExit):
+        step_cost.parse_args(["--modes", "kd,not_a_mode"])
+
+
+def test_plan_gives_pytorch_only_the_modes_it_has_a_twin_of():
+    args = step_cost.parse_args(
+        ["--budgets", "all", "--user-cases", "user_avg", "--modes", "kd,jm,jm_hand",
+         "--torch-modes", "kd,jm,jm_hand", "--zoo-models", "cnn",
+         "--zoo-modes", "kd,jm_top1,jm_top1_rof", "--torch", "--devices", "1"])
+    (job,) = step_cost.plan(args)
+    torch_steps = {(g["name"], s["mode"]) for g in job["groups"] for s in g["steps"]
+                   if s["framework"] == "torch"}
+    # jm_hand is JAX only; the reverse-over-forward zoo experiment has no PyTorch twin.
+    assert torch_steps == {("user", "kd"), ("user", "jm"), ("zoo_cnn_b32", "kd"),
+                           ("zoo_cnn_b32", "jm_top1")}
+
+
+@pytest.mark.parametrize("tag", ["step_cost_h200"])
+def test_a_saved_run_renders_again_to_its_committed_report(tag):
+    """The report code still reads the committed JSON: same targets, same Markdown."""
+    with open(os.path.join(RESULTS, tag + ".json")) as f:
+        saved = json.load(f)
+    assert _step_report.targets(saved["rows"]) == saved["targets"]
+    with open(os.path.join(RESULTS, tag + ".md")) as f:
+        committed = f.read()
+    assert _step_report.markdown(saved["rows"], saved["targets"],
+                                 saved["environment"]) == committed
 
 
 @pytest.mark.parametrize("value,text", [(3.2e5, "320 kFLOP"), (5.34e9, "5.34 GFLOP"),
@@ -90,46 +124,6 @@ def test_paired_ratio_pairs_rounds():
     assert _harness.paired_ratio([2.0, 10.0, 4.0], [1.0, 5.0, 2.0]) == 2.0
     with pytest.raises(ValueError, match="equally long"):
         _harness.paired_ratio([1.0], [1.0, 2.0])
-
-
-def test_hand_written_jacobian_matching_is_the_library_loss():
-    """The "same maths by hand" row computes the library's value (float round-off)."""
-    import inspect
-
-    import jax
-    import jax.numpy as jnp
-
-    from jaxkd.losses import jacobian_matching_loss
-
-    eps_default = inspect.signature(jacobian_matching_loss).parameters["eps"].default
-    assert _user_models.HAND_EPS == eps_default
-    student = _user_models.cnn("avg", (4, 8), 10, jnp.float32)
-    teacher = _user_models.cnn("avg", (8, 16), 10, jnp.float32)
-    kx, ky, ks, kt = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(kx, (5, 8, 8, 3))
-    y = jax.random.randint(ky, (5,), 0, 10)
-    ps, pt = student.init(ks, x), teacher.init(kt, x)
-
-    def s_fn(z):
-        return student.apply(ps, z)
-
-    def t_fn(z):
-        return teacher.apply(pt, z)
-
-    lib = jacobian_matching_loss(s_fn, t_fn, x, labels=y, outputs="label")
-    hand = _user_models.hand_jacobian_matching(s_fn, t_fn, x, y, 10)
-    # Values in [0, 4] (unit vectors): sums over D = 192 of float32 products agree to a
-    # few ulp of the sum, far inside 1e-5 relative.
-    np.testing.assert_allclose(hand, lib, rtol=1e-5, atol=1e-6)
-    assert float(jnp.min(lib)) > 1e-3  # not trivially zero
-    # And its parameter gradient (what the train step uses): each entry sums ~10^3
-    # float32 products (eps 1.2e-7) in a different order, so up to ~1e-4 relative.
-    g_lib = jax.grad(lambda p: jnp.mean(jacobian_matching_loss(
-        lambda z: student.apply(p, z), t_fn, x, labels=y, outputs="label")))(ps)
-    g_hand = jax.grad(lambda p: jnp.mean(_user_models.hand_jacobian_matching(
-        lambda z: student.apply(p, z), t_fn, x, y, 10)))(ps)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 g_lib, g_hand)
 
 
 # torch's forward-mode AD scripts a helper on first use and warns about its own API.

@@ -1,18 +1,27 @@
-"""A user's own Linen CNN and step, with the Jacobian term written by hand (the reference).
+"""The library's Jacobian-matching step against the same step written by hand, quickly.
 
-Issue 9 measured the library's step on this setting against the same maths written by
-hand: conv32 3x3 + relu + 2x2 average pool, conv64 3x3 + relu + 2x2 average pool, dense
-10; 32x32x3 inputs, batch 64, Adam; cross-entropy + ``distillation_loss`` (tau 4) +
-``jacobian_matching_loss(outputs="label")``, data and teacher passed as jit arguments.
+``python -m benchmarks.user_model [ROUNDS]`` (default 30) builds a user's own Linen CNN
+and training step three times: with the library's ``distillation_loss`` +
+``jacobian_matching_loss(outputs="label")`` (``library``), with both losses written by hand
+(``hand``), and with KD alone (``kd``); it times them round-robin in one process and prints
+the medians, the library/hand ratio (median of the per-round ratios, and ratio of the
+medians) and JM/KD. It is the quick check of "the library costs what the maths costs";
+``python -m benchmarks.step_cost`` is the full benchmark (budgets, PyTorch, the zoo).
+
+The setting: conv32 3x3 + relu + 2x2 average pool, conv64 3x3 + relu + 2x2 average pool,
+dense 10 (teacher: the same network, other weights); 32x32x3 inputs, batch 64, Adam;
+cross-entropy + KD (temperature 4) + Jacobian matching; data and teacher passed as jit
+arguments.
 
 :func:`hand_written_jacobian_matching` is that maths by hand: one ``jax.vjp`` per network
 with the ``[B, K]`` one-hot cotangent, normalise, squared distance. :func:`make_steps`
-builds both steps (library and by hand) on the same model, so that a benchmark can time
-them interleaved; ``python -m tests.losses.user_model`` does that and prints the medians.
+builds the three steps on the same model; :func:`peak_bytes` gives XLA's peak memory of a
+step (e.g. ``make_steps(remat_chunks=2)`` for the library's rematerialised term).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import flax.linen as nn
@@ -60,17 +69,19 @@ def hand_written_distillation(s, t, temperature):
     return temperature**2 * jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), -1)
 
 
-def make_steps(jm_weight=1.0, seed=0, dtype=None, **jm_options):
+def make_steps(jm_weight=1.0, seed=0, dtype=None, *, batch_size=BATCH, image_shape=IMAGE,
+               **jm_options):
     """``(steps, state, batch)``: jitted steps ``{"library", "hand", "kd"}``, each
     ``(params, opt_state, teacher_params, x, y) -> (params, opt_state, loss)``.
 
     ``jm_options`` go to :func:`jacobian_matching_loss` in the library step (e.g.
-    ``remat=True``); ``dtype`` is the networks' compute dtype (``jnp.bfloat16``).
+    ``remat_chunks=2``); ``dtype`` is the networks' compute dtype (``jnp.bfloat16``);
+    ``batch_size`` and ``image_shape`` (``(H, W, C)``) size the fixed batch.
     """
     model = UserCNN(dtype=dtype)
     k_s, k_t, k_x = jax.random.split(jax.random.key(seed), 3)
-    x = jax.random.normal(k_x, (BATCH,) + IMAGE, jnp.float32)
-    y = jnp.arange(BATCH, dtype=jnp.int32) % CLASSES
+    x = jax.random.normal(k_x, (batch_size,) + tuple(image_shape), jnp.float32)
+    y = jnp.arange(batch_size, dtype=jnp.int32) % CLASSES
     params = model.init(k_s, x)
     teacher_params = model.init(k_t, x)
     optimizer = optax.adam(1e-3)
@@ -133,13 +144,21 @@ def peak_bytes(step, state, batch):
             - mem.alias_size_in_bytes)
 
 
-if __name__ == "__main__":
-    import sys
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+def main(argv=None) -> dict:
+    """Times the three steps ``argv[0]`` rounds (default 30), prints and returns the medians."""
+    argv = sys.argv[1:] if argv is None else argv
+    repeats = int(argv[0]) if argv else 30
     steps, state, batch = make_steps()
     times = {k: np.asarray(v) for k, v in time_interleaved(steps, state, batch, repeats).items()}
+    per_round = float(np.median(times["library"] / times["hand"]))
+    of_medians = float(np.median(times["library"]) / np.median(times["hand"]))
+    jm_over_kd = float(np.median(times["library"] / times["kd"]))
     print({k: f"{np.median(v) * 1e3:.1f} ms" for k, v in times.items()},
-          f"library/hand: median ratio per round "
-          f"{np.median(times['library'] / times['hand']):.3f}, ratio of medians "
-          f"{np.median(times['library']) / np.median(times['hand']):.3f}; JM/KD "
-          f"{np.median(times['library'] / times['kd']):.2f}")
+          f"library/hand: median ratio per round {per_round:.3f}, ratio of medians "
+          f"{of_medians:.3f}; JM/KD {jm_over_kd:.2f}")
+    return {"median_s": {k: float(np.median(v)) for k, v in times.items()},
+            "library_over_hand": per_round, "jm_over_kd": jm_over_kd}
+
+
+if __name__ == "__main__":
+    main()
