@@ -22,14 +22,16 @@ from jaxkd.training._objective import (Objective, Term, TermInputs, attention_ja
                                        attention_transfer, cross_entropy, distillation,
                                        jacobian_matching, jvp_projection, logit_matching,
                                        noisy_distillation, vjp_projection)
-from jaxkd.training._sharding import (DATA_AXIS, auto_mesh, data_mesh,
+from jaxkd.training._sharding import (DATA_AXIS, HEARTBEAT_TIMEOUT_S,
+                                      LOST_PROCESS_EXIT_CODE, auto_mesh, data_mesh,
                                       initialize_distributed, is_main_process,
                                       multi_process_env, replicate, replicated)
 from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
                                   make_train_step)
 
 __all__ = [
-    "CheckpointError", "Checkpointer", "DATA_AXIS", "METRICS_FILE", "MetricWriter",
+    "CheckpointError", "Checkpointer", "DATA_AXIS", "HEARTBEAT_TIMEOUT_S",
+    "LOST_PROCESS_EXIT_CODE", "METRICS_FILE", "MetricWriter",
     "NonFiniteLossError", "Objective", "Term", "TermInputs", "TrainResult", "TrainState",
     "TrainStep", "attention_jacobian", "attention_transfer", "auto_mesh", "cross_entropy",
     "data_mesh", "distillation", "evaluate", "init_train_state", "initialize_distributed",
