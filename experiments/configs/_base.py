@@ -364,7 +364,9 @@ def validate(config: ConfigDict) -> None:
         known = set(map(str, sizes))
         if not all(str(n) in known for n in config.noise_examples_per_class):
             raise bad("noise_examples_per_class", f"() or sizes of examples_per_class "
-                                                  f"{tuple(sizes)}")
+                                                  f"{tuple(sizes)} (for (), every size: "
+                                                  f"--config.noise_examples_per_class= "
+                                                  f"with nothing after the '=')")
     classes = {}
     for key in ("source_classes", "target_classes", "classes"):
         if not has(key):
