@@ -235,9 +235,10 @@ def debug_requested(argv: Sequence[str] = ()) -> bool:
 
 def _os_error(e: BaseException) -> OSError | None:
     """The ``OSError`` behind ``e`` (found as the library's checkpointer finds it: the
-    cause/context chain, exception groups, tensorstore's ``os_error_code``)."""
+    cause/context chain, exception groups, tensorstore's ``os_error_code``); one with a
+    known remedy (a full disk, say) before any other in the chain."""
     from jaxkd.training import _checkpoint
-    return _checkpoint.os_error(e)
+    return _checkpoint.os_error(e, _ERRNO_HINTS) or _checkpoint.os_error(e)
 
 
 def _text(e: BaseException, max_lines: int = 8) -> str:

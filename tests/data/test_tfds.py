@@ -92,8 +92,8 @@ def test_missing_tfds_dataset_fails_fast(tmp_path):
         data.load("tfds:cifar100", data_dir=tmp_path)
 
 
-def test_a_label_outside_the_classes_is_refused_naming_split_and_index(tfds_dir,
-                                                                         monkeypatch):
+def test_a_label_outside_the_classes_is_refused_naming_split_and_index(
+        tfds_dir, monkeypatch):
     from jaxkd.data import _tfds
     root, _, _ = tfds_dir
     read = _tfds._read_split
