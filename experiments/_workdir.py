@@ -216,8 +216,12 @@ def acquire(workdir: str, *, command: str | None = None, what: str = "--workdir"
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": command or " ".join([os.path.basename(sys.executable),
                                             *sys.argv])}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise OSError(e.errno, e.strerror, path) from e  # a failure line names the file
     _HELD[key] = fd
     return True
 
