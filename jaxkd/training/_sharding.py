@@ -14,8 +14,9 @@ JAX's heartbeat timeout (100 s by default) aborts them with a C++ stack. After
 :func:`initialize_distributed`, each process publishes a heartbeat counter every second
 in the coordinator's key-value store and watches the others'; a counter that stops
 for :data:`HEARTBEAT_TIMEOUT_S` seconds stops every survivor with one line that names
-the lost process (exit status :data:`LOST_PROCESS_EXIT_CODE`). Running the job again
-resumes from the last complete checkpoint.
+the lost process (exit status :data:`LOST_PROCESS_EXIT_CODE`). A lost coordinator
+(process 0, which runs the key-value store) ends the others at once through JAX's own
+error. Running the job again resumes from the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -93,11 +96,9 @@ class _Watchdog:
         self.checking = True
 
     def start(self) -> None:
-        import threading
         threading.Thread(target=self._run, name="jaxkd-heartbeat", daemon=True).start()
 
     def _run(self) -> None:
-        import time
         seen: dict[int, tuple[str | None, float]] = {}
         beat = 0
         while True:
@@ -139,9 +140,11 @@ def _watch(timeout: float) -> None:
     from jax._src import distributed as jax_distributed  # the runtime's client
     state = jax_distributed.global_state
     client = getattr(state, "client", None)
-    if client is None or jax.process_count() < 2:
+    # The state's own counts: jax.process_count() would start the backends here.
+    num_processes = int(getattr(state, "num_processes", 1) or 1)
+    if client is None or num_processes < 2:
         return
-    watchdog = _Watchdog(client, jax.process_index(), jax.process_count(), timeout,
+    watchdog = _Watchdog(client, int(state.process_id), num_processes, timeout,
                          interval=min(1.0, timeout / 4))
     shutdown = state.shutdown
 
