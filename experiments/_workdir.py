@@ -253,7 +253,7 @@ def hold(workdir: str, **kwargs: Any) -> None:
     acquire(workdir, **kwargs)
 
 
-def teacher_dir(config: Mapping[str, Any]) -> str | None:
+def named_teacher_dir(config: Mapping[str, Any]) -> str | None:
     """The ``teacher_dir`` the config names (None: the work directory's own teacher).
 
     Raises:
@@ -277,16 +277,16 @@ def teacher_dir(config: Mapping[str, Any]) -> str | None:
 
 def hold_study(workdir: str, config: Mapping[str, Any], *,
                command: str | None = None) -> list[str]:
-    """Locks the work directory and the config's ``teacher_dir`` (:func:`teacher_dir`)
+    """Locks the work directory and the config's ``teacher_dir`` (:func:`named_teacher_dir`)
     until :func:`release` or the end of the process; returns the directories this call
     newly locked.
 
     Raises:
-      ConfigError: a ``teacher_dir`` that does not exist (see :func:`teacher_dir`).
+      ConfigError: a ``teacher_dir`` that does not exist (see :func:`named_teacher_dir`).
       WorkdirInUse: another process holds one of them.
       WorkdirError: one cannot be created, or holds links that point outside it.
     """
-    teacher = teacher_dir(config)
+    teacher = named_teacher_dir(config)
     allowed = (teacher,) if teacher else ()
     new = [workdir] if acquire(workdir, command=command, allowed=allowed) else []
     if teacher:
