@@ -154,6 +154,17 @@ def run_job(job: dict, args, workdir: str) -> dict:
         return json.load(f)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a zero batch or width has no step to time)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step_cost",
                                 description=__doc__.split("\n\n")[0],
@@ -187,14 +198,15 @@ def parse_args(argv=None):
     p.add_argument("--zoo-batch-sizes", default="32")
     p.add_argument("--zoo-one-core", action="store_true",
                    help="also run the zoo at the one-core budget")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="user-model batch (default 64; 4 with --quick)")
-    p.add_argument("--width", type=int, default=None,
+    p.add_argument("--width", type=_positive_int, default=None,
                    help="user-model student width (default 32, teacher 2x; 4 with --quick)")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=None, help="default 32 (8 with --quick)")
-    p.add_argument("--vgg-width", type=int, default=32)
-    p.add_argument("--cnn-width", type=int, default=32)
+    p.add_argument("--num-classes", type=_positive_int, default=10)
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="default 32 (8 with --quick)")
+    p.add_argument("--vgg-width", type=_positive_int, default=32)
+    p.add_argument("--cnn-width", type=_positive_int, default=32)
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved timing rounds (default 10; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each step first")

@@ -155,7 +155,8 @@ def usage(study: str, default_config: str, default_workdir: str) -> str:
             f"  --config    a .py file with get_config(arg), or a name of experiments/configs "
             f"({', '.join(config_names())}; default: {default_config}); ':smoke' runs it "
             f"tiny\n"
-            f"  --config.KEY=VALUE   override one key below (lists: comma-separated)\n")
+            f"  --config.KEY=VALUE   override one key below (lists: comma-separated)\n"
+            f"  {DEBUG_FLAG}     show the traceback of a failure (or set {DEBUG_ENV}=1)\n")
 
 
 def help_text(config: ConfigDict, spec: str, head: str) -> str:
@@ -208,39 +209,106 @@ def command_line(study: str, argv: Sequence[str]) -> str:
     return " ".join(["python -m experiments." + study, *argv])
 
 
-# Operating-system failures a user can act on from one line (a full disk, a quota, a
-# read-only or forbidden directory); any other error keeps its traceback.
-KNOWN_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "JAXKD_DEBUG"
+DEBUG_HINT = (f"(run again with {DEBUG_FLAG}, or {DEBUG_ENV}=1, to see the traceback)")
+
+# What to do about an operating-system error, by errno.
+_ERRNO_HINTS = {
+    errno.ENOSPC: "free disk space (or give another --workdir) and run again: finished "
+                  "runs are kept and an unfinished one resumes from its last checkpoint",
+    errno.EDQUOT: "free space within your disk quota and run again: finished runs are kept "
+                  "and an unfinished one resumes from its last checkpoint",
+    errno.EFBIG: "the file outgrew the file-size limit (see `ulimit -f`) or the file "
+                 "system's; raise the limit or use another --workdir, and run again",
+    errno.EROFS: "the file system is read-only; give a --workdir on a writable one",
+    errno.EACCES: "you may not write there; give a --workdir you can write",
+    errno.EPERM: "you may not write there; give a --workdir you can write",
+}
+
+
+def debug_requested(argv: Sequence[str] = ()) -> bool:
+    """Whether failures keep their traceback: ``--debug`` or ``$JAXKD_DEBUG`` (not 0)."""
+    return (DEBUG_FLAG in argv
+            or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false"))
 
 
 def _os_error(e: BaseException) -> OSError | None:
-    """The known ``OSError`` behind ``e`` (found as the library's checkpointer finds it:
-    the cause/context chain, exception groups, tensorstore's ``os_error_code``)."""
+    """The ``OSError`` behind ``e`` (found as the library's checkpointer finds it: the
+    cause/context chain, exception groups, tensorstore's ``os_error_code``); one with a
+    known remedy (a full disk, say) before any other in the chain."""
     from jaxkd.training import _checkpoint
-    return _checkpoint.os_error(e, KNOWN_ERRNOS)
+    return _checkpoint.os_error(e, _ERRNO_HINTS) or _checkpoint.os_error(e)
 
 
-def failure_line(e: BaseException) -> str | None:
-    """``error: ...`` in one line for a failure the user can act on; None otherwise.
+def _text(e: BaseException, max_lines: int = 8) -> str:
+    lines = [line.rstrip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], "..."]
+    return "\n".join(lines) or type(e).__name__
 
-    Known: a bad config or command line, a work directory in use or made with another
-    config, a checkpoint that cannot be read or written (``jaxkd.training.
-    CheckpointError``), a non-finite loss, and a full disk / quota / permission error
-    anywhere in the exception's chain (orbax's asyncio traces included).
+
+def failure_line(e: BaseException) -> str:
+    """What the command line prints for the failure ``e``: ``error: ...``, one line or a
+    few, naming the file or key and what to do.
+
+    A bad config or command line, a work directory in use, made with another config or
+    unsafe, a checkpoint that cannot be read or written, a non-finite loss: their own
+    message. An operating-system error anywhere in the exception's chain (orbax's
+    asyncio traces included): its reason, its file and what to do. Anything else: its
+    message and type, and how to see the traceback (:data:`DEBUG_FLAG`).
     """
     from experiments import _workdir
     from jaxkd import training
-    if isinstance(e, (ConfigError, _workdir.WorkdirInUse, training.CheckpointError,
+    if isinstance(e, (ConfigError, _workdir.WorkdirError, training.CheckpointError,
                       training.NonFiniteLossError)):
-        text = str(e)
-    else:
-        os_error = _os_error(e)
-        if os_error is None:
-            return None
+        return "error: " + " ".join(str(e).split())
+    os_error = _os_error(e)
+    if os_error is not None:
         text = (f"{os_error.strerror or os_error}"
                 + (f": {os_error.filename}" if os_error.filename else "")
                 + ("" if isinstance(e, OSError) else f" ({type(e).__name__})"))
-    return "error: " + " ".join(str(text).split())
+        hint = _ERRNO_HINTS.get(os_error.errno)
+        return "error: " + " ".join(text.split()) + (f"; {hint}." if hint else
+                                                     f". {DEBUG_HINT}")
+    kind = type(e).__name__
+    return f"error: {_text(e)} ({kind})\n{DEBUG_HINT}"
+
+
+def _quiet_library_logs() -> None:
+    """Drops what orbax and tensorstore print from their background threads when a
+    checkpoint write fails (hundreds of lines of tracebacks): the failure reaches the
+    command line as one line anyway (:func:`failure_line`).
+
+    Orbax's error logs (absl), asyncio's reports of its unretrieved task exceptions,
+    and the "Event loop is closed" errors of write callbacks that complete after orbax
+    closed its event loop (reported as unraisable).
+    """
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
+            return False
+        return not (record.name == "asyncio" and "orbax" in record.getMessage())
+
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if keep not in logger.filters:
+            logger.addFilter(keep)
+    if getattr(sys.unraisablehook, "_jaxkd_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, RuntimeError) and \
+                str(info.exc_value) == "Event loop is closed":
+            return
+        previous(info)
+
+    unraisable._jaxkd_quiet = True
+    sys.unraisablehook = unraisable
 
 
 def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict], str], *,
@@ -250,14 +318,16 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     ``run(config, workdir, command=...)``.
 
     Prints the study's main table (``console(summary)``), the plots and, last, the line
-    ``results: <workdir>/results.md``. A bad command line or config, a work directory in
-    use or made with another config, a full disk, a bad checkpoint: one line
-    ``error: ...`` on stderr and exit status 1 (a ``--workdir`` that is empty or a file:
-    status 2, a usage error); anything else keeps its traceback.
+    ``results: <workdir>/results.md``. Any failure: ``error: ...`` on stderr
+    (:func:`failure_line`, one line or a few) and exit status 1 (a ``--workdir`` that is
+    empty or a file: status 2, a usage error); with ``--debug`` or ``$JAXKD_DEBUG=1``
+    the failure keeps its traceback and the libraries' logs stay as they are.
     """
     from experiments import _runtime, _workdir
     from experiments.configs import _base
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != DEBUG_FLAG]
     try:
         config, workdir = parse(argv, study=study, default_config=default_config,
                                 default_workdir=default_workdir)
@@ -269,16 +339,17 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     command = command_line(study, argv)
+    if not debug:
+        _quiet_library_logs()
     try:
         _base.validate(config)
         _runtime.start_devices(config)
-        with _workdir.locked(workdir, command=command):
+        with _workdir.locked_study(workdir, config, command=command):
             summary = run(config, workdir, command=command)
     except Exception as e:
-        line = failure_line(e)
-        if line is None:
+        if debug:
             raise
-        raise SystemExit(line) from None
+        raise SystemExit(failure_line(e)) from None
     text = console(summary)
     if text:
         print(text)

@@ -12,6 +12,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+from jaxkd import training
+
 # Fixed colours (tab20 order) for the default configs' methods; "teacher" is black.
 COLOR_ORDER = (
     "ce", "kd+ce", "logits+ce", "logits+jacobian+ce", "kd+jacobian+ce", "kd+vjp+ce",
@@ -116,17 +118,9 @@ def save(fig, workdir: str, name: str, *, layout: bool = True) -> str:
     path = os.path.join(workdir, name)
     if layout:
         fig.tight_layout()
-    tmp = os.path.join(workdir, f".{name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with training.atomic_file(path, "wb") as f:  # a failed write names the file
             fig.savefig(f, dpi=120, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         pyplot().close(fig)
     return path

@@ -101,7 +101,7 @@ def start(config: ConfigDict, workdir: str) -> jax.sharding.Mesh:
     config (``_sweep.check_configs``), and enables the compilation cache if configured.
     """
     _workdir.setup(workdir)
-    _workdir.hold(workdir)
+    _workdir.hold_study(workdir, config)
     _base.validate(config)
     _sweep.check_configs(config, workdir)
     if config.compilation_cache:

@@ -179,11 +179,11 @@ def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *
     must write it (``_fit.fit`` does). The bar counts only the cells left, so its rate
     and ETA are those of this invocation.
     """
-    from tqdm.auto import tqdm
+    from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
     results = {}
     todo = [c for c in selected if not _workdir.is_done(cell_dir(workdir, c))]
-    with tqdm(total=len(todo), desc=f"{desc} ({len(selected) - len(todo)} cells done)",
-              unit="cell", dynamic_ncols=True, disable=not todo) as bar:
+    with progress_bar(len(todo), desc=f"{desc} ({len(selected) - len(todo)} cells done)",
+                      unit="cell", disable=not todo) as bar:
         for cell in selected:
             if cell in todo:
                 bar.set_postfix_str(cell.name)

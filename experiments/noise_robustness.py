@@ -130,15 +130,18 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
             return batches[(sigma, seed)]
         return get
 
-    from tqdm.auto import tqdm
+    from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
     per_cell = {}
-    for cell in tqdm(selected, desc="noise", unit="cell", dynamic_ncols=True):
+    bar = progress_bar(len(selected), desc="noise", unit="cell")
+    for cell in selected:
         def student_state(cell=cell):
             template = _fit.template_state(
                 limited_data.make_student(config, prepared, cell.seed), config.train, mesh)
             return _fit.restore_state(_sweep.cell_dir(workdir, cell), template)
         per_cell[cell] = accuracies(_sweep.cell_dir(workdir, cell), student_state, sigmas,
                                     batches_for(cell.seed), mesh)
+        bar.update(1)
+    bar.close()
 
     teacher_dir = limited_data.teacher_dir(config, workdir)
     teacher_states = []

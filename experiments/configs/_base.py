@@ -363,8 +363,10 @@ def validate(config: ConfigDict) -> None:
     if has("noise_examples_per_class"):
         known = set(map(str, sizes))
         if not all(str(n) in known for n in config.noise_examples_per_class):
-            raise bad("noise_examples_per_class", f"() or sizes of examples_per_class "
-                                                  f"{tuple(sizes)}")
+            error = bad("noise_examples_per_class", f"() or sizes of examples_per_class "
+                                                    f"{tuple(sizes)}")
+            raise ConfigError(f"{error} On the command line, () (every size) is "
+                              f"--config.noise_examples_per_class= with nothing after the '='.")
     classes = {}
     for key in ("source_classes", "target_classes", "classes"):
         if not has(key):

@@ -13,8 +13,17 @@ def load_digits_pool() -> tuple[Dataset, Dataset]:
 
     The test set is a stratified ``TEST_FRACTION`` of each class drawn with a fixed seed,
     independent of any experiment seed. Pixel values 0..16 are scaled to ``[0, 1]``.
+
+    Raises:
+        ImportError: scikit-learn is not installed (the message names the extra).
     """
-    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    try:
+        from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        raise ImportError(
+            "the 'digits' dataset is scikit-learn's bundled copy, and scikit-learn is not "
+            "installed: pip install \"jaxkd[experiments]\" (or pip install scikit-learn)."
+        ) from err
 
     raw = load_digits()
     images = (np.asarray(raw.images, np.float32) / np.float32(16.0))[..., None]

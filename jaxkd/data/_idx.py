@@ -144,7 +144,8 @@ def load_idx_pool(path: str | os.PathLike, *, name: str | None = None,
     Raises:
         FileNotFoundError: a file is missing (the message lists the names looked for).
         ValueError: a bad file (see :func:`read_idx`), image and label counts that
-            differ, or a label outside ``class_names``.
+            differ, a label outside ``class_names``, or (without ``class_names``)
+            labels that skip a class (names the file, the label and its index).
     """
     path = pathlib.Path(path).expanduser()
     files = find_idx_files(path)
@@ -166,6 +167,7 @@ def load_idx_pool(path: str | os.PathLike, *, name: str | None = None,
         raw[split] = images, labels
     top = max((int(lab.max()) for _, lab in raw.values() if lab.size), default=-1)
     if class_names is None:
+        _check_no_gap({s: (files[(s, "labels")], lab) for s, (_, lab) in raw.items()})
         class_names = tuple(str(c) for c in range(top + 1))
     elif top >= len(class_names):
         split = next(s for s, (_, lab) in raw.items() if lab.size and lab.max() == top)
@@ -183,6 +185,32 @@ def load_idx_pool(path: str | os.PathLike, *, name: str | None = None,
                            source_index=offset + np.arange(labels.shape[0])))
         offset += labels.shape[0]
     return out[0], out[1]
+
+
+def _check_no_gap(labels: dict[str, tuple[pathlib.Path, np.ndarray]]) -> None:
+    """Refuses labels that skip classes: the classes are numbered by the largest label,
+    so a stray label (a damaged byte, 200 among labels 0..2) would make hundreds of
+    empty classes. Classes below the smallest label may be empty (EMNIST letters are
+    labelled 1 to 26)."""
+    present = np.unique(np.concatenate([lab for _, lab in labels.values()]))
+    if present.size < 2:
+        return
+    jumps = np.nonzero(np.diff(present) > 1)[0]
+    if not jumps.size:
+        return
+    below, above = int(present[jumps[0]]), int(present[jumps[0] + 1])
+    for path, lab in labels.values():
+        where = np.nonzero(lab == above)[0]
+        if where.size:
+            break
+    missing = (f"class {below + 1}" if above == below + 2 else
+               f"classes {below + 1} to {above - 1}")
+    raise ValueError(
+        f"IDX labels in '{path}': label {above} (at index {int(where[0])}, "
+        f"{where.size} example(s)) skips {missing}, which no example has; the "
+        f"classes are numbered 0 to the largest label, so a stray label makes empty "
+        f"classes. Fix the label file (a damaged or wrong label?), or pass class_names "
+        f"naming every class if the gap is intended.")
 
 
 def find_known(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | None:

@@ -142,7 +142,7 @@ def load_tfds_pool(name: str, *, data_dir: str | os.PathLike | None = None,
         FileNotFoundError: not prepared in ``data_dir`` and ``download`` is False; the
             message gives the command that prepares it.
         ValueError: the dataset is not an image classification set with train and
-            test splits.
+            test splits, or a label is outside its classes (names the split and index).
     """
     data_dir = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
     prepared = find_prepared(name, data_dir)
@@ -183,6 +183,13 @@ def load_tfds_pool(name: str, *, data_dir: str | os.PathLike | None = None,
         if images.ndim != 4:
             raise ValueError(f"tfds dataset {name!r} feature {image_key!r} is not an "
                              f"image batch [N, H, W, C]; got shape {images.shape}.")
+        bad = np.nonzero((labels < 0) | (labels >= num_classes))[0]
+        if bad.size:
+            raise ValueError(
+                f"tfds dataset {name!r} ({prepared}), split {split!r}: label "
+                f"{int(labels[bad[0]])} at index {int(bad[0])} ({bad.size} such) is outside "
+                f"its {num_classes} classes [0, {num_classes}); the prepared data is "
+                f"damaged: prepare it again ({_prepare_command(name, data_dir)}).")
         if np.issubdtype(images.dtype, np.integer):
             images = images.astype(np.float32) / np.float32(np.iinfo(images.dtype).max)
         out.append(Dataset(images=images.astype(np.float32),

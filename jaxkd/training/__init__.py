@@ -8,33 +8,36 @@
   state replicated and donated, teacher frozen by structure;
 * :class:`Checkpointer` (orbax) and :class:`MetricWriter` (JSONL + TensorBoard);
 * :func:`train`: the resumable loop the experiments call;
-* :func:`atomic_write_text` / :func:`atomic_write_json`: crash-safe file writes;
+* :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_file`: crash-safe
+  file writes;
 * :func:`initialize_distributed`, :func:`data_mesh`, :func:`replicate`, :func:`replicated`: scale-out.
 
 See ``docs/training.md``.
 """
 
 from jaxkd.training._checkpoint import CheckpointError, Checkpointer
-from jaxkd.training._io import atomic_write_json, atomic_write_text
+from jaxkd.training._io import atomic_file, atomic_write_json, atomic_write_text
 from jaxkd.training._loop import NonFiniteLossError, TrainResult, evaluate, train
 from jaxkd.training._metrics import METRICS_FILE, MetricWriter, read_metrics
 from jaxkd.training._objective import (Objective, Term, TermInputs, attention_jacobian,
                                        attention_transfer, cross_entropy, distillation,
                                        jacobian_matching, jvp_projection, logit_matching,
                                        noisy_distillation, vjp_projection)
-from jaxkd.training._sharding import (DATA_AXIS, auto_mesh, data_mesh,
+from jaxkd.training._sharding import (DATA_AXIS, HEARTBEAT_TIMEOUT_S,
+                                      LOST_PROCESS_EXIT_CODE, auto_mesh, data_mesh,
                                       initialize_distributed, is_main_process,
                                       multi_process_env, replicate, replicated)
 from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
                                   make_train_step)
 
 __all__ = [
-    "CheckpointError", "Checkpointer", "DATA_AXIS", "METRICS_FILE", "MetricWriter",
+    "CheckpointError", "Checkpointer", "DATA_AXIS", "HEARTBEAT_TIMEOUT_S",
+    "LOST_PROCESS_EXIT_CODE", "METRICS_FILE", "MetricWriter",
     "NonFiniteLossError", "Objective", "Term", "TermInputs", "TrainResult", "TrainState",
     "TrainStep", "attention_jacobian", "attention_transfer", "auto_mesh", "cross_entropy",
     "data_mesh", "distillation", "evaluate", "init_train_state", "initialize_distributed",
     "is_main_process", "jacobian_matching", "jvp_projection", "logit_matching",
     "make_eval_step", "make_train_step", "multi_process_env", "noisy_distillation",
     "read_metrics", "replicate", "replicated", "train", "vjp_projection",
-    "atomic_write_json", "atomic_write_text",
+    "atomic_file", "atomic_write_json", "atomic_write_text",
 ]

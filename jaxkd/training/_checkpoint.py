@@ -57,6 +57,20 @@ def os_error(e: BaseException, errnos: Collection[int] | None = None) -> OSError
     return None
 
 
+# What to do when a checkpoint cannot be written, by errno.
+_RESUMES = " and run again: training resumes from the last complete checkpoint."
+_WRITE_HINTS = {
+    errno_lib.ENOSPC: " Free disk space (or use another directory)" + _RESUMES,
+    errno_lib.EDQUOT: " Free space within the disk quota (or use another directory)"
+                      + _RESUMES,
+    errno_lib.EFBIG: " A file outgrew the file-size limit (see `ulimit -f`) or the file "
+                     "system's: raise the limit (or use another directory)" + _RESUMES,
+    errno_lib.EROFS: " The file system is read-only: use another directory.",
+    errno_lib.EACCES: " No permission to write there: use another directory.",
+    errno_lib.EPERM: " No permission to write there: use another directory.",
+}
+
+
 def _to_tree(state: TrainState) -> dict[str, Any]:
     return {"step": state.step, "params": state.params, "rest": state.rest,
             "opt_state": state.opt_state, "key": jax.random.key_data(state.key)}
@@ -111,9 +125,7 @@ class Checkpointer:
             cause = os_error(e)
             if cause is None:
                 raise
-            hint = (" Free disk space (or use another directory) and run again: training "
-                    "resumes from the last complete checkpoint."
-                    if cause.errno in (errno_lib.ENOSPC, errno_lib.EDQUOT) else "")
+            hint = _WRITE_HINTS.get(cause.errno, "")
             raise CheckpointError(f"cannot write checkpoint to {self.directory}: "
                                   f"{cause.strerror}.{hint}") from cause
 

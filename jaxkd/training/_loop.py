@@ -23,6 +23,7 @@ from jaxkd.training._checkpoint import Checkpointer
 from jaxkd.training._io import atomic_write_json
 from jaxkd.training._metrics import MetricWriter, read_metrics
 from jaxkd.training._objective import Objective
+from jaxkd.training._progress import progress_bar
 from jaxkd.training._sharding import (DATA_AXIS, data_mesh, is_main_process, replicate,
                                       replicated)
 from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
@@ -205,7 +206,9 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
       log_every: write train metrics every this many steps (and at the end).
       max_to_keep: checkpoints kept.
       progress: show a tqdm bar (process 0 only); a string is the bar's label. The bar
-        starts after the first step, so its rate and ETA leave out compilation.
+        starts after the first step, so its rate and ETA leave out compilation. When
+        stderr is not a terminal (a log file), a plain line every tenth of the steps or
+        every minute instead.
       tensorboard: also write TensorBoard files.
       config: JSON-serialisable run description, written to ``workdir/config.json``.
       train_step: a step built by :func:`make_train_step` with this ``objective`` and
@@ -305,8 +308,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
             train_metrics = {k: float(v) for k, v in metrics.items()}
             _check_finite(train_metrics, step)
             if progress and main and bar is None:  # after step 1: no compile in the ETA
-                from tqdm.auto import tqdm
-                bar = tqdm(total=num_steps, initial=step, desc=label, dynamic_ncols=True)
+                bar = progress_bar(num_steps, initial=step, desc=label)
             elif bar is not None:
                 bar.update(1)
             if bar is not None:

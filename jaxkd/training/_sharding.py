@@ -7,11 +7,25 @@ Across hosts, every process runs the same program on its own slice of the global
 JAX's ``jax.distributed.initialize()`` must run first, on every host, before anything
 touches a device. :func:`initialize_distributed` is that call, made only when asked or
 when the environment says the job spans several processes.
+
+**A lost process ends the job.** When one process stops (killed, out of memory, its
+host gone), the others cannot go on: they would wait in the step's collectives until
+JAX's heartbeat timeout (100 s by default) aborts them with a C++ stack. After
+:func:`initialize_distributed`, each process publishes a heartbeat counter every second
+in the coordinator's key-value store and watches the others'; a counter that stops
+for :data:`HEARTBEAT_TIMEOUT_S` seconds stops every survivor with one line that names
+the lost process (exit status :data:`LOST_PROCESS_EXIT_CODE`). A lost coordinator
+(process 0, which runs the key-value store) ends the others at once through JAX's own
+error. Running the job again resumes from the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -47,7 +61,104 @@ def multi_process_env() -> bool:
     return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
-def initialize_distributed(*, force: bool = False, **kwargs: Any) -> bool:
+# Seconds without a heartbeat after which a process counts as lost. The heartbeats come
+# from a background thread, so a long compilation or step does not miss them.
+HEARTBEAT_TIMEOUT_S = 30
+# The exit status of a process that stops because another process of the job was lost.
+LOST_PROCESS_EXIT_CODE = 3
+_ALIVE_KEY = "jaxkd/alive"
+
+
+def lost_process_message(lost: list[int], *, process_id: int, timeout: float) -> str:
+    """The line a surviving process prints when it stops for lost processes."""
+    who = ("process " if len(lost) == 1 else "processes ") + ", ".join(map(str, lost))
+    return (f"error: {who} of this multi-process job sent no heartbeat for {timeout:g} s "
+            f"(killed, out of memory, or its host lost); process {process_id} stops too. "
+            f"Start the job again on every host: training resumes from the last complete "
+            f"checkpoint.")
+
+
+class _Watchdog:
+    """Every ``interval`` s: publishes this process's heartbeat counter in the
+    coordinator's key-value store and stops the process (one line, exit status
+    :data:`LOST_PROCESS_EXIT_CODE`) when another process's counter has not moved for
+    ``timeout`` s.
+
+    JAX's own heartbeat (set to twice ``timeout``) stays as the backstop; it aborts with
+    a C++ stack. While this process shuts the runtime down the checks stop (a finished
+    peer stops beating), the beats go on until the client is gone.
+    """
+
+    def __init__(self, client: Any, process_id: int, num_processes: int, timeout: float,
+                 interval: float):
+        self.client, self.me, self.n = client, process_id, num_processes
+        self.timeout, self.interval = timeout, interval
+        self.checking = True
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="jaxkd-heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        seen: dict[int, tuple[str | None, float]] = {}
+        beat = 0
+        while True:
+            beat += 1
+            try:
+                self.client.key_value_set(f"{_ALIVE_KEY}/{self.me}", str(beat),
+                                          allow_overwrite=True)
+                values = dict(self.client.key_value_dir_get(f"{_ALIVE_KEY}/"))
+            except Exception:  # pylint: disable=broad-except
+                # The runtime is shutting down, or the coordinator is gone (then JAX's
+                # own error handling ends the process at once).
+                return
+            now = time.monotonic()
+            lost = []
+            for other in range(self.n):
+                if other == self.me:
+                    continue
+                value = values.get(f"{_ALIVE_KEY}/{other}")
+                if other not in seen or seen[other][0] != value:
+                    seen[other] = (value, now)
+                elif now - seen[other][1] > self.timeout:
+                    lost.append(other)
+            if lost and self.checking:
+                self._stop(lost)
+            time.sleep(self.interval)
+
+    def _stop(self, lost: list[int]) -> None:
+        line = lost_process_message(lost, process_id=self.me, timeout=self.timeout)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        with contextlib.suppress(Exception):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        os._exit(LOST_PROCESS_EXIT_CODE)  # the main thread may wait in a collective forever
+
+
+def _watch(timeout: float) -> None:
+    """Starts the :class:`_Watchdog` of the distributed runtime just initialised."""
+    from jax._src import distributed as jax_distributed  # the runtime's client
+    state = jax_distributed.global_state
+    client = getattr(state, "client", None)
+    # The state's own counts: jax.process_count() would start the backends here.
+    num_processes = int(getattr(state, "num_processes", 1) or 1)
+    if client is None or num_processes < 2:
+        return
+    watchdog = _Watchdog(client, int(state.process_id), num_processes, timeout,
+                         interval=min(1.0, timeout / 4))
+    shutdown = state.shutdown
+
+    def shutdown_unwatched() -> None:
+        watchdog.checking = False
+        shutdown()
+
+    state.shutdown = shutdown_unwatched  # jax.distributed.shutdown() and JAX's atexit
+    watchdog.start()
+
+
+def initialize_distributed(*, force: bool = False,
+                           heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_S,
+                           **kwargs: Any) -> bool:
     """Calls ``jax.distributed.initialize(**kwargs)`` when asked or when multi-host.
 
     Call it first thing in ``main``, before any other JAX call. It does nothing (and
@@ -56,6 +167,19 @@ def initialize_distributed(*, force: bool = False, **kwargs: Any) -> bool:
     ``jax.distributed.initialize()`` finds the coordinator itself; elsewhere pass
     ``coordinator_address=..., num_processes=..., process_id=...``.
 
+    When a process of the job is lost (killed, out of memory, its host gone), every other
+    process prints one line that names it and says that running the job again resumes,
+    and exits with status :data:`LOST_PROCESS_EXIT_CODE`, at most
+    ``heartbeat_timeout_seconds`` + 2 s after the lost process's last heartbeat. (If the
+    lost process is the coordinator, process 0, JAX's own error ends the others at once.)
+
+    Args:
+      force: initialise even when the environment looks single-process.
+      heartbeat_timeout_seconds: how long a process may send no heartbeat before the
+        others stop; JAX's own heartbeat timeout, the backstop, is set to twice this
+        unless given in ``kwargs`` as ``jax_heartbeat_timeout_seconds``.
+      **kwargs: passed to ``jax.distributed.initialize``.
+
     Returns:
       Whether the distributed runtime is initialised after the call.
     """
@@ -63,7 +187,9 @@ def initialize_distributed(*, force: bool = False, **kwargs: Any) -> bool:
         return True
     if not (force or kwargs or multi_process_env()):
         return False
-    jax.distributed.initialize(**kwargs)
+    backstop = kwargs.pop("jax_heartbeat_timeout_seconds", 2 * heartbeat_timeout_seconds)
+    jax.distributed.initialize(heartbeat_timeout_seconds=backstop, **kwargs)
+    _watch(heartbeat_timeout_seconds)
     return True
 
 

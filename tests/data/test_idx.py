@@ -233,3 +233,22 @@ def test_debian_fashion_mnist(monkeypatch, tmp_path):
     pool = np.concatenate([splits.train.images, splits.validation.images])
     assert abs(float(pool.mean(dtype=np.float64)) - 0.2860) < 5e-4
     assert elapsed < 60.0, f"loading Fashion-MNIST took {elapsed:.1f} s"
+
+
+def test_idx_a_stray_label_is_refused_naming_file_label_and_index(tmp_path):
+    # Three classes, one label damaged to 200: read as is, 197 empty classes.
+    _write_set(tmp_path, classes=3, gz=False)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    values = (np.arange(40) % 3).astype(np.uint8)
+    values[17] = 200
+    labels.write_bytes(_idx_bytes(values))
+    _expect(tmp_path, rf"IDX labels in '{labels}': label 200 \(at index 17, 1 example\(s\)\) "
+                      rf"skips classes 3 to 199, which no example has")
+    # Classes below the smallest label may be empty (EMNIST letters: 1 to 26).
+    letters = tmp_path / "letters"
+    _write_set(letters, classes=3, gz=False)
+    for stem in ("train", "t10k"):
+        path = letters / f"{stem}-labels-idx1-ubyte"
+        path.write_bytes(_idx_bytes(_idx.read_idx(path, _idx.LABELS_MAGIC) + 1))
+    splits = data.load(f"idx:{letters}")
+    assert splits.num_classes == 4 and splits.train.class_counts()[0] == 0

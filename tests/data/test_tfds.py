@@ -90,3 +90,23 @@ def test_missing_tfds_dataset_fails_fast(tmp_path):
     assert f"tfds build mnist --data_dir={tmp_path} --file_format=array_record" in message
     with pytest.raises(FileNotFoundError, match="'cifar100' is not prepared"):
         data.load("tfds:cifar100", data_dir=tmp_path)
+
+
+def test_a_label_outside_the_classes_is_refused_naming_split_and_index(
+        tfds_dir, monkeypatch):
+    from jaxkd.data import _tfds
+    root, _, _ = tfds_dir
+    read = _tfds._read_split
+
+    def damaged(builder, split, *keys):
+        images, labels = read(builder, split, *keys)
+        if split == "test":
+            labels = labels.copy()
+            labels[5] = 10
+        return images, labels
+
+    monkeypatch.setattr(_tfds, "_read_split", damaged)
+    with pytest.raises(ValueError, match=r"tfds dataset 'local_digits' \(.*\), split 'test': "
+                                         r"label 10 at index 5 \(1 such\) is outside its 10 "
+                                         r"classes \[0, 10\)"):
+        data.load("tfds:local_digits", data_dir=root)

@@ -107,7 +107,10 @@ def test_a_full_disk_anywhere_is_one_line(tmp_path):
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "results.json"))
     with pytest.raises(SystemExit) as e:
         _main(_fails_with(full), argv)
-    assert e.value.code == (f"error: No space left on device: {tmp_path / 'results.json'}")
+    full_hint = ("; free disk space (or give another --workdir) and run again: finished runs "
+                 "are kept and an unfinished one resumes from its last checkpoint.")
+    assert e.value.code == (f"error: No space left on device: {tmp_path / 'results.json'}"
+                            + full_hint)
     # Deep in another error's chain, as orbax's asyncio tasks report it.
     try:
         try:
@@ -120,7 +123,7 @@ def test_a_full_disk_anywhere_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         _main(_fails_with(deep), argv)
     assert e.value.code == (f"error: No space left on device: {tmp_path / 'results.json'} "
-                            f"(RuntimeError)")
+                            f"(RuntimeError)" + full_hint)
     checkpoint = training.CheckpointError(f"cannot write a checkpoint to {tmp_path}: No space "
                                           "left on device")
     with pytest.raises(SystemExit) as e:
@@ -131,12 +134,14 @@ def test_a_full_disk_anywhere_is_one_line(tmp_path):
         _main(_fails_with(ConfigError("bad value\nsecond line")), argv)
 
 
-def test_an_unexpected_error_keeps_its_traceback(tmp_path):
+def test_an_unexpected_error_keeps_its_traceback_with_debug(tmp_path, monkeypatch):
+    # Without --debug it is one line too (tests/experiments/test_reliability.py).
+    monkeypatch.delenv(_cli.DEBUG_ENV, raising=False)
     with pytest.raises(ZeroDivisionError):
-        _main(_fails_with(ZeroDivisionError("a bug")), ["--workdir", str(tmp_path)])
+        _main(_fails_with(ZeroDivisionError("a bug")), ["--workdir", str(tmp_path), "--debug"])
     with pytest.raises(OSError, match="Connection refused"):  # not one of the known errnos
         _main(_fails_with(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")),
-              ["--workdir", str(tmp_path)])
+              ["--workdir", str(tmp_path), "--debug"])
 
 
 def test_the_lock_is_released_after_a_failure(tmp_path):
@@ -213,4 +218,5 @@ def test_the_known_os_error_is_found_behind_an_unknown_one():
     # tensorstore reports the code in its message, not as an OSError.
     found = _cli._os_error(ValueError("write failed [os_error_code='122']"))
     assert found.errno == errno.EDQUOT
-    assert _cli._os_error(ValueError("write failed [os_error_code='2']")) is None
+    # Any other code is found too (its failure line names it, without a remedy).
+    assert _cli._os_error(ValueError("write failed [os_error_code='2']")).errno == errno.ENOENT

@@ -1,11 +1,14 @@
 """One process of the two-process training test (tests/training/test_multihost.py).
 
 Run as ``python -m tests.training._multihost_worker <coordinator> <num_processes>
-<process_id> <workdir> <kill_at>``: joins the job with ``jax.distributed.initialize``
-(gloo CPU collectives, one CPU device per process, so the mesh spans the processes),
-trains the tiny model below through :func:`jaxkd.training.train` on this process's half
-of every global batch, and, if ``kill_at >= 0``, SIGKILLs itself when it fetches the
-batch of that (0-based) call, i.e. mid-run, after the checkpoints before it were started.
+<process_id> <workdir> <kill_at> [<kill_process> <heartbeat_s>]``: joins the job with
+:func:`jaxkd.training.initialize_distributed` (gloo CPU collectives, one CPU device per
+process, so the mesh spans the processes), trains the tiny model below through
+:func:`jaxkd.training.train` on this process's half of every global batch, and, if
+``kill_at >= 0``, SIGKILLs itself when it fetches the batch of that (0-based) call, i.e.
+mid-run, after the checkpoints before it were started. ``kill_process`` (default -1:
+every process) limits the kill to one process; ``heartbeat_s`` is the job's heartbeat
+timeout.
 At the end it writes its final parameters and metrics to ``workdir/result_<id>.npz``.
 
 The test imports the same ``student``, ``global_data`` and ``OPTIMIZER`` for its
@@ -79,11 +82,15 @@ class Feed:
 
 
 def main(coordinator: str, num_processes: int, process_id: int, workdir: str,
-         kill_at: int) -> None:
+         kill_at: int, kill_process: int = -1,
+         heartbeat_s: int = training.HEARTBEAT_TIMEOUT_S) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_num_cpu_devices", 1)
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=60)
+    assert training.initialize_distributed(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+        initialization_timeout=60, heartbeat_timeout_seconds=heartbeat_s)
+    if kill_process not in (-1, process_id):
+        kill_at = -1
     mesh = training.data_mesh()
     assert mesh.devices.size == num_processes == jax.process_count(), mesh
     local_eval = [local_rows(b, process_id, num_processes) for b in eval_batches()]
@@ -102,4 +109,5 @@ def main(coordinator: str, num_processes: int, process_id: int, workdir: str,
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
+         *(int(a) for a in sys.argv[5:]))

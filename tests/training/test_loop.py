@@ -208,7 +208,8 @@ def test_initialize_distributed_is_guarded(monkeypatch):
     assert training.initialize_distributed() is False and calls == []
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert training.multi_process_env()
-    assert training.initialize_distributed() is True and calls == [{}]
+    assert training.initialize_distributed() is True
+    assert calls == [{"heartbeat_timeout_seconds": 2 * training.HEARTBEAT_TIMEOUT_S}]
     monkeypatch.delenv("SLURM_NTASKS")
     assert training.initialize_distributed(force=True) is True and len(calls) == 2
 

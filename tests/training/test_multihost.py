@@ -1,12 +1,14 @@
 """A real two-process job: ``jax.distributed`` over gloo CPU collectives, one CPU device
 per process, trained through ``train()``, SIGKILLed mid-run, resumed, and compared with
-a one-process run on the same global batches."""
+a one-process run on the same global batches; one process of a job lost while the
+other waits for it."""
 
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -26,27 +28,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_job(workdir, kill_at: int) -> list[subprocess.CompletedProcess]:
+def _run_job(workdir, kill_at: int, *, kill_process: int = -1,
+             heartbeat_s: int = training.HEARTBEAT_TIMEOUT_S,
+             ended: list | None = None) -> list[subprocess.CompletedProcess]:
     """Starts the processes of one job and waits for all of them (killing the ones still
-    running after TIMEOUT_S)."""
+    running after TIMEOUT_S); ``ended`` receives each process's end time."""
     coordinator = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # one CPU device per process
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.training._multihost_worker", coordinator,
-         str(NUM_PROCESSES), str(i), str(workdir), str(kill_at)],
+         str(NUM_PROCESSES), str(i), str(workdir), str(kill_at), str(kill_process),
+         str(heartbeat_s)],
         cwd=os.getcwd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True) for i in range(NUM_PROCESSES)]
-    done = []
+    done, times = [], [None] * len(procs)
     try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while None in times and time.monotonic() < deadline:
+            for i, p in enumerate(procs):
+                if times[i] is None and p.poll() is not None:
+                    times[i] = time.monotonic()
+            time.sleep(0.05)
         for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT_S)
+            out, _ = p.communicate(timeout=1)
             done.append(subprocess.CompletedProcess(p.args, p.returncode, out))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    if ended is not None:
+        ended[:] = times
     return done
 
 
@@ -131,3 +144,26 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
     assert data_state == {"epoch": 1, "index": 32}
     for key, value in _params(state).items():
         np.testing.assert_array_equal(value, results[0][key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_others_within_the_heartbeat_timeout(tmp_path):
+    # Process 1 is SIGKILLed mid-run; process 0 waits for it in the step's collectives.
+    heartbeat = 3
+    ended = []
+    job = _run_job(tmp_path / "job", kill_at=4, kill_process=1, heartbeat_s=heartbeat,
+                   ended=ended)
+    assert job[1].returncode == -signal.SIGKILL, job[1].stdout[-3000:]
+    survivor = job[0]
+    assert survivor.returncode == training.LOST_PROCESS_EXIT_CODE, survivor.stdout[-3000:]
+    lines = [line for line in survivor.stdout.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: process 1 of this multi-process job sent no heartbeat for "
+                     f"{heartbeat} s (killed, out of memory, or its host lost); process 0 "
+                     f"stops too. Start the job again on every host: training resumes "
+                     f"from the last complete checkpoint."], survivor.stdout[-3000:]
+    assert "Check failure stack trace" not in survivor.stdout  # not JAX's abort
+    # The bound: the timeout, one heartbeat interval (1 s at most) for the last beat
+    # before the kill, one for the check after the timeout, and a second of scheduling.
+    waited = ended[0] - ended[1]
+    print(f"survivor stopped {waited:.1f} s after the lost process")
+    assert waited < heartbeat + 3, waited
