@@ -26,7 +26,7 @@ from typing import Any
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from experiments.configs._base import ConfigError, describe, flat_keys, get
+from experiments.configs._base import ConfigError, describe, flat_keys, get, renamed
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "-?")
@@ -100,12 +100,32 @@ def _override_keys(argv: Sequence[str]) -> list[str]:
     return keys
 
 
+def nearest_key(key: str, valid: Sequence[str]) -> str | None:
+    """The valid key a user most plausibly meant by ``key``, or None.
+
+    Among the keys of the same group (``train.num_step`` -> ``train.num_steps``) first,
+    then all keys, comparing words (``.`` and ``_`` alike: ``search_sizes`` ->
+    ``search.sizes``).
+    """
+    def words(k: str) -> str:
+        return k.replace(".", "_")
+    parent = key.rpartition(".")[0]
+    for pool in ([k for k in valid if parent and k.rpartition(".")[0] == parent], valid):
+        by_words = {words(k): k for k in pool}
+        near = difflib.get_close_matches(words(key), list(by_words), n=1, cutoff=0.6)
+        if near:
+            return by_words[near[0]]
+    return None
+
+
 def _check_keys(config: ConfigDict, keys: Sequence[str]) -> None:
     valid = flat_keys(config)
     for key in keys:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean --config.{near[0]}?" if near else ""
+            if renamed(key):
+                raise ConfigError(renamed(key))
+            near = nearest_key(key, valid)
+            hint = f"; did you mean --config.{near}?" if near else ""
             raise ConfigError(f"unknown config key {key!r}{hint} (--help lists every key).")
 
 
@@ -246,8 +266,8 @@ def failure_line(e: BaseException) -> str | None:
 def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict], str], *,
          default_config: str, default_workdir: str,
          argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parses, validates, starts the devices, locks the work directory, runs
-    ``run(config, workdir, command=...)``.
+    """Parses the command line and runs ``run(config, workdir, command=...)``, which
+    validates the config, locks the work directory and trains (``_study.run``).
 
     Prints the study's main table (``console(summary)``), the plots and, last, the line
     ``results: <workdir>/results.md``. A bad command line or config, a work directory in
@@ -255,8 +275,7 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     ``error: ...`` on stderr and exit status 1 (a ``--workdir`` that is empty or a file:
     status 2, a usage error); anything else keeps its traceback.
     """
-    from experiments import _runtime, _workdir
-    from experiments.configs import _base
+    from experiments import _workdir
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config, workdir = parse(argv, study=study, default_config=default_config,
@@ -270,10 +289,7 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
         raise SystemExit(2) from None
     command = command_line(study, argv)
     try:
-        _base.validate(config)
-        _runtime.start_devices(config)
-        with _workdir.locked(workdir, command=command):
-            summary = run(config, workdir, command=command)
+        summary = run(config, workdir, command=command)
     except Exception as e:
         line = failure_line(e)
         if line is None:

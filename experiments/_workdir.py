@@ -5,6 +5,8 @@
       results.{json,csv,md}, *.png   the report (``_report``)
       teacher/                       the teacher's run directory
       cells/<method>/n<k>/seed<s>/   one run directory per cell
+      weight_search.json             the loss-weight search's choice (``_search``)
+      weight_search/cells/<method>@<weights>/n<k>/seed<s>/   one run per candidate
 
 A run directory is what :func:`jaxkd.training.train` writes (``checkpoints/``,
 ``metrics.jsonl``, ``config.json``) plus ``result.json``, which marks it finished. A
@@ -12,7 +14,7 @@ finished run keeps only its last checkpoint (study 2 and a reused teacher restor
 and its metrics; :func:`prune` deletes the rest.
 
 **Run configs.** Each run records the config that determines its result (its *run
-config*, ``_sweep.teacher_config`` / ``_sweep.cell_config``) in ``config.json`` when it
+config*, ``_study.teacher_config`` / ``_study.cell_config``) in ``config.json`` when it
 starts and in ``result.json`` when it ends. Before anything trains, a study compares
 every run it would reuse with the run config the current config gives it
 (:func:`changed`); a run made with another config is refused (naming the keys that
@@ -246,21 +248,9 @@ def discard_damaged_result(run_dir: str) -> None:
 # ----------------------------------------------------------------------------------------
 # Run configs.
 
-_EXPECTED: dict[str, dict[str, Any]] = {}  # abs run dir -> the run config it must record
-
-
 def canonical(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples as lists, keys as strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def expect(run_dir: str, run_config: Mapping[str, Any]) -> None:
-    """Notes the run config ``run_dir`` is to record when it trains (``_fit.fit``)."""
-    _EXPECTED[os.path.abspath(run_dir)] = canonical(dict(run_config))
-
-
-def expected(run_dir: str) -> dict[str, Any] | None:
-    return _EXPECTED.get(os.path.abspath(run_dir))
 
 
 def started(run_dir: str) -> bool:
