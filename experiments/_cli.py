@@ -301,6 +301,6 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     for path in summary.get("plots", ()):
         print(f"plot: {path}")
     results = os.path.join(workdir, "results.md")
-    if os.path.exists(results):  # not after transfer's teacher_only
+    if "teacher" not in summary:  # teacher_only writes no report
         print(f"results: {results}")
     return summary

@@ -18,10 +18,10 @@ Outputs: the ``noise_robustness`` section of ``results.{json,csv,md}`` and
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -234,14 +234,8 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     return [_plots.save(fig, workdir, "accuracy_vs_sigma.png")]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Section:
-    name: str = "noise_robustness"
-    markdown: Callable[[dict[str, Any]], str] = markdown
-    plots: Callable[[str, dict[str, Any]], list[str]] = plots
-
-
-REPORT = _Section()  # this study's section of the results (``_report.Section``)
+# This study's section of the results (a ``_report.Section``).
+REPORT = types.SimpleNamespace(name="noise_robustness", markdown=markdown, plots=plots)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

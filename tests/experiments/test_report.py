@@ -130,3 +130,18 @@ def test_a_damaged_results_json_is_written_again(tmp_path, capsys):
     _report.write(str(tmp_path), FAKE, _summary(70.0))
     assert set(json.loads(Path(tmp_path, "results.json").read_text())) == {"limited_data"}
     assert "results.json cannot be read" in capsys.readouterr().err
+
+
+def test_each_section_is_rendered_by_its_own_study_and_kept_by_the_others(tmp_path):
+    other = types.SimpleNamespace(name="another_study", markdown=lambda s: "## another",
+                                  plots=lambda workdir, s: [])
+    _report.write(str(tmp_path), FAKE, _summary(50.0))
+    _report.write(str(tmp_path), other, _summary(10.0))
+    _report.write(str(tmp_path), FAKE, _summary(60.0))  # rewrites its own section only
+    results = json.loads(Path(tmp_path, "results.json").read_text())
+    assert list(results) == ["limited_data", "another_study"]
+    assert Path(tmp_path, "results.md").read_text() == (
+        "# jaxkd experiment results\n\n## fake\n\n60.0\n\n## another\n")
+    rows = list(csv.DictReader(Path(tmp_path, "results.csv").read_text().splitlines()))
+    assert [(r["study"], r["mean"]) for r in rows] == [
+        ("limited_data", "60.0"), ("another_study", "10.0")]

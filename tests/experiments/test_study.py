@@ -212,3 +212,24 @@ def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smok
                                   "candidates": {"jacobian.weight": [1.0, 10.0]}}
     assert "search" not in _study.cell_config(transfer.STUDY, config,
                                               _sweep.Cell("lwf", 5, 0), teacher)
+
+
+def test_the_config_is_validated_and_the_workdir_locked_once(smoke, tmp_path, monkeypatch,
+                                                             nothing_trains):
+    """The command line parses; the driver validates and locks, once each."""
+    from experiments.configs import _base
+    calls = {"validate": 0, "acquire": 0}
+    real_validate, real_acquire = _base.validate, _workdir.acquire
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(_base, "validate", counting("validate", real_validate))
+    monkeypatch.setattr(_workdir, "acquire", counting("acquire", real_acquire))
+    with pytest.raises(Trained):  # the teacher is the first thing that trains
+        limited_data.main(["--workdir", str(tmp_path), "--config=limited_data_digits:smoke"])
+    assert calls == {"validate": 1, "acquire": 1}
+    assert os.path.realpath(str(tmp_path)) not in _workdir._HELD  # released after the run
