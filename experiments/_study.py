@@ -5,11 +5,11 @@ its method table (method -> loss terms -> objective), its data, its student, the
 keys that change its teacher and its cells, its labels, paper numbers, gain pairs, and
 its report. This module does the rest, the same way for every study:
 
-1. :func:`check`: the whole config, once, before anything loads (``_base.validate`` and
-   the study's own methods);
-2. :func:`start`, with the work directory locked: the run configs (below) of every run
-   the study would reuse are compared with what the work directory recorded
-   (``on_change``), then the mesh, the data and the teacher;
+1. :func:`opened`: the whole config checked once, before anything loads
+   (``_base.validate`` and the study's own methods), and the work directory locked;
+2. :func:`start`: the run configs (below) of every run the study would reuse are
+   compared with what the work directory recorded (``on_change``), then the mesh, the
+   data and the teacher;
 3. :func:`sweep`: the weight search (``_search``) and every cell (``_sweep``), each
    distinct train step built once (:class:`Trainer`);
 4. :func:`run`: all of it and the report (``_report``).
@@ -25,12 +25,13 @@ student starts from it). It is recorded in ``config.json`` and ``result.json``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from flax import nnx
@@ -243,6 +244,17 @@ def check(study: Study, config: ConfigDict) -> None:
     cells(study, config)
 
 
+@contextlib.contextmanager
+def opened(study: Study, config: ConfigDict, workdir: str, *, command: str | None = None
+           ) -> Iterator[None]:
+    """Checks ``config`` (:func:`check`), gives JAX its host devices, and holds the work
+    directory's lock for the block: what a study does once, before :func:`start`."""
+    check(study, config)
+    _runtime.start_devices(config)
+    with _workdir.locked(workdir, command=command):
+        yield
+
+
 @dataclasses.dataclass
 class Session:
     """A started study: the work directory's runs checked, the mesh, data and teacher."""
@@ -261,8 +273,7 @@ def start(study: Study, config: ConfigDict, workdir: str,
           selected: Sequence[_sweep.Cell] | None = None) -> Session:
     """Compares the runs with the config, then the mesh, the data and the teacher.
 
-    The caller has checked ``config`` (:func:`check`) and holds the work directory's
-    lock (``_workdir.locked``).
+    Called within :func:`opened` (the config checked, the work directory locked).
     """
     selected = _sweep.cells(config) if selected is None else list(selected)
     runs = run_configs(study, config, workdir, selected)
@@ -400,9 +411,7 @@ def run(study: Study, config: ConfigDict, workdir: str, *, command: str | None =
     returns ``{"teacher": its result}``. Holds the work directory's lock throughout.
     """
     t0 = time.perf_counter()
-    check(study, config)
-    _runtime.start_devices(config)
-    with _workdir.locked(workdir, command=command):
+    with opened(study, config, workdir, command=command):
         session = start(study, config, workdir)
         if config.teacher_only:
             print(f"teacher: test accuracy "

@@ -29,8 +29,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import _cli, _data, _fit, _plots, _report, _runtime, _study, _sweep
-from experiments import _workdir
+from experiments import _cli, _data, _fit, _plots, _report, _study, _sweep, _workdir
 from experiments import limited_data
 from jaxkd import data
 
@@ -116,9 +115,7 @@ def noisy_gains(per_cell: dict[_sweep.Cell, dict[str, Any]], methods: Sequence[s
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
     """Trains or reuses study 1's students, evaluates them under noise, writes results."""
     t0 = time.perf_counter()
-    _study.check(limited_data.STUDY, config)
-    _runtime.start_devices(config)
-    with _workdir.locked(workdir, command=command):
+    with _study.opened(limited_data.STUDY, config, workdir, command=command):
         return _run(config, workdir, command=command, started=t0)
 
 
