@@ -26,7 +26,7 @@ from typing import Any
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from experiments.configs._base import ConfigError, describe, flat_keys, get
+from experiments.configs._base import ConfigError, describe, flat_keys, get, renamed
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "-?")
@@ -100,12 +100,32 @@ def _override_keys(argv: Sequence[str]) -> list[str]:
     return keys
 
 
+def nearest_key(key: str, valid: Sequence[str]) -> str | None:
+    """The valid key a user most plausibly meant by ``key``, or None.
+
+    Among the keys of the same group (``train.num_step`` -> ``train.num_steps``) first,
+    then all keys, comparing words (``.`` and ``_`` alike: ``search_sizes`` ->
+    ``search.sizes``).
+    """
+    def words(k: str) -> str:
+        return k.replace(".", "_")
+    parent = key.rpartition(".")[0]
+    for pool in ([k for k in valid if parent and k.rpartition(".")[0] == parent], valid):
+        by_words = {words(k): k for k in pool}
+        near = difflib.get_close_matches(words(key), list(by_words), n=1, cutoff=0.6)
+        if near:
+            return by_words[near[0]]
+    return None
+
+
 def _check_keys(config: ConfigDict, keys: Sequence[str]) -> None:
     valid = flat_keys(config)
     for key in keys:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean --config.{near[0]}?" if near else ""
+            if renamed(key):
+                raise ConfigError(renamed(key))
+            near = nearest_key(key, valid)
+            hint = f"; did you mean --config.{near}?" if near else ""
             raise ConfigError(f"unknown config key {key!r}{hint} (--help lists every key).")
 
 
@@ -314,8 +334,8 @@ def _quiet_library_logs() -> None:
 def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict], str], *,
          default_config: str, default_workdir: str,
          argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parses, validates, starts the devices, locks the work directory, runs
-    ``run(config, workdir, command=...)``.
+    """Parses the command line and runs ``run(config, workdir, command=...)``, which
+    validates the config, locks the work directory and trains (``_study.run``).
 
     Prints the study's main table (``console(summary)``), the plots and, last, the line
     ``results: <workdir>/results.md``. Any failure: ``error: ...`` on stderr
@@ -323,8 +343,7 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     empty or a file: status 2, a usage error); with ``--debug`` or ``$JAXKD_DEBUG=1``
     the failure keeps its traceback and the libraries' logs stay as they are.
     """
-    from experiments import _runtime, _workdir
-    from experiments.configs import _base
+    from experiments import _workdir
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != DEBUG_FLAG]
@@ -342,10 +361,7 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     if not debug:
         _quiet_library_logs()
     try:
-        _base.validate(config)
-        _runtime.start_devices(config)
-        with _workdir.locked_study(workdir, config, command=command):
-            summary = run(config, workdir, command=command)
+        summary = run(config, workdir, command=command)
     except Exception as e:
         if debug:
             raise
@@ -356,6 +372,6 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     for path in summary.get("plots", ()):
         print(f"plot: {path}")
     results = os.path.join(workdir, "results.md")
-    if os.path.exists(results):  # not after transfer's teacher_only
+    if "teacher" not in summary:  # teacher_only writes no report
         print(f"results: {results}")
     return summary

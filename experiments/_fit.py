@@ -5,8 +5,8 @@ validation split as ``eval_data`` and a checkpoint at every evaluation, then rea
 validation curve back, restores the best-on-validation checkpoint and evaluates it and
 the last state on the test split (the test split never chooses anything). ``result.json``
 marks the run finished; then only its last checkpoint is kept (``_workdir.prune``). The
-run's config (what ``_sweep.check_configs`` expects of it) goes into its ``config.json``
-when it starts and its ``result.json`` when it ends.
+run's *run config* (``_study``: what determines its result), given by the caller, goes
+into its ``config.json`` when it starts and its ``result.json`` when it ends.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         train_cfg: ConfigDict, train_set: data.Dataset, validation: data.Dataset,
         test: data.Dataset, seed: int, augment: bool = False, flip: bool = False,
         progress: bool | str = False, tensorboard: bool = False,
-        describe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        describe: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Trains ``student`` with the built ``step``; returns (and saves) its result.
 
     Evaluates on ``validation`` ``train_cfg.num_evals`` times (a checkpoint each time),
@@ -70,14 +71,15 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     checkpoint (ties go to the earlier step), and ``seconds``, this run's wall time
     (training and evaluation). A finished ``run_dir`` is returned as it is; one whose
     ``result.json`` cannot be read is computed again (``_workdir.discard_damaged_result``).
+    ``describe`` and ``run_config`` (under ``_workdir.RUN_CONFIG``) are recorded with it.
     """
     result = _workdir.read_result(run_dir)
     if result is not None:
         return result
     _workdir.discard_damaged_result(run_dir)
-    run_config = _workdir.expected(run_dir)
     describe = {**dict(describe or {}),
-                **({_workdir.RUN_CONFIG: run_config} if run_config is not None else {})}
+                **({_workdir.RUN_CONFIG: _workdir.canonical(dict(run_config))}
+                   if run_config is not None else {})}
     num_steps, mesh = train_cfg.num_steps, step.mesh
     devices = mesh.shape[training.DATA_AXIS]
     if train_cfg.batch_size % devices:
@@ -137,14 +139,15 @@ def template_state(model: nnx.Module, train_cfg: ConfigDict, mesh) -> training.T
 
 def get_teacher(run_dir: str, *, spec: ConfigDict, train_cfg: ConfigDict,
                 prepared: _data.PreparedData, mesh, seed: int, augment: bool = False,
-                flip: bool = False,
-                tensorboard: bool = False) -> tuple[models.Split, dict[str, Any]]:
+                flip: bool = False, tensorboard: bool = False,
+                run_config: Mapping[str, Any] | None = None
+                ) -> tuple[models.Split, dict[str, Any]]:
     """Trains the teacher with cross-entropy on all of the train split, once.
 
     A finished ``run_dir`` is restored instead (the teacher is cached in the work
     directory); ``run_dir`` may also be the teacher directory of another run, trained
     for another number of steps: its own last step is restored, the one its
-    ``result.json`` reports.
+    ``result.json`` reports. ``run_config`` is recorded as :func:`fit` does.
     """
     def make():
         return build_model(spec, image_shape=prepared.image_shape,
@@ -155,8 +158,8 @@ def get_teacher(run_dir: str, *, spec: ConfigDict, train_cfg: ConfigDict,
     result = fit(run_dir, student=make(), step=step, train_cfg=train_cfg,
                  train_set=splits.train, validation=splits.validation, test=splits.test,
                  seed=seed, augment=augment, flip=flip, progress="teacher",
-                 tensorboard=tensorboard, describe={"role": "teacher",
-                                                    "model": spec.to_dict()})
+                 tensorboard=tensorboard, run_config=run_config,
+                 describe={"role": "teacher", "model": spec.to_dict()})
     state = restore_state(run_dir, template_state(make(), train_cfg, mesh))
     if int(state.step) != result["last"]["step"]:
         raise ConfigError(f"teacher {run_dir}: its last checkpoint is step {int(state.step)} "

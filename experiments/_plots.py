@@ -1,8 +1,9 @@
 """Plot helpers shared by the studies: one colour per method in every figure.
 
 Accuracy lines with error bars (mean ± std over seeds), paired gains against zero, bar
-charts from zero. A method keeps its colour across figures and studies: the methods of
-the default configs have fixed colours, any other takes one from its name.
+charts from zero. A method keeps its colour in every figure of a study: the figures
+get the study's methods (its config's ``methods``) and the i-th takes the i-th colour
+of tab20; a method outside that list takes one from its name.
 """
 
 from __future__ import annotations
@@ -14,13 +15,6 @@ from typing import Any
 
 from jaxkd import training
 
-# Fixed colours (tab20 order) for the default configs' methods; "teacher" is black.
-COLOR_ORDER = (
-    "ce", "kd+ce", "logits+ce", "logits+jacobian+ce", "kd+jacobian+ce", "kd+vjp+ce",
-    "kd+jvp+ce", "noisy+ce", "logits", "logits+jacobian",
-    "no_transfer", "finetune", "lwf", "lwf+jacobian", "lwf+attention",
-    "lwf+attention+attention_jacobian",
-)
 MARKERS = "osD^v<>ph*"
 
 
@@ -31,13 +25,13 @@ def pyplot():
     return plt
 
 
-def color(method: str):
-    """The colour of ``method`` in every figure."""
+def color(method: str, methods: Sequence[str] = ()):
+    """The colour of ``method`` among the study's ``methods`` ("teacher": black)."""
     import matplotlib
     if method == "teacher":
         return "black"
-    if method in COLOR_ORDER:
-        i = COLOR_ORDER.index(method)
+    if method in methods:
+        i = list(methods).index(method)
         return matplotlib.colormaps["tab20"].colors[(2 * i) % 20 + (i // 10) % 2]
     return matplotlib.colormaps["tab20b"].colors[zlib.crc32(method.encode()) % 20]
 
@@ -47,10 +41,12 @@ def marker(method: str) -> str:
 
 
 def lines(ax, rows: Sequence[dict[str, Any]], *, x_key: str, numeric: bool,
-          series_key: str = "method", ylabel: str = "test accuracy (%)") -> None:
+          methods: Sequence[str] = (), series_key: str = "method",
+          ylabel: str = "test accuracy (%)") -> None:
     """One line per ``series_key`` (labelled by ``label``): mean with ± std error bars.
 
-    A line's colour is its method's (a paired-gain row's: its ``with`` method's).
+    A line's colour is its method's among ``methods`` (a paired-gain row's: its
+    ``with`` method's).
 
     ``numeric``: x values on a numeric axis (sigma); else one evenly spaced tick per
     value in order of appearance (examples per class, with "all").
@@ -66,7 +62,7 @@ def lines(ax, rows: Sequence[dict[str, Any]], *, x_key: str, numeric: bool,
         method = series if series_key == "method" else next(
             r["with"] for r in rows if r[series_key] == series)
         x, m, e = zip(*pts)
-        ax.errorbar(x, m, yerr=e, capsize=3, label=label, color=color(method),
+        ax.errorbar(x, m, yerr=e, capsize=3, label=label, color=color(method, methods),
                     marker=marker(method), linestyle="--" if method == "teacher" else "-")
     if not numeric:
         ax.set_xticks(range(len(xs)), [str(x) for x in xs])
@@ -74,40 +70,42 @@ def lines(ax, rows: Sequence[dict[str, Any]], *, x_key: str, numeric: bool,
     ax.grid(alpha=0.3)
 
 
-def gains(ax, rows: Sequence[dict[str, Any]], *, title: str) -> None:
+def gains(ax, rows: Sequence[dict[str, Any]], *, title: str,
+          methods: Sequence[str] = ()) -> None:
     """Paired gains (points) vs examples per class, ± std over seeds, against zero."""
-    lines(ax, rows, x_key="examples_per_class", numeric=False, series_key="method",
-          ylabel="paired gain (points)")
+    lines(ax, rows, x_key="examples_per_class", numeric=False, methods=methods,
+          series_key="method", ylabel="paired gain (points)")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("examples per class")
     ax.set_title(title)
 
 
 def gain_figure(workdir: str, name: str, rows: Sequence[dict[str, Any]], *,
-                title: str) -> list[str]:
+                title: str, methods: Sequence[str] = ()) -> list[str]:
     """The paired gains at the last step as their own figure (none without gains)."""
     rows = [r for r in rows if r["checkpoint"] == "last"]
     if not rows:
         return []
     fig, ax = pyplot().subplots(figsize=(8, 5))
-    gains(ax, rows, title=title)
+    gains(ax, rows, title=title, methods=methods)
     ax.legend(fontsize=7)
     return [save(fig, workdir, name)]
 
 
-def bars(ax, rows: Sequence[dict[str, Any]], *, x_key: str) -> None:
+def bars(ax, rows: Sequence[dict[str, Any]], *, x_key: str,
+         methods: Sequence[str] = ()) -> None:
     """Grouped bars (mean ± std) per method at each ``x_key`` value, from zero."""
     import numpy as np
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    shown = list(dict.fromkeys(r["method"] for r in rows))
     xs = list(dict.fromkeys(r[x_key] for r in rows))
-    width = 0.8 / max(1, len(methods))
-    for i, method in enumerate(methods):
+    width = 0.8 / max(1, len(shown))
+    for i, method in enumerate(shown):
         got = {r[x_key]: r for r in rows if r["method"] == method and r["num_seeds"]}
         label = next(r["label"] for r in rows if r["method"] == method)
-        x = np.arange(len(xs)) + (i - (len(methods) - 1) / 2) * width
+        x = np.arange(len(xs)) + (i - (len(shown) - 1) / 2) * width
         ax.bar(x, [got[n]["mean"] if n in got else 0 for n in xs], width,
                yerr=[got[n]["std"] if n in got else 0 for n in xs], capsize=2,
-               label=label, color=color(method))
+               label=label, color=color(method, methods))
     ax.set_xticks(range(len(xs)), [str(n) for n in xs])
     ax.set_ylim(bottom=0.0)
     ax.grid(alpha=0.3, axis="y")

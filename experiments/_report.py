@@ -3,15 +3,16 @@
 ``results.json`` holds one section per study (``limited_data``, ``noise_robustness``,
 ``transfer``); a study rewrites only its own section, so studies sharing a work
 directory (study 2 reuses study 1's) keep each other's results. ``results.csv`` is the
-long form of every row of every section, ``results.md`` the tables. Each study module
-renders its own section (``markdown(section)``) and plots (``plots(workdir, section)``);
-this module holds what they share: statistics, paired gains, tables, the header.
+long form of every row of every section, ``results.md`` the sections' tables. A study
+hands :func:`finish` its :class:`Section` (its name and how it renders its markdown
+and plots); a section keeps its rendered markdown (``"markdown"``), so ``results.md``
+is rebuilt from ``results.json`` alone. This module holds what the studies share:
+statistics, paired gains, tables, the header, the files.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import math
@@ -19,13 +20,20 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from jaxkd import training
 
-STUDIES = ("limited_data", "noise_robustness", "transfer")
+
+class Section(Protocol):
+    """What a study's section of the results is made of (a ``_study.Study`` is one)."""
+    name: str  # its key in results.json
+
+    def markdown(self, section: dict[str, Any]) -> str: ...
+
+    def plots(self, workdir: str, section: dict[str, Any]) -> list[str]: ...
 
 
 def stats(values: Sequence[float]) -> dict[str, Any]:
@@ -194,8 +202,9 @@ CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma"
 
 
 def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    for study in STUDIES:
-        section = results.get(study, {})
+    for study, section in results.items():
+        if not isinstance(section, dict):
+            continue
         tagged = [("accuracy", r) for r in section.get("rows", [])]
         tagged += [("paired_gain", r) for r in section.get("paired_gains", [])]
         for kind, r in tagged:
@@ -206,7 +215,7 @@ def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
             yield row
 
 
-def finish(study: str, workdir: str, summary: dict[str, Any], *, config,
+def finish(study: Section, workdir: str, summary: dict[str, Any], *, config,
            started: float, command: str | None, total_seconds: float,
            num_cells: int) -> dict[str, Any]:
     """Adds the bookkeeping every study reports (the study's time, this invocation's,
@@ -222,18 +231,13 @@ def finish(study: str, workdir: str, summary: dict[str, Any], *, config,
     return summary
 
 
-def _study(name: str):
-    return importlib.import_module(f"experiments.{name}")
-
-
-def write(workdir: str, study: str, summary: dict[str, Any]) -> list[str]:
+def write(workdir: str, study: Section, summary: dict[str, Any]) -> list[str]:
     """Replaces ``study``'s section of the results, rewrites every results file and the
     study's plots; returns the plot paths (also stored as ``summary["plots"]``)."""
-    if study not in STUDIES:
-        raise ValueError(f"unknown study {study!r}; expected one of {STUDIES}.")
     os.makedirs(workdir, exist_ok=True)
-    plots = _study(study).plots(workdir, summary)
+    plots = study.plots(workdir, summary)
     summary["plots"] = plots
+    summary["markdown"] = study.markdown(summary)
     json_path = os.path.join(workdir, "results.json")
     results = {}
     if os.path.exists(json_path):
@@ -242,15 +246,17 @@ def write(workdir: str, study: str, summary: dict[str, Any]) -> list[str]:
                 results = json.load(f)
         except ValueError:  # damaged (by hand or a bad disk): this study's section only
             print(f"note: {json_path} cannot be read; it is written again with the "
-                  f"{study} section only.", file=sys.stderr)
+                  f"{study.name} section only.", file=sys.stderr)
         if not isinstance(results, dict):
             results = {}
-    results[study] = _json_safe(summary)
+    results[study.name] = _json_safe(summary)
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(_csv_rows(results))
-    sections = [_study(s).markdown(results[s]) for s in STUDIES if s in results]
+    # A section written by an earlier version has no text: its study's next run adds it.
+    sections = [section["markdown"] for section in results.values()
+                if isinstance(section, dict) and isinstance(section.get("markdown"), str)]
     # Every file atomically (temporary file, fsync, rename), each composed before any is
     # written: a kill or a full disk leaves the previous version or the new one.
     training.atomic_write_json(json_path, results, indent=2)

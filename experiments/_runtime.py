@@ -30,8 +30,6 @@ import sys
 import jax
 from ml_collections import ConfigDict
 
-from experiments import _sweep, _workdir
-from experiments.configs import _base
 from experiments.configs._base import ConfigError
 from jaxkd import training
 
@@ -93,17 +91,8 @@ def start_devices(config: ConfigDict) -> int | None:
     return count
 
 
-def start(config: ConfigDict, workdir: str) -> jax.sharding.Mesh:
-    """Everything a study does before it loads data or trains; returns the mesh.
-
-    Creates and locks the work directory (``_workdir.hold``: a second process fails at
-    once), validates the whole config, compares the runs the study would reuse with the
-    config (``_sweep.check_configs``), and enables the compilation cache if configured.
-    """
-    _workdir.setup(workdir)
-    _workdir.hold_study(workdir, config)
-    _base.validate(config)
-    _sweep.check_configs(config, workdir)
+def start(config: ConfigDict) -> jax.sharding.Mesh:
+    """Enables the compilation cache if configured; returns the data mesh."""
     if config.compilation_cache:
         enable_compilation_cache()
     return make_mesh(config)

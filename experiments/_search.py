@@ -1,8 +1,10 @@
 """Loss weights chosen on validation before a sweep (studies 1 and 3).
 
-Before the sweep, each method with a searched term is trained with every candidate
-weight (the product of the candidates, for a method with several searched terms) at the
-search's sizes (``weight_search_sizes``) and seeds (``weight_search_seeds``), in
+``config.search`` holds the search: ``search.sizes`` and ``search.seeds`` (seeds
+``0..k-1``), and ``search.<term>.<argument>``, candidates for ``loss.<term>.<argument>``
+(``search.jacobian.weight = (1.0, 3.0, 10.0)``; ``()``: not searched). Before the sweep,
+each method with a searched term is trained with every candidate (the product of the
+candidates, for several searched arguments) at the search's sizes and seeds, in
 ``<workdir>/weight_search/cells/<method>@<weights>/n<k>/seed<s>/``. Per method the
 candidate of best mean best-step **validation** accuracy wins (a tie goes to the first
 listed); ``<workdir>/weight_search.json`` and the study's ``results.md`` show every
@@ -12,11 +14,8 @@ chooses nothing.
 The search's run with the chosen weights *is* that method's cell at the search's sizes
 and seeds (same seed, subset, initial weights, budget and loss), so :func:`reuse_run`
 copies it into ``cells/`` instead of training it again (``reused_from`` in its result;
-the study's time counts it once). ``weight_search_sizes = ()`` or a config without the
-key turns the search off: the ``loss.*`` weights as set.
-
-A study gives :func:`run` its ``terms(method)`` (the loss-term names of a method) and a
-``fit(run_dir, method, examples_per_class, seed, weights)`` that trains one run.
+the study's time counts it once). ``search.sizes = ()`` turns the search off: the
+``loss.*`` values as set. The study driver (``_study``) trains the runs.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -33,56 +32,68 @@ from experiments import _sweep, _workdir
 
 SEARCH_DIR = "weight_search"
 SEARCH_FILE = "weight_search.json"
-# A searched loss term: (its weight in config.loss, the config key of its candidates).
-# A term is searched in a config that has its candidates key.
-SEARCHED = {"jacobian": ("jacobian_weight", "jacobian_weights"),
-            "vjp": ("vjp_weight", "projection_weights"),
-            "jvp": ("jvp_weight", "projection_weights"),
-            "attention": ("attention_weight", "attention_weights"),
-            "attention_jacobian": ("attention_jacobian_weight",
-                                   "attention_jacobian_weights")}
 
 Terms = Callable[[str], Sequence[str]]
-Fit = Callable[[str, str, Any, int, dict[str, float]], dict[str, Any]]
 
 
 def sizes(config: ConfigDict) -> list[int | str]:
-    return list(config.get("weight_search_sizes", ()) or ())
+    return list(config.search.sizes)
 
 
 def seeds(config: ConfigDict) -> list[int]:
-    return list(range(int(config.get("weight_search_seeds", 1) or 1)))
+    return list(range(int(config.search.seeds)))
 
 
-def candidates(config: ConfigDict, method: str, terms: Terms) -> list[dict[str, float]]:
-    """The loss-weight settings the search tries for ``method`` (``[]``: none to choose).
+def _axes(config: ConfigDict, terms: Sequence[str]) -> list[list[tuple[str, Any]]]:
+    """One axis per searched argument of ``terms``: ``[("jacobian.weight", 1.0), ...]``."""
+    axes = []
+    for term in dict.fromkeys(terms):
+        for arg, values in (config.search[term].items() if term in config.search else ()):
+            if values:
+                axes.append([(f"{term}.{arg}", _value(v)) for v in values])
+    return axes
 
-    One axis per searched term of the method that the config gives candidates for,
-    their product if several.
+
+def _value(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def candidates(config: ConfigDict, terms: Sequence[str]) -> list[dict[str, Any]]:
+    """The settings the search tries for a method of loss ``terms`` (``[]``: none).
+
+    One axis per searched argument of its terms, their product if several.
     """
     if not sizes(config):
         return []
-    axes = []
-    for term in terms(method):
-        if term in SEARCHED and SEARCHED[term][1] in config:
-            key, values = SEARCHED[term]
-            axes.append([(key, float(v)) for v in config[values]])
+    axes = _axes(config, terms)
     return [dict(combo) for combo in itertools.product(*axes)] if axes else []
 
 
-def candidate_name(weights: dict[str, float]) -> str:
-    """``{"jacobian_weight": 10.0}`` -> ``"jacobian_weight10"`` (a directory name)."""
-    return "-".join(f"{k}{v:g}" for k, v in sorted(weights.items())) or "default"
+def identity(config: ConfigDict, terms: Sequence[str]) -> dict[str, Any]:
+    """What of the search chooses the weights of a method of loss ``terms``: its sizes,
+    seeds and those terms' candidates (part of its cells' run config)."""
+    return {"sizes": sizes(config), "seeds": int(config.search.seeds),
+            "candidates": {axis[0][0]: [v for _, v in axis]
+                           for axis in _axes(config, terms)}}
 
 
-def search_cell(method: str, weights: dict[str, float], examples_per_class, seed: int
+def candidate_name(weights: Mapping[str, Any]) -> str:
+    """``{"jacobian.weight": 10.0}`` -> ``"jacobian.weight10"`` (a directory name)."""
+    return "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+                    for k, v in sorted(weights.items())) or "default"
+
+
+def search_cell(method: str, weights: Mapping[str, Any], examples_per_class, seed: int
                 ) -> _sweep.Cell:
     return _sweep.Cell(f"{method}@{candidate_name(weights)}", examples_per_class, seed)
 
 
-def loss_with(loss: ConfigDict, weights: dict[str, float]) -> ConfigDict:
+def loss_with(loss: ConfigDict, weights: Mapping[str, Any]) -> ConfigDict:
+    """``loss`` with ``weights`` (``{"jacobian.weight": 3.0}``) set."""
     out = ConfigDict(loss.to_dict())
-    out.update(weights)
+    for key, value in weights.items():
+        term, _, arg = key.partition(".")
+        out[term][arg] = value
     return out
 
 
@@ -96,7 +107,7 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
     out = {"sizes": sizes(config), "seeds": seeds(config), "methods": {}}
     for method in methods:
         rows, best = [], None
-        for weights in candidates(config, method, terms):
+        for weights in candidates(config, terms(method)):
             per_size = {}
             for n in out["sizes"]:
                 per_size[str(n)] = [100.0 * results[search_cell(method, weights, n, s)]
@@ -117,53 +128,13 @@ def chosen(search: dict[str, Any] | None, method: str) -> dict[str, float]:
     return dict(((search or {}).get("methods") or {}).get(method, {}).get("chosen", {}))
 
 
-def run(config: ConfigDict, workdir: str, methods: Sequence[str], terms: Terms, fit: Fit
-        ) -> dict[str, Any]:
-    """Trains the search's runs (cached) and writes ``weight_search.json``: the choice."""
-    todo = [(m, w, n, s) for s in seeds(config) for n in sizes(config)
-            for m in methods for w in candidates(config, m, terms)]
-    by_cell = {search_cell(m, w, n, s): (m, w) for m, w, n, s in todo}
-    search_workdir = os.path.join(workdir, SEARCH_DIR)
-    check_runs(config, search_workdir, {
-        _sweep.cell_dir(search_workdir, cell): {
-            **_sweep.cell_config(config, _sweep.Cell(m, cell.examples_per_class, cell.seed)),
-            "search_weights": dict(w)}
-        for cell, (m, w) in by_cell.items()})
-
-    def run_one(cell: _sweep.Cell) -> dict[str, Any]:
-        method, weights = by_cell[cell]
-        return fit(_sweep.cell_dir(search_workdir, cell), method, cell.examples_per_class,
-                   cell.seed, weights)
-
-    results = _sweep.run_sweep(list(by_cell), run_one, workdir=search_workdir,
-                               desc="weight search")
-    search = choose(config, methods, terms, results)
-    search["seconds"] = sum(float(r["seconds"]) for r in results.values())
-    _workdir.write_json(os.path.join(workdir, SEARCH_FILE), search)
-    return search
-
-
-def check_runs(config: ConfigDict, search_workdir: str,
-               runs: dict[str, dict[str, Any]]) -> None:
-    """The search's runs, like the sweep's cells (``_sweep.check_configs``): a started run
-    made with another config is refused, or deleted with ``on_change=retrain``; then each
-    run's config is noted for ``_fit.fit`` to record. (Its main cells were checked before
-    training; this keeps a retrained sweep from reusing a stale search.)"""
-    changes = _workdir.changed(search_workdir, runs)
-    if changes and config.get("on_change", "refuse") != "retrain":
-        raise _workdir.ConfigChanged(_workdir.describe_changes(search_workdir, changes))
-    for run_dir in changes:
-        shutil.rmtree(run_dir)
-    for run_dir, run_config in runs.items():
-        _workdir.expect(run_dir, run_config)
-
-
 def reuse_run(config: ConfigDict, workdir: str, cell: _sweep.Cell,
-              weights: dict[str, float]) -> None:
+              weights: Mapping[str, Any], run_config: Mapping[str, Any] | None) -> None:
     """Copies the search's run of ``cell`` with the chosen ``weights`` as the cell's run.
 
     That run is the same training (same seed, subset, initial weights, budget and loss),
-    so the sweep does not train it twice. A cell already started is left to resume.
+    so the sweep does not train it twice; its result records ``run_config``, the
+    cell's own. A cell already started is left to resume.
     """
     if not weights or cell.examples_per_class not in sizes(config) \
             or cell.seed not in seeds(config):
@@ -176,10 +147,8 @@ def reuse_run(config: ConfigDict, workdir: str, cell: _sweep.Cell,
         shutil.copytree(source, target + ".tmp", dirs_exist_ok=True)
         result = _workdir.read_json(_workdir.result_path(target + ".tmp"))
         result["reused_from"] = os.path.relpath(source, workdir)  # its time counts once
-        # The cell's own run config (noted by _sweep.check_configs): a re-run checks it.
-        run_config = _workdir.expected(target)
-        if run_config is not None:
-            result[_workdir.RUN_CONFIG] = run_config
+        if run_config is not None:  # the cell's own: a re-run checks it
+            result[_workdir.RUN_CONFIG] = _workdir.canonical(dict(run_config))
         _workdir.write_json(_workdir.result_path(target + ".tmp"), result)
         os.replace(target + ".tmp", target)
 

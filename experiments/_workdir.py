@@ -5,6 +5,8 @@
       results.{json,csv,md}, *.png   the report (``_report``)
       teacher/                       the teacher's run directory
       cells/<method>/n<k>/seed<s>/   one run directory per cell
+      weight_search.json             the loss-weight search's choice (``_search``)
+      weight_search/cells/<method>@<weights>/n<k>/seed<s>/   one run per candidate
 
 A run directory is what :func:`jaxkd.training.train` writes (``checkpoints/``,
 ``metrics.jsonl``, ``config.json``) plus ``result.json``, which marks it finished. A
@@ -12,18 +14,18 @@ finished run keeps only its last checkpoint (study 2 and a reused teacher restor
 and its metrics; :func:`prune` deletes the rest.
 
 **Run configs.** Each run records the config that determines its result (its *run
-config*, ``_sweep.teacher_config`` / ``_sweep.cell_config``) in ``config.json`` when it
+config*, ``_study.teacher_config`` / ``_study.cell_config``) in ``config.json`` when it
 starts and in ``result.json`` when it ends. Before anything trains, a study compares
 every run it would reuse with the run config the current config gives it
 (:func:`changed`); a run made with another config is refused (naming the keys that
 differ, old -> new) or, with ``--config.on_change=retrain``, deleted and trained again.
 
-**One run at a time.** :func:`locked` / :func:`hold` take ``<workdir>/.lock`` with
+**One run at a time.** :func:`locked` / :func:`locked_study` take ``<workdir>/.lock`` with
 ``fcntl.flock``: the operating system releases it when the process ends, however it
 ends, so a killed run never blocks the next; a second run fails at once naming the
 process that holds it. (``flock`` needs a local file system; on NFS it may not lock.)
 A ``teacher_dir`` of another work directory is locked the same way while a study uses it
-(:func:`hold_study`), and must exist unless the study is ``teacher_only`` (it creates it).
+(:func:`locked_study`), and must exist unless the study is ``teacher_only`` (it creates it).
 
 **Nothing outside.** A study writes, truncates and deletes only inside its work directory
 and the ``teacher_dir`` it was given. The lock file is opened without following a
@@ -244,15 +246,6 @@ def locked(workdir: str, *, command: str | None = None) -> Iterator[None]:
             release(workdir)
 
 
-def hold(workdir: str, **kwargs: Any) -> None:
-    """Locks ``workdir`` until the process ends (or :func:`release`), unless held already.
-
-    What a study's ``run()`` called from Python does (the command line holds the lock
-    with :func:`locked` for the run and releases it after the report).
-    """
-    acquire(workdir, **kwargs)
-
-
 def named_teacher_dir(config: Mapping[str, Any]) -> str | None:
     """The ``teacher_dir`` the config names (None: the work directory's own teacher).
 
@@ -399,21 +392,9 @@ def discard_damaged_result(run_dir: str) -> None:
 # ----------------------------------------------------------------------------------------
 # Run configs.
 
-_EXPECTED: dict[str, dict[str, Any]] = {}  # abs run dir -> the run config it must record
-
-
 def canonical(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples as lists, keys as strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def expect(run_dir: str, run_config: Mapping[str, Any]) -> None:
-    """Notes the run config ``run_dir`` is to record when it trains (``_fit.fit``)."""
-    _EXPECTED[os.path.abspath(run_dir)] = canonical(dict(run_config))
-
-
-def expected(run_dir: str) -> dict[str, Any] | None:
-    return _EXPECTED.get(os.path.abspath(run_dir))
 
 
 def started(run_dir: str) -> bool:

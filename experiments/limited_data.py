@@ -18,33 +18,31 @@ Outputs in the work directory: ``results.json``, ``results.csv``, ``results.md``
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
 
-from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _search
-from experiments import _sweep
+from experiments import _cli, _data, _fit, _plots, _report, _search, _study, _sweep
 from experiments.configs._base import ConfigError
 from jaxkd import training
 
-STUDY = "limited_data"
 DEFAULT_CONFIG = "limited_data_digits"
 DEFAULT_WORKDIR = "runs/limited_data"
 
-# A method is loss-term names joined by "+", e.g. "kd+jacobian+ce".
-TERM_LABELS = {
-    "ce": "CE",
-    "kd": "KD",
-    "logits": "match activations",
-    "jacobian": "Jacobians",
-    "vjp": "Jacobians (VJP projection)",
-    "jvp": "Jacobians (JVP projection)",
-    "noisy": "noisy distillation",
-    "attention": "attention",
-    "attention_jacobian": "attention Jacobians",
+# The method table: a method is loss terms joined by "+", e.g. "kd+jacobian+ce". Each
+# term is built by its jaxkd.training constructor from its config ``loss.<term>`` (the
+# constructor's keyword arguments) and labelled in the report.
+TERMS = {
+    "ce": (training.cross_entropy, "CE"),
+    "kd": (training.distillation, "KD"),
+    "logits": (training.logit_matching, "match activations"),
+    "jacobian": (training.jacobian_matching, "Jacobians"),
+    "vjp": (training.vjp_projection, "Jacobians (VJP projection)"),
+    "jvp": (training.jvp_projection, "Jacobians (JVP projection)"),
+    "noisy": (training.noisy_distillation, "noisy distillation"),
+    "attention": (training.attention_transfer, "attention"),
+    "attention_jacobian": (training.attention_jacobian, "attention Jacobians"),
 }
 # The paper's row names for the methods that are exactly its rows.
 PAPER_LABELS = {
@@ -65,20 +63,24 @@ PAPER.update({"logits+ce": (33.92, 46.47, 56.65), "logits+jacobian+ce": (39.55, 
 JACOBIAN_PAIRS = (("logits+ce", "logits+jacobian+ce"), ("logits", "logits+jacobian"),
                   ("kd+ce", "kd+jacobian+ce"), ("kd+ce", "kd+vjp+ce"), ("kd+ce", "kd+jvp+ce"),
                   ("logits+ce", "noisy+ce"))
+# The config keys that change the teacher, and a student cell (with its loss terms).
+TEACHER_KEYS = ("dataset", *_study.DATA_KEYS, "teacher", "teacher_train", "teacher_seed")
+CELL_KEYS = ("dataset", *_study.DATA_KEYS, "student", "train", "train_epochs",
+             "train_max_steps")
 
 
 def method_terms(method: str) -> list[str]:
     terms = [t.strip() for t in method.split("+") if t.strip()]
-    unknown = [t for t in terms if t not in TERM_LABELS]
+    unknown = [t for t in terms if t not in TERMS]
     if not terms or unknown:
         raise ConfigError(f"method {method!r}: unknown loss term(s) {unknown}; a method is "
-                          f"terms joined by '+' from {sorted(TERM_LABELS)}.")
+                          f"terms joined by '+' from {sorted(TERMS)}.")
     return terms
 
 
 def method_label(method: str) -> str:
     """A readable name: the paper's row name where it has one, else the terms joined."""
-    return PAPER_LABELS.get(method) or " + ".join(TERM_LABELS[t] for t in method_terms(method))
+    return PAPER_LABELS.get(method) or " + ".join(TERMS[t][1] for t in method_terms(method))
 
 
 def paper_number(dataset: str, method: str, examples_per_class) -> float | None:
@@ -89,175 +91,22 @@ def paper_number(dataset: str, method: str, examples_per_class) -> float | None:
 
 
 def build_objective(method: str, loss: ConfigDict) -> training.Objective:
-    """The :class:`jaxkd.training.Objective` of ``method`` with ``loss``'s weights."""
-    make = {
-        "ce": lambda: training.cross_entropy(loss.ce_weight),
-        "kd": lambda: training.distillation(loss.kd_weight, temperature=loss.temperature),
-        "logits": lambda: training.logit_matching(loss.logits_weight),
-        "jacobian": lambda: training.jacobian_matching(
-            loss.jacobian_weight, outputs=loss.jacobian_outputs, k=loss.jacobian_k,
-            normalize=loss.jacobian_normalize),
-        "vjp": lambda: training.vjp_projection(loss.vjp_weight, num_probes=loss.num_probes,
-                                               distribution=loss.probe_distribution),
-        "jvp": lambda: training.jvp_projection(loss.jvp_weight, num_probes=loss.num_probes,
-                                               distribution=loss.probe_distribution),
-        "noisy": lambda: training.noisy_distillation(
-            loss.noisy_weight, sigma=loss.noisy_sigma, num_samples=loss.noisy_samples,
-            kind=loss.noisy_kind, temperature=loss.temperature),
-        "attention": lambda: training.attention_transfer(
-            loss.attention_weight, layers=tuple(loss.attention_layers)),
-        "attention_jacobian": lambda: training.attention_jacobian(
-            loss.attention_jacobian_weight, layer=loss.attention_jacobian_layer),
-    }
-    return training.Objective(*(make[t]() for t in method_terms(method)))
+    """The :class:`jaxkd.training.Objective` of ``method`` with ``loss``'s arguments."""
+    return training.Objective(*(TERMS[t][0](**loss[t]) for t in method_terms(method)))
 
 
-def prepare(config: ConfigDict) -> _data.PreparedData:
-    return _data.load_data(config.dataset, data_dir=config.data_dir,
+def prepare(config: ConfigDict) -> _study.StudyData:
+    data = _data.load_data(config.dataset, data_dir=config.data_dir,
                            image_size=config.image_size,
                            validation_fraction=config.validation_fraction)
+    return _study.StudyData(teacher=data, student=data)
 
 
-def make_student(config: ConfigDict, prepared: _data.PreparedData, seed: int):
-    return _fit.build_model(config.student, image_shape=prepared.image_shape,
-                            num_classes=prepared.num_classes, seed=seed)
-
-
-def cells(config: ConfigDict) -> list[_sweep.Cell]:
-    for method in config.methods:
-        method_terms(method)  # fail before training anything
-    return _sweep.cells(config)
-
-
-def teacher_dir(config: ConfigDict, workdir: str) -> str:
-    """``config.teacher_dir`` (a trained teacher to reuse) or ``<workdir>/teacher``."""
-    return config.get("teacher_dir", "") or os.path.join(workdir, "teacher")
-
-
-# ----------------------------------------------------------------------------------------
-# The sweep.
-
-
-class _Trainer:
-    """Fits one student at a size with loss weights; builds each distinct step once.
-
-    The budget of a size (``_budget``) is the same for every cell of that size, so the
-    cells of one method, weights and step count share one built (compiled) step.
-    """
-
-    def __init__(self, config: ConfigDict, prepared: _data.PreparedData, mesh, teacher):
-        self.config, self.prepared, self.mesh, self.teacher = config, prepared, mesh, teacher
-        self._train_cfgs: dict[Any, ConfigDict] = {}
-        self._steps: dict[Any, training.TrainStep] = {}
-
-    def train_cfg(self, examples_per_class) -> ConfigDict:
-        if examples_per_class not in self._train_cfgs:
-            n = len(_data.subset(self.prepared.splits.train, examples_per_class, 0))
-            self._train_cfgs[examples_per_class] = _budget.for_size(
-                self.config.train, n, **_budget.settings(self.config))
-        return self._train_cfgs[examples_per_class]
-
-    def step(self, method: str, weights: dict[str, float], examples_per_class
-             ) -> training.TrainStep:
-        cfg = self.train_cfg(examples_per_class)
-        key = (method, tuple(sorted(weights.items())), cfg.num_steps)
-        if key not in self._steps:
-            objective = build_objective(method, _search.loss_with(self.config.loss, weights))
-            self._steps[key] = _sweep.build_steps({method: objective}, {method: cfg},
-                                                  self.mesh, self.teacher)[method]
-        return self._steps[key]
-
-    def fit(self, run_dir: str, method: str, examples_per_class, seed: int,
-            weights: dict[str, float]) -> dict[str, Any]:
-        config, splits = self.config, self.prepared.splits
-        cfg = self.train_cfg(examples_per_class)
-        return _fit.fit(
-            run_dir, student=make_student(config, self.prepared, seed),
-            step=self.step(method, weights, examples_per_class), train_cfg=cfg,
-            train_set=_data.subset(splits.train, examples_per_class, seed),
-            validation=splits.validation, test=splits.test, seed=seed,
-            augment=config.augment, flip=config.flip,
-            progress=os.path.relpath(run_dir) if config.run_progress else False,
-            tensorboard=config.tensorboard,
-            describe={"method": method, "examples_per_class": examples_per_class,
-                      "seed": seed, "loss_weights": dict(weights),
-                      "num_steps": cfg.num_steps})
-
-
-def study_seconds(teacher_result: dict[str, Any],
-                  results: dict[_sweep.Cell, dict[str, Any]]) -> float:
-    """The teacher's, the search's and every cell's recorded time (a reused run once)."""
-    return float(teacher_result["seconds"]) + _search.seconds(
-        teacher_result.get("weight_search"), results)
-
-
-def sweep(config: ConfigDict, workdir: str, *, selected: Sequence[_sweep.Cell] | None = None
-          ) -> tuple[dict[_sweep.Cell, dict[str, Any]], dict[str, Any], _data.PreparedData]:
-    """Trains (or skips) the teacher, the weight search and every cell.
-
-    Returns the cells' results, the teacher's result (with ``weight_search`` and
-    ``budget`` added for the report) and the data.
-    """
-    selected = cells(config) if selected is None else selected
-    mesh = _runtime.start(config, workdir)
-    prepared = prepare(config)
-    _budget.check_batches(config, prepared.num_classes)
-    teacher, teacher_result = get_teacher(config, workdir, prepared, mesh)
-    trainer = _Trainer(config, prepared, mesh, teacher)
-    methods = list(dict.fromkeys(c.method for c in selected))
-    search = _search.run(config, workdir, methods, method_terms, trainer.fit)
-
-    def run(cell: _sweep.Cell) -> dict[str, Any]:
-        weights = _search.chosen(search, cell.method)
-        _search.reuse_run(config, workdir, cell, weights)
-        return trainer.fit(_sweep.cell_dir(workdir, cell), cell.method,
-                           cell.examples_per_class, cell.seed, weights)
-
-    results = _sweep.run_sweep(selected, run, workdir=workdir, desc=STUDY)
-    budget = {str(n): trainer.train_cfg(n).num_steps
-              for n in dict.fromkeys(c.examples_per_class for c in selected)}
-    return results, {**teacher_result, "weight_search": search, "budget": budget}, prepared
-
-
-def get_teacher(config: ConfigDict, workdir: str, prepared: _data.PreparedData, mesh):
-    """The teacher (trained once, or restored from ``teacher_dir``) and its result."""
-    return _fit.get_teacher(
-        teacher_dir(config, workdir), spec=config.teacher, train_cfg=config.teacher_train,
-        prepared=prepared, mesh=mesh, seed=config.teacher_seed, augment=config.augment,
-        flip=config.flip, tensorboard=config.tensorboard)
-
-
-def summarize(config: ConfigDict, results, teacher_result) -> dict[str, Any]:
-    """The study's section of results.json: one row per method x size x checkpoint."""
-    sizes = _sweep.sizes(config)
-    return {
-        "dataset": config.dataset,
-        "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"],
-        "budget": teacher_result.get("budget", {}),
-        "weight_search": teacher_result.get("weight_search") or None,
-        "rows": _report.accuracy_rows(
-            results, config.methods, sizes, method_label,
-            lambda m, n: paper_number(config.dataset, m, n)),
-        "paired_gains": _report.paired_gains(
-            results, JACOBIAN_PAIRS, methods=config.methods, sizes=sizes,
-            seeds=_sweep.seeds(config), label=method_label),
-    }
-
-
-def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
-    """Runs the study and writes results.{json,csv,md} and the plots; returns the summary."""
-    t0 = time.perf_counter()
-    if config.get("teacher_only", False):
-        mesh = _runtime.start(config, workdir)
-        _, teacher_result = get_teacher(config, workdir, prepare(config), mesh)
-        print(f"teacher: test accuracy {100 * teacher_result['last']['test']:.2f} % "
-              f"({teacher_dir(config, workdir)})")
-        return {"teacher": teacher_result}
-    results, teacher_result, _ = sweep(config, workdir)
-    summary = summarize(config, results, teacher_result)
-    return _report.finish(STUDY, workdir, summary, config=config, started=t0, command=command,
-                  total_seconds=study_seconds(teacher_result, results),
-                  num_cells=len(results))
+def make_student(config: ConfigDict, data: _study.StudyData, method: str, seed: int,
+                 teacher=None):
+    del method, teacher  # every method trains the same student network
+    return _fit.build_model(config.student, image_shape=data.student.image_shape,
+                            num_classes=data.student.num_classes, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------
@@ -291,10 +140,11 @@ def console(s: dict[str, Any]) -> str:
 
 def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     plt = _plots.pyplot()
+    methods = s["config"]["methods"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, which in zip(axes, ("last", "best")):
         _plots.lines(ax, [r for r in s["rows"] if r["checkpoint"] == which],
-                     x_key="examples_per_class", numeric=False)
+                     x_key="examples_per_class", numeric=False, methods=methods)
         ax.set_xlabel("examples per class")
         ax.set_title(f"{s['dataset']}: {which} step"
                      + (" (by validation)" if which == "best" else ""))
@@ -303,11 +153,30 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     return paths + _plots.gain_figure(
         workdir, "gain_vs_examples.png", s.get("paired_gains") or [],
         title=f"{s['dataset']}: gain from the Jacobian term "
-              "(paired by seed, last step)")
+              "(paired by seed, last step)", methods=methods)
+
+
+STUDY = _study.Study(
+    name="limited_data", terms=method_terms, objective=build_objective,
+    label=method_label, prepare=prepare, make_student=make_student,
+    teacher_keys=TEACHER_KEYS, cell_keys=lambda method: CELL_KEYS,
+    summary=lambda config: {"dataset": config.dataset},
+    paper=lambda config, method, n: paper_number(config.dataset, method, n),
+    pairs=JACOBIAN_PAIRS, markdown=markdown, plots=plots, console=console)
+
+
+def cells(config: ConfigDict) -> list[_sweep.Cell]:
+    """The sweep's cells (the methods checked against the method table)."""
+    return _study.cells(STUDY, config)
+
+
+def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
+    """Runs the study (``_study.run``): results.{json,csv,md} and the plots; the summary."""
+    return _study.run(STUDY, config, workdir, command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return _cli.main(STUDY, run, console, default_config=DEFAULT_CONFIG,
+    return _cli.main(STUDY.name, run, console, default_config=DEFAULT_CONFIG,
                      default_workdir=DEFAULT_WORKDIR, argv=argv)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,11 +29,10 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import _cli, _data, _fit, _plots, _report, _runtime, _sweep, _workdir
+from experiments import _cli, _data, _fit, _plots, _report, _study, _sweep, _workdir
 from experiments import limited_data
 from jaxkd import data
 
-STUDY = "noise_robustness"
 DEFAULT_CONFIG = limited_data.DEFAULT_CONFIG
 DEFAULT_WORKDIR = limited_data.DEFAULT_WORKDIR
 NOISE_FILE = "noise.json"
@@ -115,10 +115,17 @@ def noisy_gains(per_cell: dict[_sweep.Cell, dict[str, Any]], methods: Sequence[s
 def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
     """Trains or reuses study 1's students, evaluates them under noise, writes results."""
     t0 = time.perf_counter()
+    with _study.opened(limited_data.STUDY, config, workdir, command=command):
+        return _run(config, workdir, command=command, started=t0)
+
+
+def _run(config: ConfigDict, workdir: str, *, command: str | None, started: float
+         ) -> dict[str, Any]:
     sizes = list(config.noise_examples_per_class) or _sweep.sizes(config)
-    selected = [c for c in limited_data.cells(config) if c.examples_per_class in sizes]
-    results, teacher_result, prepared = limited_data.sweep(config, workdir, selected=selected)
-    mesh = _runtime.make_mesh(config)
+    selected = [c for c in _sweep.cells(config) if c.examples_per_class in sizes]
+    session = _study.start(limited_data.STUDY, config, workdir, selected)
+    outcome = _study.sweep(session)
+    prepared, mesh = session.data.student, session.mesh
     sigmas = [float(s) for s in config.noise_sigmas]
     batches: dict[tuple[float, int], list] = {}
 
@@ -136,14 +143,15 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
     for cell in selected:
         def student_state(cell=cell):
             template = _fit.template_state(
-                limited_data.make_student(config, prepared, cell.seed), config.train, mesh)
+                limited_data.make_student(config, session.data, cell.method, cell.seed),
+                config.train, mesh)
             return _fit.restore_state(_sweep.cell_dir(workdir, cell), template)
         per_cell[cell] = accuracies(_sweep.cell_dir(workdir, cell), student_state, sigmas,
                                     batches_for(cell.seed), mesh)
         bar.update(1)
     bar.close()
 
-    teacher_dir = limited_data.teacher_dir(config, workdir)
+    teacher_dir = _study.teacher_dir(config, workdir)
     teacher_states = []
 
     def teacher_state():
@@ -174,15 +182,15 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
                              **_report.stats(values)})
     summary = {
         "dataset": config.dataset, "examples_per_class": sizes, "sigmas": sigmas,
-        "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"], "rows": rows,
+        "teacher_test_accuracy": 100.0 * session.teacher_result["last"]["test"],
+        "rows": rows,
         "paired_gains": noisy_gains(per_cell, config.methods, sizes, sigmas,
                                     _sweep.seeds(config)),
     }
     noise_seconds = sum(a["seconds"] for a in [*per_cell.values(), *teacher_acc.values()])
-    return _report.finish(STUDY, workdir, summary, config=config, started=t0,
-                          command=command, num_cells=len(results),
-                          total_seconds=limited_data.study_seconds(teacher_result, results)
-                          + noise_seconds)
+    return _report.finish(REPORT, workdir, summary, config=config, started=started,
+                          command=command, num_cells=len(outcome.results),
+                          total_seconds=outcome.seconds + noise_seconds)
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -217,7 +225,7 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
                              squeeze=False)
     for ax, n in zip(axes.flat, ns):
         _plots.lines(ax, [r for r in s["rows"] if r["examples_per_class"] == n],
-                     x_key="sigma", numeric=True)
+                     x_key="sigma", numeric=True, methods=s["config"]["methods"])
         ax.set_xlabel("noise sigma (pixels in [0, 1])")
         ax.set_title(f"{s['dataset']}: {n} examples per class")
     for ax in list(axes.flat)[len(ns):]:
@@ -226,8 +234,12 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     return [_plots.save(fig, workdir, "accuracy_vs_sigma.png")]
 
 
+# This study's section of the results (a ``_report.Section``).
+REPORT = types.SimpleNamespace(name="noise_robustness", markdown=markdown, plots=plots)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return _cli.main(STUDY, run, console, default_config=DEFAULT_CONFIG,
+    return _cli.main(REPORT.name, run, console, default_config=DEFAULT_CONFIG,
                      default_workdir=DEFAULT_WORKDIR, argv=argv)
 
 

@@ -23,8 +23,6 @@ and ``transfer_gain.png`` in the work directory. See docs/experiments.md.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,12 +31,10 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _budget, _cli, _data, _fit, _plots, _report, _runtime, _search
-from experiments import _sweep
+from experiments import _cli, _data, _fit, _plots, _report, _search, _study, _sweep
 from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
-STUDY = "transfer"
 DEFAULT_CONFIG = "transfer_digits"
 DEFAULT_WORKDIR = "runs/transfer"
 SOURCE_TAP = "lwf_source_logits"
@@ -51,7 +47,6 @@ LABELS = {
     "lwf+attention": "LwF + attention",
     "lwf+attention+attention_jacobian": "LwF + attention + Jacobians (attention Jacobians)",
 }
-LWF_TERMS = ("lwf", "jacobian", "attention", "attention_jacobian")
 # Transfer: ImageNet ResNet teacher -> VGG-9 student on MIT Indoor Scenes (67 classes),
 # test accuracy (%) at 25, 50 and all examples per class, Srinivas & Fleuret (2018)
 # (docs/experiments.md). Keys are the rows of LABELS, in order.
@@ -114,32 +109,35 @@ def lwf_jacobian(weight: float, *, outputs: str, k: int, normalize: bool) -> tra
     return training.Term("lwf_jacobian", weight, fn)
 
 
+# The method table. Every row trains with cross-entropy on the target; "no_transfer"
+# and "finetune" with it alone (finetune's student starts from the teacher), the LwF
+# rows add "lwf" and any of the other terms, joined by "+". Each term is built by its
+# constructor from its config ``loss.<term>`` (the constructor's keyword arguments).
+TERMS = {
+    "ce": (training.cross_entropy, "CE"),
+    "lwf": (lwf_distillation, "LwF"),
+    "jacobian": (lwf_jacobian, "Jacobians"),
+    "attention": (training.attention_transfer, "attention"),
+    "attention_jacobian": (training.attention_jacobian, "attention Jacobians"),
+}
+ALONE = ("no_transfer", "finetune")  # the rows of cross-entropy alone
+
+
 def method_terms(method: str) -> list[str]:
-    if method in ("no_transfer", "finetune"):
-        return [method]
+    if method in ALONE:
+        return ["ce"]
     terms = method.split("+")
-    if terms[0] != "lwf" or any(t not in LWF_TERMS for t in terms):
+    added = [t for t in TERMS if t not in ("ce", "lwf")]
+    if terms[0] != "lwf" or any(t not in added for t in terms[1:]):
         raise ConfigError(
             f"transfer method {method!r}: use 'no_transfer', 'finetune', or 'lwf' joined by "
-            f"'+' with terms from {LWF_TERMS[1:]} (e.g. 'lwf+attention+attention_jacobian').")
-    return terms
+            f"'+' with terms from {tuple(added)} (e.g. 'lwf+attention+attention_jacobian').")
+    return ["ce", *terms]
 
 
 def build_objective(method: str, loss: ConfigDict) -> training.Objective:
-    terms = [training.cross_entropy(loss.ce_weight)]
-    for t in method_terms(method):
-        if t == "lwf":
-            terms.append(lwf_distillation(loss.kd_weight, temperature=loss.temperature))
-        elif t == "jacobian":
-            terms.append(lwf_jacobian(loss.jacobian_weight, outputs=loss.jacobian_outputs,
-                                      k=loss.jacobian_k, normalize=loss.jacobian_normalize))
-        elif t == "attention":
-            terms.append(training.attention_transfer(loss.attention_weight,
-                                                     layers=tuple(loss.attention_layers)))
-        elif t == "attention_jacobian":
-            terms.append(training.attention_jacobian(loss.attention_jacobian_weight,
-                                                     layer=loss.attention_jacobian_layer))
-    return training.Objective(*terms)
+    """The :class:`jaxkd.training.Objective` of ``method`` with ``loss``'s arguments."""
+    return training.Objective(*(TERMS[t][0](**loss[t]) for t in method_terms(method)))
 
 
 def parse_aliases(text: str) -> list[tuple[str, str]]:
@@ -154,7 +152,8 @@ def parse_aliases(text: str) -> list[tuple[str, str]]:
 
 
 def label(method: str) -> str:
-    return LABELS.get(method, method)
+    """The paper's row name where it has one, else the terms joined."""
+    return LABELS.get(method) or " + ".join(TERMS[t][1] for t in method_terms(method)[1:])
 
 
 def paper_number(paper_table: str, method: str, examples_per_class) -> float | None:
@@ -164,131 +163,41 @@ def paper_number(paper_table: str, method: str, examples_per_class) -> float | N
     return dict(zip(PAPER_SIZES, PAPER.get(method, ()))).get(examples_per_class)
 
 
-def prepare(config: ConfigDict):
-    """``(source, target)`` prepared data; the target uses the source's statistics."""
+def prepare(config: ConfigDict) -> _study.StudyData:
+    """The source (the teacher's) and target (the students') data; the target uses the
+    source's statistics."""
     source = _data.load_data(config.source_dataset, data_dir=config.data_dir,
-                               image_size=config.image_size,
-                               validation_fraction=config.validation_fraction,
-                               classes=config.source_classes)
+                             image_size=config.image_size,
+                             validation_fraction=config.validation_fraction,
+                             classes=config.source_classes)
     target = _data.load_data(config.target_dataset, data_dir=config.data_dir,
-                               image_size=config.image_size,
-                               validation_fraction=config.validation_fraction,
-                               classes=config.target_classes,
-                               stats_from=(source.mean, source.std))
+                             image_size=config.image_size,
+                             validation_fraction=config.validation_fraction,
+                             classes=config.target_classes,
+                             stats_from=(source.mean, source.std))
     if source.image_shape != target.image_shape:
         raise ConfigError(
             f"source images {source.image_shape} and target images {target.image_shape} "
             "differ; set config.image_size.")
-    return source, target
+    return _study.StudyData(teacher=source, student=target)
 
 
-def make_student(config: ConfigDict, source, target, method: str, seed: int,
+def make_student(config: ConfigDict, data: _study.StudyData, method: str, seed: int,
                  teacher: models.Split | None = None) -> models.Classifier:
+    """The oracle's network started from ``teacher``, or an LwF student."""
+    source, target = data
     if method == "finetune":
         model = _fit.build_model(config.teacher, image_shape=target.image_shape,
-                                    num_classes=target.num_classes, seed=seed)
+                                 num_classes=target.num_classes, seed=seed)
         if teacher is not None:  # None: a template for restoring a checkpoint
             trained = models.merge(*teacher)
             body = nnx.state(trained, nnx.Not(nnx.PathContains("head")))
             nnx.update(model, body)  # train() copies the arrays it donates
         return model
     backbone = _fit.build_model(config.student, image_shape=target.image_shape,
-                                   num_classes=target.num_classes + source.num_classes,
-                                   seed=seed)
+                                num_classes=target.num_classes + source.num_classes,
+                                seed=seed)
     return LwFStudent(backbone, target.num_classes, parse_aliases(config.student_tap_aliases))
-
-
-def cells(config: ConfigDict) -> list[_sweep.Cell]:
-    for method in config.methods:
-        method_terms(method)  # fail before training anything
-    parse_aliases(config.student_tap_aliases)
-    return _sweep.cells(config)
-
-
-def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
-    """Trains (or skips) the teacher and every cell; writes the results and the plots."""
-    t0 = time.perf_counter()
-    selected = cells(config)
-    mesh = _runtime.start(config, workdir)
-    source, target = prepare(config)
-    _budget.check_batches(config, target.num_classes, ("train", "finetune_train"))
-    teacher_dir = config.teacher_dir or os.path.join(workdir, "teacher")
-    teacher, teacher_result = _fit.get_teacher(
-        teacher_dir, spec=config.teacher, train_cfg=config.teacher_train, prepared=source,
-        mesh=mesh, seed=config.teacher_seed, augment=config.augment, flip=config.flip,
-        tensorboard=config.tensorboard)
-    if config.teacher_only:
-        print(f"teacher: source test accuracy {100 * teacher_result['last']['test']:.2f} % "
-              f"({teacher_dir})")
-        return {"teacher": teacher_result}
-    splits = target.splits
-    budget = _budget.settings(config)
-    train_cfgs: dict[Any, ConfigDict] = {}
-    steps: dict[Any, training.TrainStep] = {}
-
-    def train_cfg(method: str, examples_per_class) -> ConfigDict:
-        """The method's training config with the size's budget (``_budget``)."""
-        key = (method == "finetune", examples_per_class)
-        if key not in train_cfgs:
-            base = config.finetune_train if method == "finetune" else config.train
-            n = len(_data.subset(splits.train, examples_per_class, 0))
-            train_cfgs[key] = _budget.for_size(base, n, **budget)
-        return train_cfgs[key]
-
-    def step(method: str, weights: dict[str, float], examples_per_class
-             ) -> training.TrainStep:
-        """One built step per method, weights and step count (a size's cells share it)."""
-        cfg = train_cfg(method, examples_per_class)
-        key = (method, tuple(sorted(weights.items())), cfg.num_steps)
-        if key not in steps:
-            objective = build_objective(method, _search.loss_with(config.loss, weights))
-            steps[key] = _sweep.build_steps({method: objective}, {method: cfg}, mesh,
-                                            teacher)[method]
-        return steps[key]
-
-    def fit(run_dir: str, method: str, examples_per_class, seed: int,
-            weights: dict[str, float]) -> dict[str, Any]:
-        return _fit.fit(
-            run_dir, student=make_student(config, source, target, method, seed, teacher),
-            step=step(method, weights, examples_per_class),
-            train_cfg=train_cfg(method, examples_per_class),
-            train_set=_data.subset(splits.train, examples_per_class, seed),
-            validation=splits.validation, test=splits.test, seed=seed,
-            augment=config.augment, flip=config.flip,
-            progress=os.path.relpath(run_dir, workdir) if config.run_progress else False,
-            tensorboard=config.tensorboard,
-            describe={"method": method, "examples_per_class": examples_per_class,
-                      "seed": seed, "loss_weights": dict(weights)})
-
-    search = _search.run(config, workdir, list(dict.fromkeys(c.method for c in selected)),
-                         method_terms, fit)
-
-    def run_cell(cell: _sweep.Cell) -> dict[str, Any]:
-        weights = _search.chosen(search, cell.method)
-        _search.reuse_run(config, workdir, cell, weights)
-        return fit(_sweep.cell_dir(workdir, cell), cell.method, cell.examples_per_class,
-                   cell.seed, weights)
-
-    results = _sweep.run_sweep(selected, run_cell, workdir=workdir, desc=STUDY)
-    sizes = _sweep.sizes(config)
-    summary = {
-        "rows": _report.accuracy_rows(results, config.methods, sizes, label,
-                                      lambda m, n: paper_number(config.paper_table, m, n)),
-        "paired_gains": _report.paired_gains(results, GAIN_PAIRS, methods=config.methods,
-                                             sizes=sizes, seeds=_sweep.seeds(config),
-                                             label=label),
-        "source": f"{config.source_dataset} classes {list(config.source_classes) or 'all'}",
-        "target": f"{config.target_dataset} classes {list(config.target_classes) or 'all'}",
-        "teacher_model": config.teacher.name, "student_model": config.student.name,
-        "teacher_test_accuracy": 100.0 * teacher_result["last"]["test"],
-        "budget": {f"{'finetune' if ft else 'students'} n={n}": cfg.num_steps
-                   for (ft, n), cfg in train_cfgs.items()},
-        "weight_search": search if search.get("methods") else None,
-    }
-    return _report.finish(STUDY, workdir, summary, config=config, started=t0,
-                          command=command, num_cells=len(results),
-                          total_seconds=float(teacher_result["seconds"])
-                          + _search.seconds(search, results))
 
 
 # ----------------------------------------------------------------------------------------
@@ -320,9 +229,10 @@ def console(s: dict[str, Any]) -> str:
 def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     plt = _plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    methods = s["config"]["methods"]
     for ax, which in zip(axes, ("last", "best")):
         _plots.bars(ax, [r for r in s["rows"] if r["checkpoint"] == which],
-                    x_key="examples_per_class")
+                    x_key="examples_per_class", methods=methods)
         ax.set_xlabel("target examples per class")
         ax.set_ylabel("target test accuracy (%)")
         ax.set_title(f"transfer, {which} step" + (" (by validation)" if which == "best"
@@ -334,11 +244,55 @@ def plots(workdir: str, s: dict[str, Any]) -> list[str]:
     return paths + _plots.gain_figure(
         workdir, "transfer_gain.png", s.get("paired_gains") or [],
         title="transfer: gain from each added term (paired by "
-              "seed, last step)")
+              "seed, last step)", methods=methods)
+
+
+# The config keys that change the teacher, and a cell of a method (with its loss terms).
+DATA_KEYS = ("source_dataset", "source_classes", *_study.DATA_KEYS)
+TEACHER_KEYS = (*DATA_KEYS, "teacher", "teacher_train", "teacher_seed")
+BUDGET_KEYS = ("train_epochs", "train_max_steps")
+
+
+def cell_keys(method: str) -> tuple[str, ...]:
+    """The oracle trains the teacher's network with ``finetune_train``; the others the
+    student with ``train``."""
+    own = (("finetune_train",) if method == "finetune"
+           else ("student", "student_tap_aliases", "train"))
+    return (*DATA_KEYS, "target_dataset", "target_classes", *own, *BUDGET_KEYS)
+
+
+def check(config: ConfigDict) -> None:
+    parse_aliases(config.student_tap_aliases)
+
+
+STUDY = _study.Study(
+    name="transfer", terms=method_terms, objective=build_objective, label=label,
+    prepare=prepare, make_student=make_student, teacher_keys=TEACHER_KEYS,
+    cell_keys=cell_keys,
+    summary=lambda config: {
+        "source": f"{config.source_dataset} classes {list(config.source_classes) or 'all'}",
+        "target": f"{config.target_dataset} classes {list(config.target_classes) or 'all'}",
+        "teacher_model": config.teacher.name, "student_model": config.student.name},
+    paper=lambda config, method, n: paper_number(config.paper_table, method, n),
+    pairs=GAIN_PAIRS, markdown=markdown, plots=plots, console=console, check=check,
+    train_key=lambda method: "finetune_train" if method == "finetune" else "train",
+    starts_from_teacher=lambda method: method == "finetune",
+    budget_label=lambda key, n: (f"{'finetune' if key == 'finetune_train' else 'students'} "
+                                 f"n={n}"))
+
+
+def cells(config: ConfigDict) -> list[_sweep.Cell]:
+    """The sweep's cells (the methods checked against the method table)."""
+    return _study.cells(STUDY, config)
+
+
+def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict[str, Any]:
+    """Runs the study (``_study.run``): its section of the results, the plots; the summary."""
+    return _study.run(STUDY, config, workdir, command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return _cli.main(STUDY, run, console, default_config=DEFAULT_CONFIG,
+    return _cli.main(STUDY.name, run, console, default_config=DEFAULT_CONFIG,
                      default_workdir=DEFAULT_WORKDIR, argv=argv)
 
 

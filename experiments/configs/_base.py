@@ -32,20 +32,64 @@ def mode(arg: str | None) -> str:
     return arg
 
 
-def loss_config(**overrides: Any) -> ConfigDict:
-    """The loss hyper-parameters every study shares (docs/experiments.md says why)."""
-    config = ConfigDict(dict(
-        ce_weight=1.0,
-        kd_weight=1.0, temperature=4.0,
-        logits_weight=0.1,
-        jacobian_weight=1.0, jacobian_outputs="teacher_top1", jacobian_k=1,
-        jacobian_normalize=True,
-        vjp_weight=0.01, jvp_weight=0.01, num_probes=1, probe_distribution="rademacher",
-        noisy_weight=0.1, noisy_sigma=0.3, noisy_samples=1, noisy_kind="squared",
-        attention_weight=10.0, attention_layers=("block1", "block2"),
-        attention_jacobian_weight=1.0, attention_jacobian_layer="block2",
-    ))
-    config.update(overrides)
+# Every loss term of the studies: a one-line description and its default arguments. A
+# term's config ``loss.<term>`` holds exactly the keyword arguments of its constructor
+# in ``jaxkd.training`` (or of the study's own, e.g. transfer's ``lwf``), ``weight``
+# first; the study's method table says which constructor a term name builds.
+# docs/experiments.md says why each value is what it is.
+LOSS_TERMS = {
+    "ce": ("cross-entropy with the labels", dict(weight=1.0)),
+    "kd": ("Hinton distillation tau^2 KL(teacher || student)",
+           dict(weight=1.0, temperature=4.0)),
+    "logits": ("squared error of logits ('match activations')", dict(weight=0.1)),
+    "jacobian": ("exact Jacobian matching",
+                 dict(weight=1.0, outputs="teacher_top1", k=1, normalize=True)),
+    "vjp": ("||J_T - J_S||_F^2 estimated with output-space (VJP) probes",
+            dict(weight=0.01, num_probes=1, distribution="rademacher")),
+    "jvp": ("||J_T - J_S||_F^2 estimated with input-space (forward-mode JVP) probes",
+            dict(weight=0.01, num_probes=1, distribution="rademacher")),
+    "noisy": ("Monte Carlo distillation under Gaussian input noise",
+              dict(weight=0.1, sigma=0.3, num_samples=1, kind="squared", temperature=4.0)),
+    "attention": ("attention transfer on the feature taps 'layers'",
+                  dict(weight=10.0, layers=("block1", "block2"))),
+    "attention_jacobian": ("matching the input gradients of the attention maps",
+                           dict(weight=1.0, layer="block2")),
+    "lwf": ("study 3: distillation on the student's old-task head (LwF)",
+            dict(weight=1.0, temperature=2.0)),
+}
+
+
+def loss_config(**terms: dict[str, Any]) -> ConfigDict:
+    """``loss.<term>`` for every term of :data:`LOSS_TERMS`, with ``terms`` set.
+
+    ``loss_config(jacobian=dict(weight=3.0))`` changes that argument only.
+    """
+    config = ConfigDict({name: dict(defaults) for name, (_, defaults) in LOSS_TERMS.items()})
+    for name, values in terms.items():
+        if name not in LOSS_TERMS:
+            raise ConfigError(f"loss_config({name}=...): no such loss term; expected one of "
+                              f"{sorted(LOSS_TERMS)}.")
+        config[name].update(values)
+    return config
+
+
+def search_config(*, sizes: tuple = (), seeds: int = 1, **terms: dict[str, tuple]
+                  ) -> ConfigDict:
+    """The loss-weight search (``_search``): its sizes, seeds and candidates.
+
+    ``search.<term>.<argument>`` holds candidates for ``loss.<term>.<argument>``; every
+    term has ``weight = ()`` (not searched) unless ``terms`` sets it, e.g.
+    ``search_config(sizes=(10,), jacobian=dict(weight=(1.0, 3.0, 10.0)))``.
+    ``sizes = ()`` turns the search off.
+    """
+    config = ConfigDict(dict(sizes=tuple(sizes), seeds=seeds,
+                             **{name: dict(weight=()) for name in LOSS_TERMS}))
+    for name, values in terms.items():
+        if name not in LOSS_TERMS:
+            raise ConfigError(f"search_config({name}=...): no such loss term; expected one "
+                              f"of {sorted(LOSS_TERMS)}.")
+        with config.ignore_type():
+            config[name].update({k: tuple(v) for k, v in values.items()})
     return config
 
 
@@ -71,9 +115,11 @@ def model_spec(name: str, *, width: int = 16, hidden: tuple[int, ...] = (64,),
 
 
 def execution(config: ConfigDict) -> ConfigDict:
-    """Adds the keys of how a study runs (devices, caches, progress, logs)."""
-    config.update(num_devices=0, num_cpu_devices=0, compilation_cache=True,
-                  run_progress=False, tensorboard=False, on_change="refuse")
+    """Adds the keys every study has: where its teacher comes from (``teacher_dir``,
+    ``teacher_only``) and how it runs (devices, caches, progress, logs)."""
+    config.update(teacher_dir="", teacher_only=False, num_devices=0, num_cpu_devices=0,
+                  compilation_cache=True, run_progress=False, tensorboard=False,
+                  on_change="refuse")
     return config
 
 
@@ -93,13 +139,16 @@ def smoke(config: ConfigDict) -> ConfigDict:
 # What every key means (printed by --help). Keys of the sub-configs share a table.
 
 HELP = {
-    "dataset": "dataset name: 'digits' (offline), a tfds name ('cifar100'), "
-               "'folder:<path>' (docs/data.md)",
+    "dataset": "dataset name: 'digits' (offline), 'fashion_mnist' / 'mnist' (IDX files, "
+               "Debian's dataset-fashion-mnist, else tfds), 'idx:<dir>', a tfds name "
+               "('cifar100'), 'folder:<path>' (docs/data.md)",
     "source_dataset": "the source task's dataset (the teacher learns it); as 'dataset'",
     "target_dataset": "the target task's dataset (the student learns it); as 'dataset'",
     "source_classes": "classes of the source dataset to keep, relabelled 0..; () = all",
     "target_classes": "classes of the target dataset to keep, relabelled 0..; () = all",
-    "data_dir": "tfds data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    "data_dir": "where datasets are looked for: <data_dir>/fashion_mnist/ (and mnist/) "
+                "before /usr/share/datasets/fashion-mnist, and tfds' data directory "
+                "('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     "image_size": "(height, width) to resize every image to; () keeps the native size",
     "validation_fraction": "share of the training split held out (stratified, seed 0) to "
                            "choose the best step",
@@ -123,19 +172,12 @@ HELP = {
                     "clip(ceil(train_epochs * N / batch_size), train.num_steps, "
                     "train_max_steps) steps; 0 = train.num_steps at every size",
     "train_max_steps": "the cap of that budget (0 = none)",
-    "weight_search_sizes": "studies 1 and 3: examples per class at which each method's "
-                           "searched loss weights are chosen on validation before the "
-                           "sweep; () = no search (the loss.* weights as set)",
-    "weight_search_seeds": "studies 1 and 3: seeds 0..k-1 of that search",
-    "jacobian_weights": "candidates for loss.jacobian_weight (methods with 'jacobian')",
-    "projection_weights": "study 1: candidates for loss.vjp_weight / loss.jvp_weight "
-                          "(methods with 'vjp' / 'jvp')",
-    "attention_weights": "study 3: candidates for loss.attention_weight (methods with "
-                         "'attention')",
-    "attention_jacobian_weights": "study 3: candidates for loss.attention_jacobian_weight "
-                                  "(methods with 'attention_jacobian')",
+    "search": "studies 1 and 3: loss weights chosen on validation before the sweep",
+    "search.sizes": "examples per class at which each method's searched arguments are "
+                    "chosen; () = no search (the loss.* values as set)",
+    "search.seeds": "seeds 0..k-1 of that search",
     "finetune_train": "how the fine-tuning oracle is trained",
-    "loss": "weights and settings of the loss terms",
+    "loss": "the loss terms: loss.<term> holds the arguments of its constructor",
     "paper_table": "'mit_indoor' shows the paper's transfer numbers beside ours",
     "noise_sigmas": "study 2: noise standard deviations (pixels in [0, 1]) to test under",
     "noise_examples_per_class": "study 2: the sizes to evaluate; () = every size of study 1",
@@ -170,56 +212,85 @@ TRAIN_HELP = {
     "num_evals": "validation evaluations (a checkpoint each); the best one is reported too",
     "eval_batch_size": "examples per evaluation batch",
 }
-LOSS_HELP = {
-    "ce_weight": "cross-entropy with the labels",
-    "kd_weight": "Hinton distillation tau^2 KL(teacher || student) (LwF: on the old head)",
-    "temperature": "distillation temperature tau",
-    "logits_weight": "squared error of logits ('match activations')",
-    "jacobian_weight": "exact Jacobian matching",
-    "jacobian_outputs": "which outputs' input gradients: teacher_top1, label, top_k, all",
-    "jacobian_k": "k of jacobian_outputs='top_k'",
-    "jacobian_normalize": "L2-normalise each input gradient before comparing",
-    "vjp_weight": "||J_T - J_S||_F^2 estimated with output-space (VJP) probes",
-    "jvp_weight": "the same with input-space (forward-mode JVP) probes",
-    "num_probes": "probes per example of the VJP/JVP estimates",
-    "probe_distribution": "'rademacher', 'gaussian' or 'orthogonal'",
-    "noisy_weight": "Monte Carlo distillation under Gaussian input noise",
-    "noisy_sigma": "its noise standard deviation (normalised-pixel units)",
-    "noisy_samples": "its noise draws per example and step",
-    "noisy_kind": "'squared', 'cross_entropy' or 'kl'",
-    "attention_weight": "attention transfer on attention_layers",
-    "attention_layers": "feature taps whose attention maps are matched",
-    "attention_jacobian_weight": "matching the input gradients of the attention maps",
-    "attention_jacobian_layer": "the feature tap of the attention Jacobian",
+# What each argument of a loss term means and which values it takes, by argument name
+# (a new term with known argument names needs no line here).
+LOSS_ARGS = {
+    "weight": ("its weight in the loss (0 = off)", "a finite weight >= 0",
+               lambda v: _number(v) and v >= 0),
+    "temperature": ("the distillation temperature tau", "a positive finite temperature",
+                    lambda v: _number(v) and v > 0),
+    "outputs": ("which outputs' input gradients: teacher_top1, label, top_k, all",
+                None, None),  # the choices: JACOBIAN_OUTPUTS below
+    "k": ("k of outputs='top_k'", "a positive integer", lambda v: _positive_int(v)),
+    "normalize": ("L2-normalise each input gradient before comparing", "True or False",
+                  lambda v: isinstance(v, bool)),
+    "num_probes": ("probes per example of the estimate", "a positive integer",
+                   lambda v: _positive_int(v)),
+    "distribution": ("the probes: 'rademacher', 'gaussian' or 'orthogonal'", None, None),
+    "sigma": ("the noise standard deviation (normalised-pixel units)",
+              "a positive finite noise standard deviation", lambda v: _number(v) and v > 0),
+    "num_samples": ("noise draws per example and step", "a positive integer",
+                    lambda v: _positive_int(v)),
+    "kind": ("'squared', 'cross_entropy' or 'kl'", None, None),
+    "layers": ("feature taps whose attention maps are matched",
+               "one or more feature tap names",
+               lambda v: isinstance(v, (tuple, list)) and bool(v)
+               and all(isinstance(t, str) and t for t in v)),
+    "layer": ("the feature tap of the attention Jacobian", "a feature tap name",
+              lambda v: isinstance(v, str) and bool(v)),
 }
-# The loss keys each term of a method reads (a method is terms joined by "+"; the
-# transfer study's rows add cross-entropy to every method). A cell records only its
-# method's keys, so changing, say, the temperature leaves cross-entropy cells valid.
-LOSS_TERM_KEYS = {
-    "ce": ("ce_weight",),
-    "kd": ("kd_weight", "temperature"),
-    "logits": ("logits_weight",),
-    "jacobian": ("jacobian_weight", "jacobian_outputs", "jacobian_k", "jacobian_normalize"),
-    "vjp": ("vjp_weight", "num_probes", "probe_distribution"),
-    "jvp": ("jvp_weight", "num_probes", "probe_distribution"),
-    "noisy": ("noisy_weight", "noisy_sigma", "noisy_samples", "noisy_kind", "temperature"),
-    "attention": ("attention_weight", "attention_layers"),
-    "attention_jacobian": ("attention_jacobian_weight", "attention_jacobian_layer"),
-    # Transfer rows: cross-entropy on the target, LwF's distillation on the old head.
-    "no_transfer": ("ce_weight",),
-    "finetune": ("ce_weight",),
-    "lwf": ("ce_weight", "kd_weight", "temperature"),
+# Keys of earlier versions: an override or a config file that names one is refused with
+# its new spelling (the search and the loss terms are sub-configs now).
+RENAMED = {
+    **{f"loss.{old}": f"loss.{new}" for old, new in (
+        ("ce_weight", "ce.weight"), ("kd_weight", "kd.weight"),
+        ("temperature", "kd.temperature (and loss.noisy.temperature, loss.lwf.temperature)"),
+        ("logits_weight", "logits.weight"), ("jacobian_weight", "jacobian.weight"),
+        ("jacobian_outputs", "jacobian.outputs"), ("jacobian_k", "jacobian.k"),
+        ("jacobian_normalize", "jacobian.normalize"), ("vjp_weight", "vjp.weight"),
+        ("jvp_weight", "jvp.weight"),
+        ("num_probes", "vjp.num_probes and loss.jvp.num_probes"),
+        ("probe_distribution", "vjp.distribution and loss.jvp.distribution"),
+        ("noisy_weight", "noisy.weight"), ("noisy_sigma", "noisy.sigma"),
+        ("noisy_samples", "noisy.num_samples"), ("noisy_kind", "noisy.kind"),
+        ("attention_weight", "attention.weight"), ("attention_layers", "attention.layers"),
+        ("attention_jacobian_weight", "attention_jacobian.weight"),
+        ("attention_jacobian_layer", "attention_jacobian.layer"))},
+    "weight_search_sizes": "search.sizes",
+    "weight_search_seeds": "search.seeds",
+    "jacobian_weights": "search.jacobian.weight",
+    "projection_weights": "search.vjp.weight and search.jvp.weight",
+    "attention_weights": "search.attention.weight",
+    "attention_jacobian_weights": "search.attention_jacobian.weight",
 }
 _GROUPS = {"teacher": MODEL_HELP, "student": MODEL_HELP, "train": TRAIN_HELP,
-           "teacher_train": TRAIN_HELP, "finetune_train": TRAIN_HELP, "loss": LOSS_HELP}
+           "teacher_train": TRAIN_HELP, "finetune_train": TRAIN_HELP}
 
 
 def describe(key: str) -> str | None:
     """What the dotted config ``key`` means, or None when it has no words."""
     if key in HELP:
         return HELP[key]
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] in ("loss", "search") and parts[1] in LOSS_TERMS:
+        _, term, arg = parts
+        if arg not in LOSS_ARGS:
+            return None
+        what = (f"{LOSS_TERMS[term][0]}: {LOSS_ARGS[arg][0]}" if arg == "weight"
+                else LOSS_ARGS[arg][0])
+        return what if parts[0] == "loss" else f"candidates for loss.{term}.{arg} ({what})"
+    if len(parts) == 2 and parts[0] == "loss" and parts[1] in LOSS_TERMS:
+        return LOSS_TERMS[parts[1]][0]
     parent, _, leaf = key.rpartition(".")
     return _GROUPS.get(parent, {}).get(leaf)
+
+
+def renamed(key: str) -> str | None:
+    """The message for ``key`` if it is a key of an earlier version (:data:`RENAMED`)."""
+    if key not in RENAMED:
+        return None
+    return (f"config key {key!r} is now --config.{RENAMED[key]} (the loss terms and the "
+            f"weight search are sub-configs: --help lists every key).")
 
 
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
@@ -289,6 +360,9 @@ def validate(config: ConfigDict) -> None:
             return False
         return True
 
+    for key in flat_keys(config):
+        if renamed(key):  # a config file written for an earlier version
+            raise ConfigError(renamed(key))
     sizes = list(config.examples_per_class)
     if not sizes or not all(v == "all" or _positive_int(v) for v in sizes):
         raise bad("examples_per_class", "positive integers and/or 'all'")
@@ -393,29 +467,22 @@ def validate(config: ConfigDict) -> None:
 
 
 def _validate_loss(config: ConfigDict, bad) -> None:
-    loss = config.loss
-    for key in loss:
-        if key.endswith("_weight") and (not _number(loss[key]) or loss[key] < 0):
-            raise bad(f"loss.{key}", "a finite weight >= 0")
-    if not _number(loss.temperature) or loss.temperature <= 0:
-        raise bad("loss.temperature", "a positive finite temperature")
-    if not _number(loss.noisy_sigma) or loss.noisy_sigma <= 0:
-        raise bad("loss.noisy_sigma", "a positive finite noise standard deviation")
-    for key in ("jacobian_k", "num_probes", "noisy_samples"):
-        if not _positive_int(loss[key]):
-            raise bad(f"loss.{key}", "a positive integer")
-    for key, valid in (("jacobian_outputs", JACOBIAN_OUTPUTS),
-                       ("probe_distribution", PROBE_DISTRIBUTIONS),
-                       ("noisy_kind", NOISE_KINDS)):
-        if loss[key] not in valid:
-            raise bad(f"loss.{key}", f"one of {valid}")
-    if not isinstance(loss.jacobian_normalize, bool):
-        raise bad("loss.jacobian_normalize", "True or False")
-    layers = list(loss.attention_layers)
-    if not layers or not all(isinstance(t, str) and t for t in layers):
-        raise bad("loss.attention_layers", "one or more feature tap names")
-    if not isinstance(loss.attention_jacobian_layer, str) or not loss.attention_jacobian_layer:
-        raise bad("loss.attention_jacobian_layer", "a feature tap name")
+    choices = {"outputs": JACOBIAN_OUTPUTS, "distribution": PROBE_DISTRIBUTIONS,
+               "kind": NOISE_KINDS}
+    for term, args in config.loss.items():
+        if term not in LOSS_TERMS:
+            raise bad(f"loss.{term}", f"a loss term of {sorted(LOSS_TERMS)}")
+        for arg, value in args.items():
+            ok, expected = _loss_arg_ok(arg, value, choices)
+            if not ok:
+                raise bad(f"loss.{term}.{arg}", expected)
+
+
+def _loss_arg_ok(arg: str, value: Any, choices: dict[str, tuple]) -> tuple[bool, str]:
+    if arg in choices:
+        return value in choices[arg], f"one of {choices[arg]}"
+    _, expected, check = LOSS_ARGS.get(arg, (None, None, None))
+    return (check is None or check(value)), expected
 
 
 def _validate_budget_and_search(config: ConfigDict, bad) -> None:
@@ -431,18 +498,24 @@ def _validate_budget_and_search(config: ConfigDict, bad) -> None:
         if value and "train" in config and value < config.train.num_steps:
             raise bad("train_max_steps", f"0 or at least train.num_steps "
                                          f"({config.train.num_steps})")
-    if "weight_search_sizes" in config:
-        sizes = list(config.weight_search_sizes)
-        if not all(v == "all" or _positive_int(v) for v in sizes):
-            raise bad("weight_search_sizes", "() or positive integers and/or 'all'")
-        if sizes and not _positive_int(config.weight_search_seeds):
-            raise bad("weight_search_seeds", "a positive integer")
-        for key in ("jacobian_weights", "projection_weights", "attention_weights",
-                    "attention_jacobian_weights"):
-            if key not in config:
-                continue
-            values = list(config[key])
-            if sizes and (not values or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                    for v in values)):
-                raise bad(key, "one or more positive weights")
+    if "search" not in config:
+        return
+    search = config.search
+    if not all(v == "all" or _positive_int(v) for v in search.sizes):
+        raise bad("search.sizes", "() or positive integers and/or 'all'")
+    if not _positive_int(search.seeds):
+        raise bad("search.seeds", "a positive integer")
+    choices = {"outputs": JACOBIAN_OUTPUTS, "distribution": PROBE_DISTRIBUTIONS,
+               "kind": NOISE_KINDS}
+    for term, args in search.items():
+        if term in ("sizes", "seeds"):
+            continue
+        for arg, values in args.items():
+            key = f"search.{term}.{arg}"
+            if "loss" not in config or term not in config.loss or arg not in config.loss[term]:
+                raise bad(key, "candidates of an argument of a loss term (loss.<term>.<arg>)")
+            for value in values:
+                ok, expected = _loss_arg_ok(arg, value, choices)
+                if not ok or (arg == "weight" and not value > 0):
+                    raise bad(key, "candidates, each " + (
+                        "a positive finite weight" if arg == "weight" else expected))

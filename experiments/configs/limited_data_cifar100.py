@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         num_steps=10_000, batch_size=128, optimizer="sgd", learning_rate=0.05,
         weight_decay=5e-4, momentum=0.9, warmup_steps=500, num_evals=20,
         eval_batch_size=1000)
-    c.loss = _base.loss_config(logits_weight=0.05, jacobian_weight=1.0)
+    c.loss = _base.loss_config(logits=dict(weight=0.05))
     c.noise_sigmas = (0.0, 0.02, 0.05, 0.1, 0.2)
     c.run_progress = True
     c.tensorboard = True

@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.train = _base.train_config(num_steps=300, batch_size=40, learning_rate=3e-3,
                                  num_evals=5)
     c.loss = _base.loss_config()
+    c.search = _base.search_config()  # off: the loss weights as set
     # Noise robustness (study 2 reads these; study 1 ignores them).
     c.noise_sigmas = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
     c.noise_examples_per_class = ()

@@ -16,7 +16,7 @@ its VGG-4 (3 conv + linear, width 16: 16-32-64), about 12x fewer parameters and 
 of the depth, with the teacher's taps block1..3 at the same sizes. Width 16, not the
 paper's 64: on 2 CPU cores the Jacobian-matching steps (a double backward through
 student and teacher) dominate the study's time, and a width-16 VGG-9 already reached
-91.9 % on Fashion-MNIST in the issue's earlier run (SPEC section 3).
+91.9 % on Fashion-MNIST in an earlier run.
 
 Budget (``_budget``): a student trains ``clip(ceil(10 epochs * N / 64), 300, 400)`` AdamW
 steps of 64 images on its N examples: 300 at 10 and 50 per class (192 and 38 epochs),
@@ -28,13 +28,14 @@ results/fashion_mnist/). The largest sizes are therefore the least trained; resu
 says so. All cells of a size share one compiled step. The teacher: 1,000 steps of 128
 (2.2 epochs).
 
-Loss weights: before the sweep, each method with a Jacobian term is trained with
-every ``jacobian_weights`` (exact Jacobians) or ``projection_weights`` (VJP/JVP)
-candidate at 10 examples per class, seed 0 (one size: CPU time), and the candidate of
-best validation accuracy is used for all of that method's cells (``weight_search.json``;
-results.md shows the table). Seed 0's cells at that size are the search's runs with
-the chosen weight (copied, not retrained). The validation split is 5 % of the training
-split (3,000 images, 300 per class), carved with seed 0; the test split chooses nothing.
+Loss weights: before the sweep, each method with a Jacobian term is trained with every
+``search.jacobian.weight`` (exact Jacobians) or ``search.vjp.weight`` /
+``search.jvp.weight`` candidate at 10 examples per class, seed 0 (one size: CPU time),
+and the candidate of best validation accuracy is used for all of that method's cells
+(``weight_search.json``; results.md shows the table). Seed 0's cells at that size are
+the search's runs with the chosen weight (copied, not retrained). The validation split
+is 5 % of the training split (3,000 images, 300 per class), carved with seed 0; the test
+split chooses nothing.
 
 Study 2 evaluates every student of study 1 under test-time noise sigma in {0, 0.025,
 0.05, 0.1, 0.2} (the teacher falls from 90 to 58 % at 0.1, so the grid is fine below).
@@ -72,8 +73,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
         "kd+jvp+ce",              # one input-space (forward-mode) probe
     )
     c.teacher = _base.model_spec("vgg9", width=16)
-    c.teacher_dir = ""
-    c.teacher_only = False
     c.teacher_train = _base.train_config(num_steps=1000, batch_size=128, learning_rate=3e-3,
                                          weight_decay=1e-4, num_evals=4, eval_batch_size=1000)
     c.teacher_seed = 0
@@ -83,10 +82,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.train_epochs = 10.0
     c.train_max_steps = 400
     c.loss = _base.loss_config()  # logits 0.1, KD tau = 4; Jacobian weights: the search
-    c.weight_search_sizes = (10,)  # the scarcest size, where the claim lives (CPU time)
-    c.weight_search_seeds = 1
-    c.jacobian_weights = (1.0, 3.0, 10.0)
-    c.projection_weights = (0.01, 0.1)
+    c.search = _base.search_config(
+        sizes=(10,), seeds=1,      # the scarcest size, where the claim lives (CPU time)
+        jacobian=dict(weight=(1.0, 3.0, 10.0)),
+        vjp=dict(weight=(0.01, 0.1)), jvp=dict(weight=(0.01, 0.1)))
     # Study 2: every student of study 1 under test-time noise (the teacher: 90 % -> 58 %
     # at sigma 0.1 in the first run, so the grid is fine below 0.1).
     c.noise_sigmas = (0.0, 0.025, 0.05, 0.1, 0.2)
@@ -99,9 +98,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.teacher.width = c.student.width = 4
         c.train_epochs = 2.0      # 12 steps at 2 per class, the cap (14) on all the data
         c.train_max_steps = 14
-        c.weight_search_sizes = (2,)
-        c.jacobian_weights = (1.0, 10.0)
-        c.projection_weights = (0.01,)
+        c.search.sizes = (2,)
+        c.search.jacobian.weight = (1.0, 10.0)
+        c.search.vjp.weight = c.search.jvp.weight = (0.01,)
         c.noise_sigmas = (0.0, 0.5)
         c.noise_examples_per_class = (2,)
     return c

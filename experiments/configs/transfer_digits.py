@@ -37,16 +37,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
                  "lwf+attention+attention_jacobian")
     # Networks. 24 fits the 25 images of the 5-per-class set and divides by 1-8 devices.
     c.teacher = _base.model_spec("vgg9", width=8)
-    c.teacher_dir = ""
     c.teacher_train = _base.train_config(num_steps=600, batch_size=64, learning_rate=3e-3)
     c.teacher_seed = 0
-    c.teacher_only = False
     c.student = _base.model_spec("small_cnn", width=16, hidden=(64,))
     c.student_tap_aliases = ""
     c.train = _base.train_config(num_steps=300, batch_size=24, learning_rate=3e-3)
     c.finetune_train = _base.train_config(num_steps=300, batch_size=24, learning_rate=3e-3)
-    c.loss = _base.loss_config(temperature=2.0, attention_layers=("block1", "block2"),
-                               attention_jacobian_layer="block2")
+    c.loss = _base.loss_config(attention=dict(layers=("block1", "block2")),
+                               attention_jacobian=dict(layer="block2"))  # LwF: tau = 2
+    c.search = _base.search_config()  # off: the loss weights as set
     c.paper_table = ""
     _base.execution(c)
     if mode == "smoke":

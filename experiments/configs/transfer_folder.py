@@ -47,8 +47,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.finetune_train = _base.train_config(
         num_steps=5_000, batch_size=64, optimizer="sgd", learning_rate=0.005,
         weight_decay=5e-4, momentum=0.9, warmup_steps=250, num_evals=20)
-    c.loss = _base.loss_config(temperature=2.0, attention_layers=("stage2", "stage3", "stage4"),
-                               attention_jacobian_layer="stage4")
+    c.loss = _base.loss_config(attention=dict(layers=("stage2", "stage3", "stage4")),
+                               attention_jacobian=dict(layer="stage4"))
     c.paper_table = "mit_indoor"
     c.run_progress = True
     c.tensorboard = True

@@ -1,14 +1,18 @@
-"""The command line (absl + config_flags): names and paths, typed overrides, the nearest
-key for a typo, --help with words for every key, light config files, up-front checks."""
+"""experiments._cli: names and paths, typed overrides, the nearest key for a typo and the
+new spelling of an old key, --help with words for every key, light config files, one-line
+failures."""
 
+import errno
+import os
 import subprocess
 import sys
 
 import pytest
 
-from experiments import _cli, limited_data
+from experiments import _cli, _workdir, limited_data
 from experiments.configs import _base
 from experiments.configs._base import ConfigError
+from jaxkd import training
 
 KW = dict(study="limited_data", default_config="limited_data_digits",
           default_workdir="runs/limited_data")
@@ -28,14 +32,14 @@ def test_overrides_take_the_type_of_the_default(tmp_path):
     config, workdir = _cli.parse(
         ["--workdir", str(tmp_path), "--config.dataset=cifar100", "--config.num_seeds", "3",
          "--config.train.learning_rate=0.1", "--config.examples_per_class=10,all",
-         "--config.loss.jacobian_normalize=false", "--config.methods=ce,kd+jacobian+ce",
+         "--config.loss.jacobian.normalize=false", "--config.methods=ce,kd+jacobian+ce",
          "--config.image_size=32,32", "--config.noise_sigmas=0,0.5,1",
          "--config.noise_examples_per_class=5"], **KW)
     assert workdir == str(tmp_path)
     assert config.dataset == "cifar100" and config.num_seeds == 3
     assert config.train.learning_rate == 0.1
     assert config.examples_per_class == (10, "all")
-    assert config.loss.jacobian_normalize is False
+    assert config.loss.jacobian.normalize is False
     assert config.methods == ("ce", "kd+jacobian+ce")
     assert config.image_size == (32, 32)
     assert config.noise_sigmas == (0.0, 0.5, 1.0)
@@ -134,3 +138,115 @@ def test_main_exits_with_the_message_not_a_traceback():
 def test_bad_method_fails_before_training():
     with pytest.raises(ConfigError, match="unknown loss term"):
         limited_data.build_objective("kd+jacobain", _base.loss_config())
+
+
+def _main(run, argv):
+    return _cli.main("limited_data", run, lambda s: "", default_config="limited_data_digits",
+                     default_workdir="unused", argv=argv)
+
+
+@pytest.mark.parametrize("kind", ["file", "empty"])
+def test_a_workdir_that_is_a_file_or_empty_is_a_usage_error(tmp_path, capsys, kind):
+    path = tmp_path / "a_file"
+    path.write_text("not a directory")
+    workdir = str(path) if kind == "file" else ""
+
+    def run(config, workdir, command=None):
+        raise AssertionError("must not run")
+
+    with pytest.raises(SystemExit) as e:
+        _main(run, ["--workdir", workdir, "--config=limited_data_digits:smoke"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err == ("error: --workdir '%s' is a file, not a directory; give a directory (it "
+                   "will hold the runs and the results)." % path if kind == "file" else
+                   "error: --workdir is empty; give the directory for the study's runs and "
+                   "results (e.g. --workdir runs/limited_data).")
+    assert path.read_text() == "not a directory"
+
+
+def _fails_with(error):
+    def run(config, workdir, command=None):
+        raise error
+    return run
+
+
+def test_a_full_disk_anywhere_is_one_line(tmp_path):
+    argv = ["--workdir", str(tmp_path), "--config=limited_data_digits:smoke"]
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "results.json"))
+    with pytest.raises(SystemExit) as e:
+        _main(_fails_with(full), argv)
+    full_hint = ("; free disk space (or give another --workdir) and run again: finished runs "
+                 "are kept and an unfinished one resumes from its last checkpoint.")
+    assert e.value.code == (f"error: No space left on device: {tmp_path / 'results.json'}"
+                            + full_hint)
+    # Deep in another error's chain, as orbax's asyncio tasks report it.
+    try:
+        try:
+            raise full
+        except OSError as inner:
+            raise RuntimeError("Task exception was never retrieved\n" + "x\n" * 700) \
+                from inner
+    except RuntimeError as wrapped:
+        deep = wrapped
+    with pytest.raises(SystemExit) as e:
+        _main(_fails_with(deep), argv)
+    assert e.value.code == (f"error: No space left on device: {tmp_path / 'results.json'} "
+                            f"(RuntimeError)" + full_hint)
+    checkpoint = training.CheckpointError(f"cannot write a checkpoint to {tmp_path}: No space "
+                                          "left on device")
+    with pytest.raises(SystemExit) as e:
+        _main(_fails_with(checkpoint), argv)
+    assert e.value.code == f"error: cannot write a checkpoint to {tmp_path}: No space left " \
+                           "on device"
+    with pytest.raises(SystemExit, match="^error: bad value"):
+        _main(_fails_with(ConfigError("bad value\nsecond line")), argv)
+
+
+def test_an_unexpected_error_keeps_its_traceback_with_debug(tmp_path, monkeypatch):
+    # Without --debug it is one line too (tests/experiments/test_reliability.py).
+    monkeypatch.delenv(_cli.DEBUG_ENV, raising=False)
+    with pytest.raises(ZeroDivisionError):
+        _main(_fails_with(ZeroDivisionError("a bug")), ["--workdir", str(tmp_path), "--debug"])
+    with pytest.raises(OSError, match="Connection refused"):  # not one of the known errnos
+        _main(_fails_with(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")),
+              ["--workdir", str(tmp_path), "--debug"])
+
+
+def test_the_lock_is_released_after_a_failure(tmp_path):
+    with pytest.raises(SystemExit):
+        _main(_fails_with(ConfigError("x")), ["--workdir", str(tmp_path)])
+    assert os.path.realpath(str(tmp_path)) not in _workdir._HELD
+
+
+def test_the_known_os_error_is_found_behind_an_unknown_one():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/w/ckpt")
+        except OSError as full:
+            raise FileNotFoundError(errno.ENOENT, "gone", "/w/tmp") from full
+    except OSError as e:
+        chained = RuntimeError("save failed")
+        chained.__cause__ = e
+    found = _cli._os_error(chained)
+    assert (found.errno, found.filename) == (errno.ENOSPC, "/w/ckpt")
+    # tensorstore reports the code in its message, not as an OSError.
+    found = _cli._os_error(ValueError("write failed [os_error_code='122']"))
+    assert found.errno == errno.EDQUOT
+    # Any other code is found too (its failure line names it, without a remedy).
+    assert _cli._os_error(ValueError("write failed [os_error_code='2']")).errno == errno.ENOENT
+
+
+def test_the_nearest_key_is_the_one_a_user_most_plausibly_meant():
+    valid = _base.flat_keys(_cli.load_config("limited_data_fashion"))
+    assert _cli.nearest_key("train.num_step", valid) == "train.num_steps"
+    assert _cli.nearest_key("train.batchsize", valid) == "train.batch_size"
+    assert _cli.nearest_key("search_sizes", valid) == "search.sizes"
+    assert _cli.nearest_key("search.size", valid) == "search.sizes"
+    assert _cli.nearest_key("loss.jacobian.weigth", valid) == "loss.jacobian.weight"
+    assert _cli.nearest_key("teacher.widht", valid) == "teacher.width"
+    # A key of an earlier version names its new spelling, not a look-alike.
+    with pytest.raises(ConfigError, match=r"'weight_search_sizes' is now "
+                                          r"--config.search.sizes"):
+        _cli.parse(["--config.weight_search_sizes=10"], **KW)

@@ -12,6 +12,7 @@ import pytest
 
 from experiments import _cli, limited_data, noise_robustness, transfer
 from experiments.configs import _base
+from tests.experiments.conftest import write_fashion
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +38,9 @@ def documented_commands() -> list[str]:
     return commands
 
 
-def smoke_argv(command: str) -> tuple[str, list[str]]:
-    """The study and its arguments with the config in smoke mode and no data paths."""
+def smoke_argv(command: str, fashion_dir: str = "") -> tuple[str, list[str]]:
+    """The study and its arguments with the config in smoke mode and no data paths (but
+    ``fashion_dir``, a small Fashion-MNIST, for a config that reads Fashion-MNIST)."""
     words = shlex.split(command)
     study = words[2].removeprefix("experiments.")
     args = words[3:]
@@ -55,6 +57,10 @@ def smoke_argv(command: str) -> tuple[str, list[str]]:
                 out.append(arg)
         else:
             out.append(arg)
+    config = _cli.load_config(f"{spec}:smoke")
+    datasets = {config.get(k) for k in ("dataset", "source_dataset", "target_dataset")}
+    if fashion_dir and "fashion_mnist" in datasets:
+        out.append(f"--config.data_dir={fashion_dir}")
     return study, [f"--config={spec}:smoke", *out]
 
 
@@ -67,8 +73,9 @@ def test_the_commands_are_found():
 
 def test_every_documented_command_runs_in_smoke_mode(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative work directories land in the scratch directory
+    fashion_dir = write_fashion(tmp_path / "data")  # the suite needs no system dataset
     for command in documented_commands():
-        study, argv = smoke_argv(command)
+        study, argv = smoke_argv(command, fashion_dir)
         STUDIES[study].main(argv)
         out = capsys.readouterr().out.strip().splitlines()
         assert out and out[-1].startswith("results: ") or "teacher_only" in command, command

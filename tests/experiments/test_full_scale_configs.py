@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments import _cli, _fit, limited_data, transfer
+from experiments import _cli, _fit, _study, limited_data, transfer
 
 
 def _forward(make, x):
@@ -52,12 +52,11 @@ def test_transfer_folder_config_builds_and_taps_match():
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
     t_logits, t_feats = _forward(lambda: _fit.build_model(
         config.teacher, image_shape=shape, num_classes=1000, seed=0), x)
-    s_logits, s_feats = _forward(lambda: transfer.make_student(config, Source, Target, "lwf",
-                                                               0), x)
-    o_logits, _ = _forward(lambda: transfer.make_student(config, Source, Target, "finetune",
-                                                         0), x)
+    data = _study.StudyData(Source, Target)
+    s_logits, s_feats = _forward(lambda: transfer.make_student(config, data, "lwf", 0), x)
+    o_logits, _ = _forward(lambda: transfer.make_student(config, data, "finetune", 0), x)
     assert t_logits.shape == (2, 1000) and s_logits.shape == (2, 67)
     assert o_logits.shape == (2, 67)
     assert s_feats[transfer.SOURCE_TAP].shape == (2, 1, 1, 1000)
-    for layer in (*config.loss.attention_layers, config.loss.attention_jacobian_layer):
+    for layer in (*config.loss.attention.layers, config.loss.attention_jacobian.layer):
         assert s_feats[layer].shape[1:3] == t_feats[layer].shape[1:3], layer

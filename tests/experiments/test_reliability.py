@@ -32,7 +32,12 @@ def _main(run, argv):
 
 
 def _must_not_run(config, workdir, command=None):
-    raise AssertionError("must not run")
+    """What every study does first (check the config, lock the work directory and the
+    teacher_dir: ``_study.opened``), then a failure: nothing past the lock may run."""
+    from experiments import _study, transfer
+    study = transfer.STUDY if "no_transfer" in config.methods else limited_data.STUDY
+    with _study.opened(study, config, workdir, command=command):
+        raise AssertionError("must not run")
 
 
 def _fails_with(error):
@@ -111,7 +116,7 @@ def test_a_teacher_dir_that_does_not_exist_is_an_error_unless_teacher_only(tmp_p
                             f"--config.teacher_dir='' to train the teacher in the work "
                             f"directory.")
     assert not typo.exists()
-    # Through the Python entry point too (a study's run() locks in _runtime.start).
+    # Through the Python entry point too (a study's run() locks in _study.opened).
     from experiments import transfer
     config = _cli.load_config("transfer_digits:smoke")
     config.teacher_dir = str(typo)
@@ -187,7 +192,7 @@ def test_a_write_error_of_any_errno_names_the_file(tmp_path):
     assert e.value.code == (f"error: File too large: {results}; the file outgrew the "
                             f"file-size limit (see `ulimit -f`) or the file system's; raise "
                             f"the limit or use another --workdir, and run again.")
-    assert not results.exists() and os.listdir(tmp_path) == [".lock"]  # no temporary left
+    assert not results.exists() and os.listdir(tmp_path) == []  # no temporary left
 
     def plot(config, workdir, command=None):
         fig = _plots.pyplot().figure(figsize=(8, 6))

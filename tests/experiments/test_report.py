@@ -1,6 +1,12 @@
-"""experiments._report.paired_gains: differences paired by seed, by hand."""
+"""experiments._report: differences paired by seed (by hand); results files that are the
+old version or the new one, never a mixture; a damaged results.json is rewritten."""
 
+import csv
+import json
 import math
+import os
+import types
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +91,57 @@ def test_missing_cells_and_methods_are_skipped():
     # Only the requested seeds are paired.
     only = _gains(_results(), sizes=[5], seeds=[2])[0]
     assert only["values"] == pytest.approx([4.0]) and only["std"] == 0.0
+
+
+class Killed(Exception):
+    pass
+
+
+# A study's section: one row; its markdown and plot are trivial (``_report.Section``).
+FAKE = types.SimpleNamespace(name="limited_data",
+                             markdown=lambda s: f"## fake\n\n{s['rows'][0]['mean']}",
+                             plots=lambda workdir, s: [])
+
+
+def _summary(mean):
+    return {"rows": [{"method": "ce", "label": "CE", "examples_per_class": 5,
+                      "checkpoint": "last", "mean": mean, "std": 0.0, "num_seeds": 1,
+                      "values": [mean], "paper": None}]}
+
+
+def test_results_files_are_the_old_or_the_new_version(tmp_path, monkeypatch):
+    _report.write(str(tmp_path), FAKE, _summary(50.0))
+    before = {name: Path(tmp_path, name).read_text() for name in
+              ("results.json", "results.csv", "results.md")}
+    assert "50.0" in before["results.csv"]
+
+    def killed_midway(self, rows):
+        raise Killed  # after the header: a file opened for writing is already cut short
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed_midway)
+    with pytest.raises(Killed):
+        _report.write(str(tmp_path), FAKE, _summary(60.0))
+    for name, text in before.items():
+        assert Path(tmp_path, name).read_text() == text, name
+    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json", "results.md"]
+
+
+def test_a_damaged_results_json_is_written_again(tmp_path, capsys):
+    Path(tmp_path, "results.json").write_text('{"transfer": {"rows": [')
+    _report.write(str(tmp_path), FAKE, _summary(70.0))
+    assert set(json.loads(Path(tmp_path, "results.json").read_text())) == {"limited_data"}
+    assert "results.json cannot be read" in capsys.readouterr().err
+
+
+def test_each_section_is_rendered_by_its_own_study_and_kept_by_the_others(tmp_path):
+    other = types.SimpleNamespace(name="another_study", markdown=lambda s: "## another",
+                                  plots=lambda workdir, s: [])
+    _report.write(str(tmp_path), FAKE, _summary(50.0))
+    _report.write(str(tmp_path), other, _summary(10.0))
+    _report.write(str(tmp_path), FAKE, _summary(60.0))  # rewrites its own section only
+    results = json.loads(Path(tmp_path, "results.json").read_text())
+    assert list(results) == ["limited_data", "another_study"]
+    assert Path(tmp_path, "results.md").read_text() == (
+        "# jaxkd experiment results\n\n## fake\n\n60.0\n\n## another\n")
+    rows = list(csv.DictReader(Path(tmp_path, "results.csv").read_text().splitlines()))
+    assert [(r["study"], r["mean"]) for r in rows] == [
+        ("limited_data", "60.0"), ("another_study", "10.0")]

@@ -1,4 +1,7 @@
-"""One host device per CPU core by default, as many as divide every batch size."""
+"""experiments._runtime: one host device per CPU core by default, as many as divide
+every batch size; the compilation cache is the user's own, never the work directory's."""
+
+import os
 
 import pytest
 
@@ -40,3 +43,52 @@ def test_a_process_that_chose_its_devices_is_left_alone(config, monkeypatch):
     assert jax.config.jax_num_cpu_devices == 8
     assert _runtime.start_devices(config) is None
     assert jax.config.jax_num_cpu_devices == 8 and jax.device_count() == 8
+
+
+def test_the_cache_lives_in_the_users_private_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    expected = str(tmp_path / "xdg" / "jaxkd" / "jax_cache")
+    assert _runtime.cache_dir() == expected
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # ignored, as the spec says
+    assert _runtime.cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "jaxkd",
+                                                "jax_cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    directory, why = _runtime.private_cache_dir()
+    assert (directory, why) == (expected, None)
+    assert os.stat(expected).st_mode & 0o777 == 0o700
+
+
+def test_a_cache_dir_open_to_others_is_not_used(tmp_path, monkeypatch, capsys):
+    import jax
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # group- and world-writable, not sticky: anyone could swap entries
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    directory, why = _runtime.private_cache_dir()
+    assert directory is None and "is writable by other users (mode 777)" in why
+    assert jax.config.jax_compilation_cache_dir is None
+    assert _runtime.enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert capsys.readouterr().err.startswith("note: compilation cache off: ")
+    # The cache directory itself opened up.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "mine"))
+    path, _ = _runtime.private_cache_dir()
+    os.chmod(path, 0o770)
+    assert _runtime.private_cache_dir()[0] is None
+
+
+def test_start_never_puts_a_cache_in_the_work_directory(smoke, tmp_path, monkeypatch):
+    import jax
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = smoke("limited_data_digits", compilation_cache=True)
+    saved = {k: getattr(jax.config, k) for k in (
+        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes")}
+    try:
+        _runtime.start(config)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "jaxkd" /
+                                                           "jax_cache")
+    finally:
+        for key, value in saved.items():
+            jax.config.update(key, value)
+    assert not os.path.exists(tmp_path / "work" / "jax_cache")

@@ -1,14 +1,18 @@
-"""Study 3 end to end on its smoke config, every row of the paper's table."""
+"""Study 3 end to end on its smoke configs, every row of the paper's table; its student
+and its oracle."""
 
+import json
 import os
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import _fit, _sweep, transfer
+from experiments import _fit, _study, _sweep, _workdir, transfer
 from jaxkd import models, training
+from tests.experiments.conftest import write_fashion
 
 
 @pytest.mark.slow
@@ -64,9 +68,35 @@ def test_finetune_oracle_starts_from_the_teacher(smoke):
 
     trained = models.split(_fit.build_model(config.teacher, image_shape=(8, 8, 1),
                                             num_classes=5, seed=0))
-    oracle = transfer.make_student(config, Shape, Shape, "finetune", seed=1, teacher=trained)
+    oracle = transfer.make_student(config, _study.StudyData(Shape, Shape), "finetune",
+                                   seed=1, teacher=trained)
     teacher = models.merge(*trained)
     for name in ("conv1", "conv2", "dense"):
         np.testing.assert_array_equal(getattr(oracle, name).kernel[...],
                                       getattr(teacher, name).kernel[...])
     assert not np.array_equal(oracle.head.kernel[...], teacher.head.kernel[...])
+
+
+@pytest.mark.slow
+def test_transfer_fashion_smoke(smoke, tmp_path):
+    data_dir = write_fashion(tmp_path / "data")
+    config = smoke("transfer_fashion", data_dir=data_dir)
+    workdir = str(tmp_path / "run")
+    summary = transfer.run(config, workdir)
+    assert {r["method"] for r in summary["rows"]} == set(config.methods)
+    assert all(0 <= r["mean"] <= 100 for r in summary["rows"])
+    # The added terms' weights come from the search (one candidate each here: its runs
+    # are the cells of size 2, seed 0, copied; the time counts them once).
+    search = summary["weight_search"]
+    assert {m: e["chosen"] for m, e in search["methods"].items()} == {
+        "lwf+jacobian": {"jacobian.weight": 10.0},
+        "lwf+attention+attention_jacobian": {"attention_jacobian.weight": 1.0,
+                                             "attention.weight": 10.0}}
+    for method, entry in search["methods"].items():
+        main = json.loads(Path(_workdir.result_path(_sweep.cell_dir(
+            workdir, _sweep.Cell(method, 2, 0)))).read_text())
+        assert main["loss_weights"] == entry["chosen"] and "reused_from" in main
+    assert "Loss weights chosen on validation" in Path(workdir, "results.md").read_text()
+    # 2 per class x 5 target classes = 10 images: the floor of 12 steps, both kinds.
+    assert summary["budget"] == {"students n=2": 12, "finetune n=2": 12}
+    assert summary["target"].endswith("[5, 6, 7, 8, 9]")

@@ -1,13 +1,16 @@
-"""Every bad value fails in seconds, before any data loads or anything trains, with a
-message naming the key and what is valid (issue 12, item 4): the issue's probes and
-their neighbours, through the command line."""
+"""experiments.configs._base: every bad value fails in seconds, before any data loads or
+anything trains, naming the key and what is valid (through the command line); the loss
+terms' configs are their constructors' arguments; old key spellings name the new ones."""
 
+import inspect
 import time
 
 import pytest
+from ml_collections import ConfigDict
 
 from experiments import _data, limited_data, transfer
 from experiments.configs import _base
+from experiments.configs._base import ConfigError
 from tests.experiments.conftest import Trained
 from jaxkd import losses, models
 
@@ -27,22 +30,44 @@ LIMITED = [
      "config key 'examples_per_class' = (0,): expected positive integers and/or 'all'."),
     (["--config.examples_per_class=5,5"],
      "config key 'examples_per_class' = (5, 5): expected each size once."),
-    (["--config.loss.temperature=-1"],
-     "config key 'loss.temperature' = -1.0: expected a positive finite temperature."),
-    (["--config.loss.temperature=0"],
-     "config key 'loss.temperature' = 0.0: expected a positive finite temperature."),
-    (["--config.loss.kd_weight=-1"],
-     "config key 'loss.kd_weight' = -1.0: expected a finite weight >= 0."),
-    (["--config.loss.jacobian_weight=nan"],
-     "config key 'loss.jacobian_weight' = nan: expected a finite weight >= 0."),
-    (["--config.loss.noisy_sigma=-0.3"],
-     "config key 'loss.noisy_sigma' = -0.3: expected a positive finite noise standard "
+    (["--config.loss.kd.temperature=-1"],
+     "config key 'loss.kd.temperature' = -1.0: expected a positive finite temperature."),
+    (["--config.loss.noisy.temperature=0"],
+     "config key 'loss.noisy.temperature' = 0.0: expected a positive finite temperature."),
+    (["--config.loss.kd.weight=-1"],
+     "config key 'loss.kd.weight' = -1.0: expected a finite weight >= 0."),
+    (["--config.loss.jacobian.weight=nan"],
+     "config key 'loss.jacobian.weight' = nan: expected a finite weight >= 0."),
+    (["--config.loss.noisy.sigma=-0.3"],
+     "config key 'loss.noisy.sigma' = -0.3: expected a positive finite noise standard "
      "deviation."),
-    (["--config.loss.num_probes=0"],
-     "config key 'loss.num_probes' = 0: expected a positive integer."),
-    (["--config.loss.jacobian_outputs=top1"],
-     "config key 'loss.jacobian_outputs' = 'top1': expected one of ('teacher_top1', "
+    (["--config.loss.vjp.num_probes=0"],
+     "config key 'loss.vjp.num_probes' = 0: expected a positive integer."),
+    (["--config.loss.jacobian.outputs=top1"],
+     "config key 'loss.jacobian.outputs' = 'top1': expected one of ('teacher_top1', "
      "'label', 'top_k', 'all')."),
+    (["--config.loss.jacobian.k=0"],
+     "config key 'loss.jacobian.k' = 0: expected a positive integer."),
+    (["--config.loss.attention.layers="],
+     "config key 'loss.attention.layers' = (): expected one or more feature tap names."),
+    (["--config.search.sizes=0"],
+     "config key 'search.sizes' = (0,): expected () or positive integers and/or 'all'."),
+    (["--config.search.sizes=5", "--config.search.jacobian.weight=1,-3"],
+     "config key 'search.jacobian.weight' = (1, -3): expected candidates, each a positive "
+     "finite weight."),
+    (["--config.search.seeds=0"],
+     "config key 'search.seeds' = 0: expected a positive integer."),
+    # The spellings of earlier versions name their new key.
+    (["--config.loss.jacobian_weight=3"],
+     "config key 'loss.jacobian_weight' is now --config.loss.jacobian.weight (the loss "
+     "terms and the weight search are sub-configs"),
+    (["--config.jacobian_weights=1,3"],
+     "config key 'jacobian_weights' is now --config.search.jacobian.weight"),
+    (["--config.weight_search_sizes=10"],
+     "config key 'weight_search_sizes' is now --config.search.sizes"),
+    (["--config.projection_weights=0.1"],
+     "config key 'projection_weights' is now --config.search.vjp.weight and "
+     "search.jvp.weight"),
     (["--config.noise_sigmas=-0.5"],
      "config key 'noise_sigmas' = (-0.5,): expected one or more finite noise levels >= 0."),
     (["--config.num_seeds=0"],
@@ -124,8 +149,43 @@ def test_the_configs_choices_are_the_librarys():
     assert _base.JACOBIAN_OUTPUTS == losses._jacobian.OUTPUT_MODES
     assert _base.PROBE_DISTRIBUTIONS == losses._projection.DISTRIBUTIONS
     assert _base.NOISE_KINDS == losses.NOISE_KINDS
-    assert set(_base.LOSS_TERM_KEYS) >= set(limited_data.TERM_LABELS) | set(
-        transfer.LWF_TERMS) | {"no_transfer", "finetune"}
-    loss = _base.loss_config()
-    assert all(k in loss for keys in _base.LOSS_TERM_KEYS.values() for k in keys)
     assert models.MODEL_NAMES
+
+
+@pytest.mark.parametrize("study", [limited_data, transfer], ids=["limited_data", "transfer"])
+def test_a_loss_terms_config_is_its_constructors_keyword_arguments(study):
+    """Every term of a study's method table has its ``loss.<term>`` default in ``_base``,
+    with exactly the arguments its constructor takes (``weight`` and keywords), each
+    with words and a check."""
+    loss = _base.loss_config()
+    for term, (constructor, label) in study.TERMS.items():
+        assert term in loss and label, term
+        params = inspect.signature(constructor).parameters
+        assert set(loss[term]) <= set(params) and "weight" in loss[term], term
+        required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+        assert required <= set(loss[term]), term
+        for arg in loss[term]:
+            assert arg in _base.LOSS_ARGS, (term, arg)
+            assert _base.describe(f"loss.{term}.{arg}"), (term, arg)
+            assert _base.describe(f"search.{term}.{arg}") or arg != "weight", (term, arg)
+
+
+def test_every_config_has_the_shared_keys():
+    """teacher_dir, teacher_only and the search are in every config's schema."""
+    from experiments import _cli
+    for name in _cli.config_names():
+        keys = _base.flat_keys(_cli.load_config(name))
+        for key in ("teacher_dir", "teacher_only", "search.sizes", "search.seeds",
+                    "search.jacobian.weight", "loss.jacobian.weight"):
+            assert key in keys, (name, key)
+
+
+def test_a_config_file_with_an_old_key_is_refused_naming_the_new_one():
+    config = _base.loss_config()
+    outer = ConfigDict(dict(loss=config))
+    outer.loss.jacobian_weight = 3.0
+    with pytest.raises(ConfigError, match="'loss.jacobian_weight' is now "
+                                          "--config.loss.jacobian.weight"):
+        _base.validate(outer)
+    with pytest.raises(ConfigError, match=r"loss_config\(jacobain=...\): no such loss term"):
+        _base.loss_config(jacobain=dict(weight=1.0))

@@ -1,7 +1,8 @@
-"""A work directory knows the config of each of its runs (issue 12, item 1): a changed
-config is refused before anything trains, naming the keys that differ and how to go
-on; presentation keys change freely; on_change=retrain trains the changed runs again;
-a damaged result.json is computed again, never a crash (item 2)."""
+"""experiments._study, the driver of studies 1 and 3: each run records its run config (an
+allow-list of the keys that change it); a changed config is refused before anything
+trains, naming the keys that differ and how to go on; presentation keys change freely;
+on_change=retrain trains the changed runs again; a damaged result.json is computed
+again, never a crash."""
 
 import json
 import os
@@ -10,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import _data, _sweep, _workdir, limited_data
+from experiments import _data, _study, _sweep, _workdir, limited_data, transfer
 from jaxkd import training
 from tests.experiments.conftest import Trained
-
-pytestmark = pytest.mark.slow
 
 METHOD = "logits+ce"
 SMALL, ALL = _sweep.Cell(METHOD, 5, 0), _sweep.Cell(METHOD, "all", 0)
@@ -31,7 +30,6 @@ def finished(tmp_path_factory):
     from tests.experiments.conftest import smoke_config
     workdir = str(tmp_path_factory.mktemp("finished"))
     summary = limited_data.run(_config(smoke_config), workdir)
-    _workdir.release(workdir)
     return workdir, summary
 
 
@@ -53,6 +51,7 @@ def _result(workdir, cell):
     return json.loads(Path(_workdir.result_path(_sweep.cell_dir(workdir, cell))).read_text())
 
 
+@pytest.mark.slow
 def test_each_run_records_its_config(finished):
     workdir, _ = finished
     teacher = json.loads(Path(workdir, "teacher", "result.json").read_text())["run_config"]
@@ -62,7 +61,8 @@ def test_each_run_records_its_config(finished):
     assert cell["method"] == METHOD and cell["examples_per_class"] == 5 and cell["seed"] == 0
     assert cell["train"]["learning_rate"] == 0.003 and cell["student"]["name"] == "mlp"
     assert cell["teacher_run"] == teacher  # the teacher's identity: its own run config
-    assert set(cell["loss"]) == {"logits_weight", "ce_weight"}  # its method's keys only
+    assert set(cell["loss"]) == {"logits", "ce"}  # its method's terms only
+    assert cell["loss"]["logits"] == {"weight": 0.1}
     for key in ("run_progress", "tensorboard", "compilation_cache", "num_devices",
                 "num_cpu_devices", "on_change", "num_seeds", "methods", "teacher"):
         assert key not in cell
@@ -71,6 +71,7 @@ def test_each_run_records_its_config(finished):
     assert started["run_config"] == _result(workdir, ALL)["run_config"]
 
 
+@pytest.mark.slow
 def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_training):
     # The "all" cell half done: a checkpoint, no result.json (killed before it).
     os.remove(_workdir.result_path(_sweep.cell_dir(workdir, ALL)))
@@ -86,8 +87,8 @@ def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_t
     assert "\n" not in message
 
     changes = _workdir.changed(workdir, {
-        _sweep.cell_dir(workdir, c): _sweep.cell_config(
-            _config(smoke, **{"train.num_steps": 24}), c,
+        _sweep.cell_dir(workdir, c): _study.cell_config(
+            limited_data.STUDY, _config(smoke, **{"train.num_steps": 24}), c,
             _workdir.recorded(os.path.join(workdir, "teacher"))) for c in (SMALL, ALL)})
     assert changes[_sweep.cell_dir(workdir, ALL)] == ["train.num_steps: 12 -> 24"]
 
@@ -107,6 +108,7 @@ def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_t
     assert Path(workdir, "results.json").read_text() == results_before
 
 
+@pytest.mark.slow
 def test_presentation_keys_change_freely(smoke, workdir, monkeypatch):
     def refuse(*args, **kwargs):
         raise Trained
@@ -116,6 +118,7 @@ def test_presentation_keys_change_freely(smoke, workdir, monkeypatch):
     assert summary["config"]["run_progress"] is True
 
 
+@pytest.mark.slow
 def test_a_run_without_a_recorded_config_is_refused(smoke, workdir, no_training):
     run_dir = _sweep.cell_dir(workdir, SMALL)
     for path in (_workdir.result_path(run_dir), os.path.join(run_dir, "config.json")):
@@ -127,6 +130,7 @@ def test_a_run_without_a_recorded_config_is_refused(smoke, workdir, no_training)
         limited_data.run(_config(smoke), workdir)
 
 
+@pytest.mark.slow
 def test_on_change_retrain_trains_the_changed_runs_again(smoke, workdir, finished):
     teacher_result = Path(workdir, "teacher", "result.json")
     before = teacher_result.stat().st_mtime_ns
@@ -144,6 +148,7 @@ def test_on_change_retrain_trains_the_changed_runs_again(smoke, workdir, finishe
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in summary["rows"]]
 
 
+@pytest.mark.slow
 def test_a_damaged_result_json_is_computed_again(smoke, workdir, monkeypatch):
     """A finished (pruned) cell whose result.json was cut short trains again from the
     start, to the same numbers (equal seeds, equal steps); nothing else trains."""
@@ -168,27 +173,64 @@ def test_a_damaged_result_json_is_computed_again(smoke, workdir, monkeypatch):
     assert Path(str(path) + ".damaged").exists()
 
 
-def _fake_run(tmp_path, steps, evaluated, result="{"):
-    run_dir = tmp_path / "run"
-    for step in steps:
-        (run_dir / "checkpoints" / str(step)).mkdir(parents=True)
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"split": "eval", "step": s, "accuracy": 0.5}) + "\n" for s in evaluated))
-    (run_dir / "result.json").write_text(result)
-    return str(run_dir)
+def test_the_teachers_identity_is_the_keys_that_change_it(smoke):
+    """An allow-list: a key the study does not name (a student's, the search's, one it
+    has never heard of) leaves the teacher's run config as it is."""
+    config = smoke("limited_data_digits")
+    teacher = _study.teacher_config(limited_data.STUDY, config)
+    assert set(teacher) == set(limited_data.TEACHER_KEYS)
+    config.unlock()
+    config.train.learning_rate = 0.5
+    config.search.jacobian.weight = (3.0,)
+    config.loss.kd.temperature = 1.0
+    config.some_new_key = 1
+    assert _study.teacher_config(limited_data.STUDY, config) == teacher
+    config.teacher_seed = 1
+    assert _study.teacher_config(limited_data.STUDY, config) != teacher
+    transfer_config = smoke("transfer_digits")
+    assert set(_study.teacher_config(transfer.STUDY, transfer_config)) == set(
+        transfer.TEACHER_KEYS)  # no target keys: the teacher never sees the target
 
 
-def test_a_damaged_result_resumes_when_every_evaluated_step_has_its_checkpoint(tmp_path):
-    run_dir = _fake_run(tmp_path, [6, 12], [6, 12])
-    assert not _workdir.is_done(run_dir)
-    _workdir.discard_damaged_result(run_dir)
-    assert _workdir.checkpoint_steps(run_dir) == [6, 12]  # resumes: nothing is redone
-    assert os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
-    assert not os.path.exists(_workdir.result_path(run_dir))
+def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smoke):
+    config = smoke("transfer_digits")
+    teacher = {"teacher": "T"}
+    by_method = {m: _study.cell_config(transfer.STUDY, config, _sweep.Cell(m, 5, 0), teacher)
+                 for m in ("no_transfer", "finetune", "lwf")}
+    assert "teacher_run" not in by_method["no_transfer"]  # cross-entropy alone
+    assert by_method["finetune"]["teacher_run"] == teacher  # starts from the teacher
+    assert by_method["lwf"]["teacher_run"] == teacher  # its objective reads it
+    assert "finetune_train" in by_method["finetune"] and "train" not in by_method["finetune"]
+    assert "train" in by_method["lwf"] and "finetune_train" not in by_method["lwf"]
+    assert set(by_method["lwf"]["loss"]) == {"ce", "lwf"}
+    # The search is part of a cell's identity only where it chooses the cell's weights.
+    config.search.sizes = (5,)
+    config.search.jacobian.weight = (1.0, 10.0)
+    searched = _study.cell_config(transfer.STUDY, config, _sweep.Cell("lwf+jacobian", 5, 0),
+                                  teacher)
+    assert searched["search"] == {"sizes": [5], "seeds": 1,
+                                  "candidates": {"jacobian.weight": [1.0, 10.0]}}
+    assert "search" not in _study.cell_config(transfer.STUDY, config,
+                                              _sweep.Cell("lwf", 5, 0), teacher)
 
 
-def test_a_damaged_result_of_a_pruned_run_starts_over(tmp_path):
-    run_dir = _fake_run(tmp_path, [12], [6, 12], result='{"last": {"test": 0.5}}')
-    _workdir.discard_damaged_result(run_dir)
-    assert _workdir.checkpoint_steps(run_dir) == []
-    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+def test_the_config_is_validated_and_the_workdir_locked_once(smoke, tmp_path, monkeypatch,
+                                                             nothing_trains):
+    """The command line parses; the driver validates and locks, once each."""
+    from experiments.configs import _base
+    calls = {"validate": 0, "acquire": 0}
+    real_validate, real_acquire = _base.validate, _workdir.acquire
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(_base, "validate", counting("validate", real_validate))
+    monkeypatch.setattr(_workdir, "acquire", counting("acquire", real_acquire))
+    with pytest.raises(Trained):  # the teacher is the first thing that trains (--debug: raised)
+        limited_data.main(["--workdir", str(tmp_path), "--config=limited_data_digits:smoke",
+                           "--debug"])
+    assert calls == {"validate": 1, "acquire": 1}
+    assert os.path.realpath(str(tmp_path)) not in _workdir._HELD  # released after the run

@@ -1,4 +1,5 @@
-"""A reused teacher is restored at its own last step, whatever the current config says."""
+"""experiments._fit: a reused teacher is restored at its own last step, whatever the
+current config says."""
 
 import jax
 import numpy as np
