@@ -6,7 +6,9 @@ The teacher is always a constant target. Every function returns ``[batch_size]``
 """
 
 from jaxkd.losses._attention import attention_jacobian_loss
-from jaxkd.losses._attention import attention_map
+from jaxkd.losses._common import DISTRIBUTIONS
+from jaxkd.losses._common import attention_map
+from jaxkd.losses._common import sample_probes
 from jaxkd.losses._attention import attention_transfer_loss
 from jaxkd.losses._distillation import distillation_loss
 from jaxkd.losses._distillation import logit_matching_loss
@@ -18,9 +20,7 @@ from jaxkd.losses._noise import cross_entropy_noise_expansion
 from jaxkd.losses._noise import noisy_distillation_loss
 from jaxkd.losses._noise import squared_noise_expansion
 from jaxkd.losses._noise import weighted_laplacian
-from jaxkd.losses._projection import DISTRIBUTIONS
 from jaxkd.losses._projection import jvp_projection_loss
-from jaxkd.losses._projection import sample_probes
 from jaxkd.losses._projection import vjp_projection_loss
 
 __all__ = [

@@ -12,45 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks, _remat
-from jaxkd.losses._jacobian import DEFAULT_EPS, like, safe_normalize
+from jaxkd.losses import _checks, _common, _remat
+from jaxkd.losses._common import DEFAULT_EPS, attention_map, safe_normalize
 
 FeatureFn = Callable[[jax.Array], jax.Array]
 FEATURE_SIGNATURE = "x -> [B, H, W, C]"
 FEATURE_LAYOUT = "[B, H, W, C]"
-
-
-def attention_map(features: jax.typing.ArrayLike, *, p: float = 2.0,
-                  eps: float = DEFAULT_EPS) -> jax.Array:
-    r"""Spatial attention map of a feature map: ``Q = sum_c |A_c|^p``, L2-normalised.
-
-    .. math::
-        Q(A) = \frac{\mathrm{vec}(\sum_c |A_c|^p)}{\| \mathrm{vec}(\sum_c |A_c|^p) \|_2}
-
-    Args:
-      features: ``[batch_size, height, width, channels]`` feature map (NHWC).
-      p: exponent ``> 0`` (2 in the paper).
-      eps: floor of the norm, so an all-zero map stays finite.
-
-    Returns:
-      ``[batch_size, height * width]`` unit-norm attention maps.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jaxkd.losses import attention_map
-      >>> a = jnp.zeros((1, 2, 2, 3)).at[0, 0, 1, :].set(1.0)
-      >>> print(attention_map(a))
-      [[0. 1. 0. 0.]]
-
-    References:
-      Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017.
-    """
-    _checks.check_floating("features", features)
-    _checks.check_rank("features", features, 4, "[batch_size, height, width, channels]")
-    _checks.check_positive("p", p)
-    features = _checks.widen(jnp.asarray(features))
-    q = jnp.sum(jnp.abs(features) ** p, axis=-1)
-    return safe_normalize(q.reshape(q.shape[0], -1), eps)
 
 
 def _check_pair(student, teacher, student_name, teacher_name):
@@ -165,8 +132,9 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
 
     def teacher_part(x):
         q_t, vjp = jax.vjp(teacher_attention, x)
-        cotangent = like(jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(q_t), axis=-1),
-                                        q_t.shape[-1], dtype=q_t.dtype)[None], q_t)[0]
+        peak = jnp.argmax(jax.lax.stop_gradient(q_t), axis=-1)
+        cotangent = _common.like(jax.nn.one_hot(peak, q_t.shape[-1], dtype=q_t.dtype)[None],
+                                 q_t)[0]
         (g_t,) = vjp(cotangent)
         g_t = safe_normalize(_checks.widen(g_t).reshape(x.shape[0], -1), eps)
         return jax.lax.stop_gradient(g_t), cotangent

@@ -87,7 +87,8 @@ def check_floating(name: str, x: jax.typing.ArrayLike) -> None:
     check_array(name, x)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`{name}` must have a floating dtype (e.g. float32, bfloat16), got {dtype}.")
+        raise TypeError(f"`{name}` must have a floating dtype (e.g. float32, bfloat16), "
+                        f"got {dtype}.")
 
 
 def check_integer(name: str, x: jax.typing.ArrayLike) -> None:

@@ -16,32 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks, _remat
+from jaxkd.losses import _checks, _common, _remat
+from jaxkd.losses._common import DEFAULT_EPS, safe_normalize
 
 Fn = Callable[[jax.Array], jax.Array]
 
 OUTPUT_MODES = ("teacher_top1", "label", "top_k", "all")
-
-# Floor of the gradient norm in `normalize`: sqrt(||g||^2 + eps^2). It keeps the loss and
-# its gradient finite at g = 0 (the gradient of g/||g|| is then bounded by 1/eps) and moves
-# the normalised vector by a relative eps^2 / (2 ||g||^2): 5e-13 at ||g|| = 1e-3.
-DEFAULT_EPS = 1e-6
-
-
-def safe_normalize(g: jax.Array, eps: float = DEFAULT_EPS) -> jax.Array:
-    """``g / sqrt(||g||^2 + eps^2)`` along the last axis: finite, with finite gradient, at 0."""
-    return g * jax.lax.rsqrt(jnp.sum(jnp.square(g), axis=-1, keepdims=True) + eps**2)
-
-
-def like(stack: jax.Array, ref: jax.Array) -> jax.Array:
-    """``stack`` ``[n, *ref.shape]`` given ``ref``'s sharding type, values unchanged.
-
-    Under an ``Explicit``-axis mesh (``jax.make_mesh``'s default) a VJP cotangent or JVP
-    tangent must carry the same sharding as the output or input it pairs with; probes
-    and one-hot rows built from shapes alone carry none. Adding zeros shaped like ``ref``
-    broadcasts its sharding onto the stack (a no-op without such a mesh).
-    """
-    return stack + jnp.zeros_like(ref)[None]
 
 
 def _output_indices(teacher_out: jax.Array, labels, outputs: str, k: int) -> jax.Array:
@@ -154,28 +134,8 @@ def jacobian_matching_loss(student_fn: Fn,
     References:
       Srinivas & Fleuret, "Knowledge Transfer with Jacobian Matching", ICML 2018.
     """
-    return matching_loss(vjp_input_gradients, student_fn, teacher_fn, x, labels, outputs, k,
+    return matching_loss(_common.vjp_input_gradients, student_fn, teacher_fn, x, labels, outputs, k,
                          normalize, eps, remat_chunks)
-
-
-def rows_of_vjp(vjp: Callable, cotangents: jax.Array) -> jax.Array:
-    """``[n, B, ...]``: ``vjp`` (one linearisation) applied to each of the ``n`` rows.
-
-    One row (``n == 1``: the teacher's top-1, the label, one probe) is a direct call with
-    the ``[B, K]`` cotangent; a ``vmap`` over a size-1 axis costs the same FLOPs but was
-    measured 1.1-1.3x slower on XLA:CPU for convolutional networks (issue 9).
-    """
-    if cotangents.shape[0] == 1:
-        (g,) = vjp(cotangents[0])
-        return g[None]
-    (g,) = jax.vmap(vjp)(cotangents)
-    return g
-
-
-def vjp_input_gradients(fn: Fn, x: jax.Array, cotangents: jax.Array) -> jax.Array:
-    """``[n, B, ...]`` input gradients ``c_j^T J_fn(x)``: one VJP, applied to each row."""
-    _, vjp = jax.vjp(fn, x)
-    return rows_of_vjp(vjp, cotangents)
 
 
 def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Array],
@@ -209,8 +169,9 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
         out, vjp = jax.vjp(teacher_fn, x)
         index = _output_indices(jax.lax.stop_gradient(out), *(label_chunk or (None,)),
                                 outputs, k)
-        cotangents = like(jax.nn.one_hot(index, num_classes, dtype=out.dtype), out)  # [n, B, K]
-        g_t = _checks.widen(rows_of_vjp(vjp, cotangents))
+        # [n, B, K] one-hot rows selecting the outputs.
+        cotangents = _common.like(jax.nn.one_hot(index, num_classes, dtype=out.dtype), out)
+        g_t = _checks.widen(_common.rows_of_vjp(vjp, cotangents))
         return jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,))), cotangents
 
     def student_part(x, cotangents, g_t):

@@ -41,9 +41,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks
-from jaxkd.losses._distillation import distillation_loss
-from jaxkd.losses._jacobian import jacobian_matching_loss, like
+from jaxkd.losses import _checks, _common
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -116,15 +114,10 @@ def noisy_distillation_loss(student_fn: Fn,
     if kind == "squared":
         per_sample = jnp.sum(jnp.square(teacher_out - student_out), axis=-1)
     elif kind == "kl":
-        per_sample = distillation_loss(student_out, teacher_out, temperature=temperature)
+        per_sample = _common.softened_kl(student_out, teacher_out, temperature)
     else:
-        per_sample = _soft_cross_entropy(student_out, teacher_out, temperature)
+        per_sample = _common.soft_cross_entropy(student_out, teacher_out, temperature)
     return jnp.mean(per_sample.reshape(batch, num_samples), axis=1)
-
-
-def _soft_cross_entropy(student_logits, teacher_logits, temperature):
-    p_t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
-    return -jnp.sum(p_t * jax.nn.log_softmax(student_logits / temperature, axis=-1), axis=-1)
 
 
 def weighted_laplacian(fn: Fn,
@@ -161,10 +154,10 @@ def weighted_laplacian(fn: Fn,
 
     if method == "exact":
         basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
-        return jnp.sum(jax.vmap(quadratic_form)(like(basis, x)), axis=0)
+        return jnp.sum(jax.vmap(quadratic_form)(_common.like(basis, x)), axis=0)
     _checks.check_key("key", key)
     _checks.check_count("num_probes", num_probes)
-    u = like(jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype), x)
+    u = _common.like(jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype), x)
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
@@ -230,8 +223,12 @@ def squared_noise_expansion(student_fn: Fn,
     x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
     teacher_fn, student_fn = _checks.widened(teacher_fn), _checks.widened(student_fn)
     d = jax.lax.stop_gradient(teacher_fn(x)) - student_fn(x)
-    jacobian_term = jacobian_matching_loss(student_fn, teacher_fn, x, outputs="all",
-                                           normalize=False)
+    # ||J_T - J_S||_F^2: one VJP per network, applied to each of the K one-hot rows.
+    num_classes = d.shape[-1]
+    basis = _common.like(jnp.eye(num_classes, dtype=d.dtype)[:, None, :], d)  # [K, B, K]
+    g_t = jax.lax.stop_gradient(_common.vjp_input_gradients(teacher_fn, x, basis))
+    g_s = _common.vjp_input_gradients(student_fn, x, basis)
+    jacobian_term = jnp.sum(jnp.square(_common.flat_rows(g_t - g_s)), axis=(0, -1))
     value = jnp.sum(jnp.square(d), axis=-1) + sigma**2 * jacobian_term
     if curvature == "none":
         return value
@@ -300,7 +297,7 @@ def cross_entropy_noise_expansion(student_fn: Fn,
     s, s_vjp = jax.vjp(student_probs, x)
     _checks.check_network_outputs(x, s, t)
     num_classes = t.shape[-1]
-    basis = like(jnp.eye(num_classes, dtype=t.dtype)[:, None, :], t)  # [K, B, K]
+    basis = _common.like(jnp.eye(num_classes, dtype=t.dtype)[:, None, :], t)  # [K, B, K]
     (grad_t,) = jax.vmap(t_vjp)(basis)
     (grad_s,) = jax.vmap(s_vjp)(basis.astype(s.dtype))
     grad_t = jax.lax.stop_gradient(grad_t.reshape((num_classes, x.shape[0], -1)))

@@ -14,57 +14,15 @@ normalisation does not commute with the projection), so these estimators pair wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks, _remat
-from jaxkd.losses._jacobian import like, rows_of_vjp
+from jaxkd.losses import _checks, _common, _remat
+from jaxkd.losses._common import DISTRIBUTIONS, sample_probes  # noqa: F401 (re-exported)
 
 Fn = Callable[[jax.Array], jax.Array]
-
-DISTRIBUTIONS = ("rademacher", "gaussian", "orthogonal")
-
-
-def sample_probes(key: jax.Array, shape: tuple[int, ...], num_probes: int,
-                  distribution: str = "rademacher", dtype=jnp.float32) -> jax.Array:
-    """Probes ``[num_probes, batch, ...]`` with identity second moment per example.
-
-    * ``"rademacher"``: entries +-1 (the lowest-variance i.i.d. choice for trace estimation);
-    * ``"gaussian"``: standard normal entries;
-    * ``"orthogonal"``: per example, ``num_probes`` mutually orthogonal directions drawn
-      uniformly (Haar), scaled by ``sqrt(D)`` so that ``E[u u^T] = I``; needs
-      ``num_probes <= D`` and has no more variance than independent probes.
-
-    Args:
-      key: a ``jax.random.key``.
-      shape: ``(batch, ...)`` the shape of one probe for the whole batch.
-      num_probes: number of probes per example.
-      distribution: one of ``"rademacher"``, ``"gaussian"``, ``"orthogonal"``.
-      dtype: floating dtype of the probes.
-
-    Returns:
-      ``[num_probes, *shape]`` probes.
-    """
-    _checks.check_count("num_probes", num_probes)
-    _checks.check_choice("distribution", distribution, DISTRIBUTIONS)
-    full = (num_probes,) + tuple(shape)
-    if distribution == "rademacher":
-        return jax.random.rademacher(key, full, dtype=dtype)
-    if distribution == "gaussian":
-        return jax.random.normal(key, full, dtype=dtype)
-    batch, dim = shape[0], math.prod(shape[1:])
-    if num_probes > dim:
-        raise ValueError(f'`num_probes` must be <= {dim} (the dimension probed) for '
-                         f'distribution="orthogonal", got {num_probes}.')
-    g = jax.random.normal(key, (batch, dim, num_probes), dtype=dtype)
-    q, r = jnp.linalg.qr(g)
-    # Fix the signs so that q is Haar-distributed (Mezzadri 2007).
-    q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-    probes = jnp.sqrt(jnp.asarray(dim, dtype)) * jnp.moveaxis(q, -1, 0)  # [n, B, D]
-    return probes.reshape(full)
 
 
 def _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks):
@@ -91,13 +49,6 @@ def _two_parts(teacher_part, student_part, args, teacher_axes, remat_chunks):
                                     remat=False)
     return _remat.map_chunks(student_part, remat_chunks, tuple(args) + tuple(teacher_out),
                              in_axes + tuple(teacher_axes), (0,), remat=True)[0]
-
-
-def _tangents(fn: Fn, x: jax.Array, u: jax.Array) -> jax.Array:
-    """``[n, B, K]`` Jacobian-vector products ``J_fn(x) u_j``; one row is a direct ``jvp``."""
-    if u.shape[0] == 1:
-        return jax.jvp(fn, (x,), (u[0],))[1][None]
-    return jax.vmap(lambda ui: jax.jvp(fn, (x,), (ui,))[1])(u)
 
 
 def vjp_projection_loss(student_fn: Fn,
@@ -150,12 +101,12 @@ def vjp_projection_loss(student_fn: Fn,
 
     def teacher_part(x, v):
         out, vjp = jax.vjp(teacher_fn, x)
-        g_t = _checks.widen(rows_of_vjp(vjp, like(v.astype(out.dtype), out)))
+        g_t = _checks.widen(_common.rows_of_vjp(vjp, _common.like(v.astype(out.dtype), out)))
         return (jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,))),)
 
     def student_part(x, v, g_t):
         out, vjp = jax.vjp(student_fn, x)
-        g_s = _checks.widen(rows_of_vjp(vjp, like(v.astype(out.dtype), out)))
+        g_s = _checks.widen(_common.rows_of_vjp(vjp, _common.like(v.astype(out.dtype), out)))
         diff = g_t - g_s.reshape(g_s.shape[:2] + (-1,))
         return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
 
@@ -207,11 +158,11 @@ def jvp_projection_loss(student_fn: Fn,
     u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)
 
     def teacher_part(x, u):
-        t_u = _checks.widen(_tangents(teacher_fn, x, like(u, x)))
+        t_u = _checks.widen(_common.tangents(teacher_fn, x, _common.like(u, x)))
         return (jax.lax.stop_gradient(t_u),)
 
     def student_part(x, u, t_u):
-        diff = t_u - _checks.widen(_tangents(student_fn, x, like(u, x)))  # [n, B, K]
+        diff = t_u - _checks.widen(_common.tangents(student_fn, x, _common.like(u, x)))  # [n, B, K]
         return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
 
     return _two_parts(teacher_part, student_part, (x, u), (1,), remat_chunks)

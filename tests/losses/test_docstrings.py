@@ -9,11 +9,13 @@ import re
 import pytest
 
 from jaxkd import losses
-from jaxkd.losses import _attention, _distillation, _jacobian, _noise, _projection
+from jaxkd.losses import _attention, _common, _distillation, _jacobian, _noise, _projection
 
 
-@pytest.mark.parametrize("module", [_attention, _distillation, _jacobian, _noise, _projection],
-                         ids=lambda m: m.__name__)
+MODULES = [_attention, _common, _distillation, _jacobian, _noise, _projection]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, result
@@ -33,8 +35,8 @@ def _table_signatures():
             name, args = call
             keywords = args.split("*", 1)[1] if "*" in args else ""
             parsed = {}
-            for item in filter(None, (a.strip() for a in re.split(r",\s*(?=\w+[=,]|\w+$)",
-                                                                 keywords.strip(", ")))):
+            items = re.split(r",\s*(?=\w+[=,]|\w+$)", keywords.strip(", "))
+            for item in filter(None, (a.strip() for a in items)):
                 key, _, default = item.partition("=")
                 parsed[key.strip()] = default.strip() or None
             calls.append((name, parsed))
