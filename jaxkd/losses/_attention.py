@@ -111,12 +111,9 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
       >>> print(attention_jacobian_loss(fn, fn, jnp.ones((2, 2, 2))))
       [0. 0.]
     """
-    _checks.check_function("student_feature_fn", student_feature_fn, FEATURE_SIGNATURE)
-    _checks.check_function("teacher_feature_fn", teacher_feature_fn, FEATURE_SIGNATURE)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _remat.check_remat_chunks(remat_chunks)
+    x = _checks.check_network_loss(x, {"student_feature_fn": student_feature_fn,
+                                       "teacher_feature_fn": teacher_feature_fn},
+                                   signature=FEATURE_SIGNATURE, remat_chunks=remat_chunks)
     student_maps = jax.eval_shape(student_feature_fn, x)
     teacher_maps = jax.eval_shape(teacher_feature_fn, x)
     _checks.check_function_output("student_feature_fn", student_maps, FEATURE_LAYOUT)

@@ -10,7 +10,9 @@ cotangents of the same linearisation.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,8 @@ from jaxkd.losses._common import DEFAULT_EPS, safe_normalize
 
 Fn = Callable[[jax.Array], jax.Array]
 
-OUTPUT_MODES = ("teacher_top1", "label", "top_k", "all")
+OutputMode = Literal["teacher_top1", "label", "top_k", "all"]
+OUTPUT_MODES: tuple[str, ...] = typing.get_args(OutputMode)
 
 
 def _output_indices(teacher_out: jax.Array, labels, outputs: str, k: int) -> jax.Array:
@@ -56,7 +59,7 @@ def jacobian_matching_loss(student_fn: Fn,
                            x: jax.typing.ArrayLike,
                            *,
                            labels: jax.typing.ArrayLike | None = None,
-                           outputs: str = "teacher_top1",
+                           outputs: OutputMode = "teacher_top1",
                            k: int = 1,
                            normalize: bool = True,
                            eps: float = DEFAULT_EPS,
@@ -140,21 +143,14 @@ def jacobian_matching_loss(student_fn: Fn,
 
 def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Array],
                   student_fn: Fn, teacher_fn: Fn, x: jax.typing.ArrayLike, labels,
-                  outputs: str, k: int, normalize: bool, eps: float,
+                  outputs: OutputMode, k: int, normalize: bool, eps: float,
                   remat_chunks: int | None = None) -> jax.Array:
     """:func:`jacobian_matching_loss` with the student's input gradients computed by
     ``student_gradients(student_fn, x, cotangents)`` (which fixes how they differentiate)."""
-    _checks.check_function("student_fn", student_fn)
-    _checks.check_function("teacher_fn", teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   remat_chunks=remat_chunks)
     _check_outputs_mode(x, labels, outputs, k)
-    _remat.check_remat_chunks(remat_chunks)
-
-    student_out = jax.eval_shape(student_fn, x)
-    teacher_out = jax.eval_shape(teacher_fn, x)
-    _checks.check_network_outputs(x, student_out, teacher_out)
+    student_out, teacher_out = _checks.network_outputs(x, student_fn, teacher_fn)
     num_classes = teacher_out.shape[-1]
     if outputs == "top_k" and k > num_classes:
         raise ValueError(f"`k` must be <= the number of classes K={num_classes}, got k={k}.")

@@ -36,7 +36,9 @@ a batch-summed scalar is block-diagonal and one product serves the whole batch.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +47,12 @@ from jaxkd.losses import _checks, _common
 
 Fn = Callable[[jax.Array], jax.Array]
 
-NOISE_KINDS = ("squared", "cross_entropy", "kl")
-CURVATURE_METHODS = ("exact", "hutchinson", "none")
+NoiseKind = Literal["squared", "cross_entropy", "kl"]
+Curvature = Literal["exact", "hutchinson", "none"]
+LaplacianMethod = Literal["exact", "hutchinson"]
+NOISE_KINDS: tuple[str, ...] = typing.get_args(NoiseKind)
+CURVATURE_METHODS: tuple[str, ...] = typing.get_args(Curvature)
+LAPLACIAN_METHODS: tuple[str, ...] = typing.get_args(LaplacianMethod)
 
 
 def noisy_distillation_loss(student_fn: Fn,
@@ -56,7 +62,7 @@ def noisy_distillation_loss(student_fn: Fn,
                             key: jax.Array,
                             sigma: float,
                             num_samples: int = 1,
-                            kind: str = "squared",
+                            kind: NoiseKind = "squared",
                             temperature: float = 1.0) -> jax.Array:
     r"""Monte Carlo distillation under Gaussian input noise, per example.
 
@@ -93,12 +99,9 @@ def noisy_distillation_loss(student_fn: Fn,
       >>> print(loss)
       [0. 0.]
     """
-    _check_networks(student_fn, teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _checks.check_key("key", key)
-    _checks.check_positive("sigma", sigma)
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   key=key)
+    _checks.check_finite_positive("sigma", sigma)
     _checks.check_count("num_samples", num_samples)
     _checks.check_choice("kind", kind, NOISE_KINDS)
     _checks.check_positive("temperature", temperature)
@@ -124,7 +127,7 @@ def weighted_laplacian(fn: Fn,
                        x: jax.Array,
                        weights: jax.Array,
                        *,
-                       method: str = "exact",
+                       method: LaplacianMethod = "exact",
                        key: jax.Array | None = None,
                        num_probes: int = 1) -> jax.Array:
     """Per example ``sum_i w_i * Laplacian_x(fn_i)(x)``, the trace of one Hessian.
@@ -143,6 +146,7 @@ def weighted_laplacian(fn: Fn,
     Returns:
       ``[B]`` values (unbiased estimates for ``"hutchinson"``).
     """
+    _checks.check_choice("method", method, LAPLACIAN_METHODS)
     batch, dim = x.shape[0], math.prod(x.shape[1:])
 
     def scalar(y):
@@ -161,23 +165,13 @@ def weighted_laplacian(fn: Fn,
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
-def _check_networks(student_fn, teacher_fn):
-    _checks.check_function("student_fn", student_fn)
-    _checks.check_function("teacher_fn", teacher_fn)
-
-
 def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes):
-    _check_networks(student_fn, teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _checks.check_positive("sigma", sigma)
     _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
-    if curvature == "hutchinson":
-        _checks.check_key("key", key)
-        _checks.check_count("num_probes", num_probes)
-    _checks.check_network_outputs(x, jax.eval_shape(student_fn, x),
-                                  jax.eval_shape(teacher_fn, x))
+    probes = {"key": key, "num_probes": num_probes} if curvature == "hutchinson" else {}
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   **probes)
+    _checks.check_finite_positive("sigma", sigma)
+    _checks.network_outputs(x, student_fn, teacher_fn)
     return x
 
 
@@ -186,7 +180,7 @@ def squared_noise_expansion(student_fn: Fn,
                             x: jax.typing.ArrayLike,
                             *,
                             sigma: float,
-                            curvature: str = "exact",
+                            curvature: Curvature = "exact",
                             key: jax.Array | None = None,
                             num_probes: int = 1) -> jax.Array:
     r"""Second-order expansion of squared-error distillation under input noise.
@@ -246,7 +240,7 @@ def cross_entropy_noise_expansion(student_fn: Fn,
                                   *,
                                   sigma: float,
                                   temperature: float = 1.0,
-                                  curvature: str = "exact",
+                                  curvature: Curvature = "exact",
                                   key: jax.Array | None = None,
                                   num_probes: int = 1) -> jax.Array:
     r"""Second-order expansion of soft cross-entropy under input noise.

@@ -20,24 +20,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses import _checks, _common, _remat
-from jaxkd.losses._common import DISTRIBUTIONS, sample_probes  # noqa: F401 (re-exported)
+from jaxkd.losses._common import (DISTRIBUTIONS, Distribution,  # noqa: F401 (re-exported)
+                                  sample_probes)
 
 Fn = Callable[[jax.Array], jax.Array]
 
 
 def _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks):
-    _checks.check_function("student_fn", student_fn)
-    _checks.check_function("teacher_fn", teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _checks.check_key("key", key)
-    _checks.check_count("num_probes", num_probes)
-    _remat.check_remat_chunks(remat_chunks)
-    student_out = jax.eval_shape(student_fn, x)
-    teacher_out = jax.eval_shape(teacher_fn, x)
-    _checks.check_network_outputs(x, student_out, teacher_out)
-    return x, student_out, teacher_out
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   key=key, num_probes=num_probes, remat_chunks=remat_chunks)
+    return (x, *_checks.network_outputs(x, student_fn, teacher_fn))
 
 
 def _two_parts(teacher_part, student_part, args, teacher_axes, remat_chunks):
@@ -57,7 +49,7 @@ def vjp_projection_loss(student_fn: Fn,
                         *,
                         key: jax.Array,
                         num_probes: int = 1,
-                        distribution: str = "rademacher",
+                        distribution: Distribution = "rademacher",
                         remat_chunks: int | None = None) -> jax.Array:
     r"""Output-space (VJP) unbiased estimate of ``||J_T(x) - J_S(x)||_F^2``.
 
@@ -119,7 +111,7 @@ def jvp_projection_loss(student_fn: Fn,
                         *,
                         key: jax.Array,
                         num_probes: int = 1,
-                        distribution: str = "rademacher",
+                        distribution: Distribution = "rademacher",
                         remat_chunks: int | None = None) -> jax.Array:
     r"""Input-space (JVP) unbiased estimate of ``||J_T(x) - J_S(x)||_F^2``.
 

@@ -34,15 +34,6 @@ import jax
 import jax.numpy as jnp
 
 
-def check_remat_chunks(remat_chunks) -> None:
-    if remat_chunks is None:
-        return
-    if (not isinstance(remat_chunks, int) or isinstance(remat_chunks, bool)
-            or remat_chunks < 1):
-        raise ValueError(f"`remat_chunks` must be None (no rematerialisation) or an integer "
-                         f">= 1 (the number of slices of the batch), got {remat_chunks!r}.")
-
-
 def map_chunks(fn: Callable[..., tuple[jax.Array, ...]], chunks: int,
                args: Sequence[jax.Array], in_axes: Sequence[int], out_axes: Sequence[int],
                *, remat: bool) -> tuple[jax.Array, ...]:
