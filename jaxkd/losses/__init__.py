@@ -3,6 +3,9 @@
 Output-space losses take logits; Jacobian losses take the networks as pure functions
 ``fn(x) -> [B, K]`` (examples independent, inference mode) and the input batch ``x``.
 The teacher is always a constant target. Every function returns ``[batch_size]``.
+
+:func:`teacher_targets` computes the teacher's part of the Jacobian losses once, as a
+:class:`TeacherTargets` pytree that they accept in ``teacher_fn``'s place.
 """
 
 from jaxkd.losses._attention import attention_jacobian_loss
@@ -22,12 +25,17 @@ from jaxkd.losses._noise import squared_noise_expansion
 from jaxkd.losses._noise import weighted_laplacian
 from jaxkd.losses._projection import jvp_projection_loss
 from jaxkd.losses._projection import vjp_projection_loss
+from jaxkd.losses._targets import PROJECTIONS
+from jaxkd.losses._targets import TeacherTargets
+from jaxkd.losses._targets import teacher_targets
 
 __all__ = [
     "CURVATURE_METHODS",
     "DISTRIBUTIONS",
     "NOISE_KINDS",
     "OUTPUT_MODES",
+    "PROJECTIONS",
+    "TeacherTargets",
     "attention_jacobian_loss",
     "attention_map",
     "attention_transfer_loss",
@@ -39,6 +47,7 @@ __all__ = [
     "noisy_distillation_loss",
     "sample_probes",
     "squared_noise_expansion",
+    "teacher_targets",
     "vjp_projection_loss",
     "weighted_laplacian",
 ]

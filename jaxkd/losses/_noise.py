@@ -43,7 +43,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks, _common
+from jaxkd.losses import _checks, _common, _targets
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -78,7 +78,8 @@ def noisy_distillation_loss(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent (not
+        :class:`TeacherTargets`: this loss needs the teacher itself).
       x: ``[batch_size, ...]`` floating inputs.
       key: a ``jax.random.key`` for the noise.
       sigma: noise standard deviation ``> 0``.
@@ -99,6 +100,11 @@ def noisy_distillation_loss(student_fn: Fn,
       >>> print(loss)
       [0. 0.]
     """
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        raise _targets.refuse("noisy_distillation_loss", "teacher_fn",
+                              "it evaluates the teacher at noisy copies x + xi of the batch, "
+                              "drawn afresh from `key` on every call, and targets computed at "
+                              "x cannot stand in for them.")
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
                                    key=key)
     _checks.check_finite_positive("sigma", sigma)
@@ -165,7 +171,10 @@ def weighted_laplacian(fn: Fn,
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
-def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes):
+def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
+                          loss, why):
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        raise _targets.refuse(loss, "teacher_fn", why)
     _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
     probes = {"key": key, "num_probes": num_probes} if curvature == "hutchinson" else {}
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
@@ -196,7 +205,8 @@ def squared_noise_expansion(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent (not
+        :class:`TeacherTargets`: this loss needs the teacher itself).
       x: ``[batch_size, ...]`` floating inputs.
       sigma: noise standard deviation ``> 0``.
       curvature: the Laplacian term: ``"exact"``, ``"hutchinson"`` or ``"none"``.
@@ -214,7 +224,11 @@ def squared_noise_expansion(student_fn: Fn,
       >>> print(squared_noise_expansion(student, teacher, jnp.ones((1, 2)), sigma=0.5))
       [4.]
     """
-    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
+    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
+                              "squared_noise_expansion",
+                              "its curvature term is the Laplacian of the difference T - S "
+                              "weighted by T - S, one Hessian trace through both networks "
+                              "together, which teacher_targets does not compute.")
     teacher_fn, student_fn = _checks.widened(teacher_fn), _checks.widened(student_fn)
     d = jax.lax.stop_gradient(teacher_fn(x)) - student_fn(x)
     # ||J_T - J_S||_F^2: one VJP per network, applied to each of the K one-hot rows.
@@ -260,7 +274,8 @@ def cross_entropy_noise_expansion(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student logits, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher logits, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher logits, examples independent (not
+        :class:`TeacherTargets`: this loss needs the teacher itself).
       x: ``[batch_size, ...]`` floating inputs.
       sigma: noise standard deviation ``> 0``.
       temperature: softmax temperature ``tau > 0``.
@@ -278,7 +293,11 @@ def cross_entropy_noise_expansion(student_fn: Fn,
       >>> print(cross_entropy_noise_expansion(f, f, jnp.ones((1, 3)), sigma=0.1).round(4))
       [0.6931]
     """
-    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
+    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
+                              "cross_entropy_noise_expansion",
+                              "it needs the input gradients and Laplacians of the teacher's "
+                              "softmax probabilities at the loss's temperature, weighted by "
+                              "the student's, which teacher_targets does not compute.")
     _checks.check_positive("temperature", temperature)
 
     def teacher_probs(y):

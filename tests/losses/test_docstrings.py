@@ -9,10 +9,11 @@ import re
 import pytest
 
 from jaxkd import losses
-from jaxkd.losses import _attention, _common, _distillation, _jacobian, _noise, _projection
+from jaxkd.losses import (_attention, _common, _distillation, _jacobian, _noise, _projection,
+                          _targets)
 
 
-MODULES = [_attention, _common, _distillation, _jacobian, _noise, _projection]
+MODULES = [_attention, _common, _distillation, _jacobian, _noise, _projection, _targets]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -67,3 +68,27 @@ def test_readme_table_signature_agrees_with_the_function(name, keywords):
     required = {k for k, p in params.items()
                 if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
     assert required <= set(keywords), f"{name}: required {required - set(keywords)} not shown"
+
+
+def _library_section_blocks():
+    text = README.read_text()
+    section = text[text.index("## Use the losses in your own pipeline"):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_library_examples_need_only_the_core_install():
+    """The section's examples import nothing beyond jaxkd's core dependencies (no
+    scikit-learn: ``pip install -e .`` must run them)."""
+    import tomllib
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    blocks = _library_section_blocks()
+    assert len(blocks) >= 2  # the step with the teacher, and with its targets
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in core | {"jaxkd", "functools"}, f"README example imports {name}"
