@@ -174,7 +174,8 @@ def weighted_laplacian(fn: Fn,
 def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
                           loss, why):
     if isinstance(teacher_fn, _targets.TeacherTargets):
-        raise _targets.refuse(loss, "teacher_fn", why)
+        return _check_expansion_targets(student_fn, teacher_fn, x, sigma, curvature, loss,
+                                        why)
     _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
     probes = {"key": key, "num_probes": num_probes} if curvature == "hutchinson" else {}
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
@@ -184,8 +185,35 @@ def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_
     return x
 
 
+def _check_expansion_targets(student_fn, targets, x, sigma, curvature, loss, why):
+    """The checks of an expansion given :class:`TeacherTargets`; returns ``x`` as an array.
+
+    Without its Laplacian terms (``curvature="none"``) an expansion needs of the teacher
+    only its logits and its full input Jacobian: targets with ``outputs="all"``.
+    """
+    _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
+    if curvature != "none":
+        raise _targets.refuse(loss, "teacher_fn", f"with curvature={curvature!r} {why}",
+                              "Pass the teacher as a function, or use curvature='none' "
+                              "(targets of outputs='all').")
+    x = _checks.check_network_loss(x, {"student_fn": student_fn})
+    _checks.check_finite_positive("sigma", sigma)
+    if targets.outputs != "all":
+        raise ValueError(f"`teacher_fn`: {loss} needs the teacher's full input Jacobian, "
+                         f"`targets` computed with outputs='all'; got targets of "
+                         f"outputs={targets.outputs!r}.")
+    _checks.check_network_outputs(x, jax.eval_shape(student_fn, x), targets.logits)
+    return x
+
+
+def _teacher_jacobian(targets, x):
+    """``(logits [B, K], input gradients [K, B, D])`` of ``targets``, in the wide dtype."""
+    _, g_t = _targets.for_jacobian(targets, x, None, "all", 1)
+    return _checks.widen(targets.logits), g_t
+
+
 def squared_noise_expansion(student_fn: Fn,
-                            teacher_fn: Fn,
+                            teacher_fn: Fn | _targets.TeacherTargets,
                             x: jax.typing.ArrayLike,
                             *,
                             sigma: float,
@@ -205,8 +233,8 @@ def squared_noise_expansion(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent (not
-        :class:`TeacherTargets`: this loss needs the teacher itself).
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent; or its
+        :class:`TeacherTargets` of ``outputs="all"`` for ``curvature="none"``.
       x: ``[batch_size, ...]`` floating inputs.
       sigma: noise standard deviation ``> 0``.
       curvature: the Laplacian term: ``"exact"``, ``"hutchinson"`` or ``"none"``.
@@ -229,14 +257,22 @@ def squared_noise_expansion(student_fn: Fn,
                               "its curvature term is the Laplacian of the difference T - S "
                               "weighted by T - S, one Hessian trace through both networks "
                               "together, which teacher_targets does not compute.")
-    teacher_fn, student_fn = _checks.widened(teacher_fn), _checks.widened(student_fn)
-    d = jax.lax.stop_gradient(teacher_fn(x)) - student_fn(x)
+    given_targets = isinstance(teacher_fn, _targets.TeacherTargets)
+    student_fn = _checks.widened(student_fn)
+    if given_targets:
+        teacher_out, g_t = _teacher_jacobian(teacher_fn, x)
+    else:
+        teacher_fn = _checks.widened(teacher_fn)
+        teacher_out = teacher_fn(x)
+    d = jax.lax.stop_gradient(teacher_out) - student_fn(x)
     # ||J_T - J_S||_F^2: one VJP per network, applied to each of the K one-hot rows.
     num_classes = d.shape[-1]
     basis = _common.like(jnp.eye(num_classes, dtype=d.dtype)[:, None, :], d)  # [K, B, K]
-    g_t = jax.lax.stop_gradient(_common.vjp_input_gradients(teacher_fn, x, basis))
+    if not given_targets:
+        g_t = jax.lax.stop_gradient(_common.vjp_input_gradients(teacher_fn, x, basis))
     g_s = _common.vjp_input_gradients(student_fn, x, basis)
-    jacobian_term = jnp.sum(jnp.square(_common.flat_rows(g_t - g_s)), axis=(0, -1))
+    diff = _common.flat_rows(g_t) - _common.flat_rows(g_s)
+    jacobian_term = jnp.sum(jnp.square(diff), axis=(0, -1))
     value = jnp.sum(jnp.square(d), axis=-1) + sigma**2 * jacobian_term
     if curvature == "none":
         return value
@@ -249,7 +285,7 @@ def squared_noise_expansion(student_fn: Fn,
 
 
 def cross_entropy_noise_expansion(student_fn: Fn,
-                                  teacher_fn: Fn,
+                                  teacher_fn: Fn | _targets.TeacherTargets,
                                   x: jax.typing.ArrayLike,
                                   *,
                                   sigma: float,
@@ -274,8 +310,9 @@ def cross_entropy_noise_expansion(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student logits, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher logits, examples independent (not
-        :class:`TeacherTargets`: this loss needs the teacher itself).
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher logits, examples independent; or
+        its :class:`TeacherTargets` of ``outputs="all"`` for ``curvature="none"`` (the
+        gradients of its probabilities follow from those of its logits).
       x: ``[batch_size, ...]`` floating inputs.
       sigma: noise standard deviation ``> 0``.
       temperature: softmax temperature ``tau > 0``.
@@ -295,9 +332,8 @@ def cross_entropy_noise_expansion(student_fn: Fn,
     """
     x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
                               "cross_entropy_noise_expansion",
-                              "it needs the input gradients and Laplacians of the teacher's "
-                              "softmax probabilities at the loss's temperature, weighted by "
-                              "the student's, which teacher_targets does not compute.")
+                              "its Laplacian terms need the Laplacians of the teacher's "
+                              "softmax probabilities, which teacher_targets does not compute.")
     _checks.check_positive("temperature", temperature)
 
     def teacher_probs(y):
@@ -306,13 +342,22 @@ def cross_entropy_noise_expansion(student_fn: Fn,
     def student_probs(y):
         return jax.nn.softmax(_checks.widen(student_fn(y)) / temperature, axis=-1)
 
-    t, t_vjp = jax.vjp(teacher_probs, x)
     s, s_vjp = jax.vjp(student_probs, x)
-    _checks.check_network_outputs(x, s, t)
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        # The softmax's chain rule on the logits' Jacobian:
+        # grad t_i = t_i (grad T_i - sum_j t_j grad T_j) / tau.
+        logits, g_t = _teacher_jacobian(teacher_fn, x)  # [B, K], [K, B, D]
+        t = jax.nn.softmax(logits / temperature, axis=-1)
+        t_k = t.T[:, :, None]  # [K, B, 1]
+        grad_t = t_k * (g_t - jnp.sum(t_k * g_t, axis=0)[None]) / temperature
+    else:
+        t, t_vjp = jax.vjp(teacher_probs, x)
+        _checks.check_network_outputs(x, s, t)
+        basis = _common.like(jnp.eye(t.shape[-1], dtype=t.dtype)[:, None, :], t)  # [K, B, K]
+        (grad_t,) = jax.vmap(t_vjp)(basis)
     num_classes = t.shape[-1]
-    basis = _common.like(jnp.eye(num_classes, dtype=t.dtype)[:, None, :], t)  # [K, B, K]
-    (grad_t,) = jax.vmap(t_vjp)(basis)
-    (grad_s,) = jax.vmap(s_vjp)(basis.astype(s.dtype))
+    basis = _common.like(jnp.eye(num_classes, dtype=s.dtype)[:, None, :], s)  # [K, B, K]
+    (grad_s,) = jax.vmap(s_vjp)(basis)
     grad_t = jax.lax.stop_gradient(grad_t.reshape((num_classes, x.shape[0], -1)))
     grad_s = grad_s.reshape((num_classes, x.shape[0], -1))
     t = jax.lax.stop_gradient(t)

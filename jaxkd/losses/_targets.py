@@ -238,8 +238,10 @@ def teacher_targets(teacher_fn: Fn,
     concrete they must equal the targets', traced ones that differ give NaN rows);
     ``num_probes`` and ``distribution`` for the projections; ``p`` for attention. A
     projection loss takes its probes from the targets: call it with ``key=None``; a
-    concrete ``key`` that differs from the targets' is an error. The noise losses do not
-    take targets (they raise ``TypeError`` saying why).
+    concrete ``key`` that differs from the targets' is an error. The noise expansions take
+    targets of ``outputs="all"`` with ``curvature="none"`` (their Laplacian terms need the
+    teacher's Hessian traces); :func:`noisy_distillation_loss` needs the teacher at noisy
+    inputs: both refuse what they cannot use with a ``TypeError`` that says why.
 
     Targets precomputed over a data set fix the probes of each example (one draw, reused
     every epoch) where the loss given ``teacher_fn`` and a per-step key draws new ones:
@@ -443,7 +445,7 @@ def for_attention(targets: TeacherTargets, x: jax.Array, p: float
             jax.lax.stop_gradient(targets.attention_gradients))
 
 
-def refuse(loss: str, argument: str, why: str) -> TypeError:
+def refuse(loss: str, argument: str, why: str,
+           instead: str = "Pass the teacher as a function.") -> TypeError:
     """The error of a loss that cannot take :class:`TeacherTargets`, saying why."""
-    return TypeError(f"{loss} does not take TeacherTargets as `{argument}`: {why} Pass "
-                     f"the teacher as a function.")
+    return TypeError(f"{loss} does not take TeacherTargets as `{argument}`: {why} {instead}")

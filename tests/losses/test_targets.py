@@ -57,6 +57,13 @@ CASES = {
     "jvp_rademacher_1": projection(losses.jvp_projection_loss, "jvp"),
     "jvp_orthogonal_2": projection(losses.jvp_projection_loss, "jvp", num_probes=2,
                                    distribution="orthogonal"),
+    "squared_noise_expansion_none": (dict(outputs="all"), lambda s, t, x, y:
+                                     losses.squared_noise_expansion(s, t, x, sigma=0.3,
+                                                                    curvature="none")),
+    "cross_entropy_noise_expansion_none": (dict(outputs="all"), lambda s, t, x, y:
+                                           losses.cross_entropy_noise_expansion(
+                                               s, t, x, sigma=0.3, temperature=2.0,
+                                               curvature="none")),
     "attention_jacobian": (dict(outputs=None, teacher_feature_fn=features(TP)),
                            lambda s, t, x, y: losses.attention_jacobian_loss(s, t, x)),
 }
@@ -199,12 +206,26 @@ def test_the_same_key_as_the_targets_is_accepted():
                                                                   num_probes=2))
 
 
+ALL = losses.teacher_targets(TEACHER, X, outputs="all")
+
+
 @pytest.mark.parametrize("call", [
     lambda t: losses.noisy_distillation_loss(STUDENT, t, X, key=KEY, sigma=0.1),
     lambda t: losses.squared_noise_expansion(STUDENT, t, X, sigma=0.1),
-    lambda t: losses.cross_entropy_noise_expansion(STUDENT, t, X, sigma=0.1),
-], ids=["noisy_distillation_loss", "squared_noise_expansion", "cross_entropy_noise_expansion"])
-def test_the_noise_losses_refuse_targets_saying_why(call):
+    lambda t: losses.cross_entropy_noise_expansion(STUDENT, t, X, sigma=0.1,
+                                                   curvature="hutchinson", key=KEY),
+], ids=["noisy_distillation_loss", "squared_noise_expansion_exact",
+        "cross_entropy_noise_expansion_hutchinson"])
+def test_the_noise_losses_refuse_targets_they_cannot_use_saying_why(call):
+    # The noisy loss needs the teacher at noisy inputs; the expansions' Laplacian terms
+    # need its Hessian traces (only curvature="none" takes targets).
     with pytest.raises(TypeError, match=r"does not take TeacherTargets as `teacher_fn`: "
                                         r".*Pass the teacher as a function"):
-        call(JM_TOP1)
+        call(ALL)
+
+
+def test_an_expansion_needs_targets_of_every_output():
+    with pytest.raises(ValueError, match=r"needs the teacher's full input Jacobian, `targets` "
+                                         r"computed with outputs='all'; got targets of "
+                                         r"outputs='teacher_top1'"):
+        losses.squared_noise_expansion(STUDENT, JM_TOP1, X, sigma=0.1, curvature="none")
