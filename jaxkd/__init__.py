@@ -7,6 +7,8 @@ Subpackages, by concept:
 * :mod:`jaxkd.models`   Flax teacher/student zoo and the model -> pure-function helper.
 * :mod:`jaxkd.training` objectives, sharded jitted steps, checkpoints, metrics.
 * :mod:`jaxkd.data`     the offline digits default, tfds, image folders, few-shot subsets.
+* :mod:`jaxkd.sharding` meshes, batch placement, replication, the multi-host start
+  (re-exported by ``jaxkd.data`` and ``jaxkd.training``).
 
 The library reads no configuration; ``experiments/`` owns that.
 """

@@ -15,7 +15,7 @@ from jaxkd.data._load import load
 from jaxkd.data._pipeline import (BatchIterator, add_gaussian_noise, augment,
                                   check_image_shape, normalization_stats, normalize,
                                   random_crop, random_flip, resize_images)
-from jaxkd.data._sharding import data_sharding, shard_batch
+from jaxkd.sharding import data_sharding, shard_batch  # re-exported: jaxkd.sharding
 from jaxkd.data._subsets import few_shot_subset
 
 __all__ = [

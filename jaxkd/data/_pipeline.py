@@ -6,7 +6,7 @@ experiments fold the iterator's position into the key, so a resumed run augments
 same way); the train step itself never augments. Batching runs on the host in NumPy
 with a per-epoch permutation that depends only on (seed, epoch), so the iterator's
 position is three integers and restores exactly. Placement on a mesh is
-:mod:`jaxkd.data._sharding`'s.
+:mod:`jaxkd.sharding`'s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxkd.data._dataset import Dataset
-from jaxkd.data._sharding import num_batch_shards, shard_batch
+from jaxkd.sharding import num_batch_shards, shard_batch
 
 
 def _static_shape(images: jax.typing.ArrayLike) -> tuple[int, ...]:

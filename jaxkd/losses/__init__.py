@@ -3,10 +3,15 @@
 Output-space losses take logits; Jacobian losses take the networks as pure functions
 ``fn(x) -> [B, K]`` (examples independent, inference mode) and the input batch ``x``.
 The teacher is always a constant target. Every function returns ``[batch_size]``.
+
+:func:`teacher_targets` computes the teacher's part of the Jacobian losses once, as a
+:class:`TeacherTargets` pytree that they accept in ``teacher_fn``'s place.
 """
 
 from jaxkd.losses._attention import attention_jacobian_loss
-from jaxkd.losses._attention import attention_map
+from jaxkd.losses._common import DISTRIBUTIONS
+from jaxkd.losses._common import attention_map
+from jaxkd.losses._common import sample_probes
 from jaxkd.losses._attention import attention_transfer_loss
 from jaxkd.losses._distillation import distillation_loss
 from jaxkd.losses._distillation import logit_matching_loss
@@ -18,16 +23,19 @@ from jaxkd.losses._noise import cross_entropy_noise_expansion
 from jaxkd.losses._noise import noisy_distillation_loss
 from jaxkd.losses._noise import squared_noise_expansion
 from jaxkd.losses._noise import weighted_laplacian
-from jaxkd.losses._projection import DISTRIBUTIONS
 from jaxkd.losses._projection import jvp_projection_loss
-from jaxkd.losses._projection import sample_probes
 from jaxkd.losses._projection import vjp_projection_loss
+from jaxkd.losses._targets import PROJECTIONS
+from jaxkd.losses._targets import TeacherTargets
+from jaxkd.losses._targets import teacher_targets
 
 __all__ = [
     "CURVATURE_METHODS",
     "DISTRIBUTIONS",
     "NOISE_KINDS",
     "OUTPUT_MODES",
+    "PROJECTIONS",
+    "TeacherTargets",
     "attention_jacobian_loss",
     "attention_map",
     "attention_transfer_loss",
@@ -39,6 +47,7 @@ __all__ = [
     "noisy_distillation_loss",
     "sample_probes",
     "squared_noise_expansion",
+    "teacher_targets",
     "vjp_projection_loss",
     "weighted_laplacian",
 ]

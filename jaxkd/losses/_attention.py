@@ -12,45 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks, _remat
-from jaxkd.losses._jacobian import DEFAULT_EPS, like, safe_normalize
+from jaxkd.losses import _checks, _remat, _targets
+from jaxkd.losses._common import DEFAULT_EPS, attention_map, safe_normalize
 
 FeatureFn = Callable[[jax.Array], jax.Array]
 FEATURE_SIGNATURE = "x -> [B, H, W, C]"
 FEATURE_LAYOUT = "[B, H, W, C]"
-
-
-def attention_map(features: jax.typing.ArrayLike, *, p: float = 2.0,
-                  eps: float = DEFAULT_EPS) -> jax.Array:
-    r"""Spatial attention map of a feature map: ``Q = sum_c |A_c|^p``, L2-normalised.
-
-    .. math::
-        Q(A) = \frac{\mathrm{vec}(\sum_c |A_c|^p)}{\| \mathrm{vec}(\sum_c |A_c|^p) \|_2}
-
-    Args:
-      features: ``[batch_size, height, width, channels]`` feature map (NHWC).
-      p: exponent ``> 0`` (2 in the paper).
-      eps: floor of the norm, so an all-zero map stays finite.
-
-    Returns:
-      ``[batch_size, height * width]`` unit-norm attention maps.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jaxkd.losses import attention_map
-      >>> a = jnp.zeros((1, 2, 2, 3)).at[0, 0, 1, :].set(1.0)
-      >>> print(attention_map(a))
-      [[0. 1. 0. 0.]]
-
-    References:
-      Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017.
-    """
-    _checks.check_floating("features", features)
-    _checks.check_rank("features", features, 4, "[batch_size, height, width, channels]")
-    _checks.check_positive("p", p)
-    features = _checks.widen(jnp.asarray(features))
-    q = jnp.sum(jnp.abs(features) ** p, axis=-1)
-    return safe_normalize(q.reshape(q.shape[0], -1), eps)
 
 
 def _check_pair(student, teacher, student_name, teacher_name):
@@ -108,7 +75,7 @@ def attention_transfer_loss(student_features: jax.typing.ArrayLike | Sequence[ja
 
 
 def attention_jacobian_loss(student_feature_fn: FeatureFn,
-                            teacher_feature_fn: FeatureFn,
+                            teacher_feature_fn: FeatureFn | _targets.TeacherTargets,
                             x: jax.typing.ArrayLike,
                             *,
                             p: float = 2.0,
@@ -127,7 +94,9 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
 
     Args:
       student_feature_fn: pure ``[B, ...] -> [B, H, W, C_s]`` student feature map.
-      teacher_feature_fn: pure ``[B, ...] -> [B, H, W, C_t]`` teacher feature map.
+      teacher_feature_fn: pure ``[B, ...] -> [B, H, W, C_t]`` teacher feature map; or the
+        :class:`TeacherTargets` on ``x`` computed with ``teacher_feature_fn=`` and the same
+        ``p`` (their maps and gradients are used).
       x: ``[batch_size, ...]`` floating inputs.
       p: exponent of :func:`attention_map`.
       eps: floor of the norms.
@@ -144,42 +113,48 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
       >>> print(attention_jacobian_loss(fn, fn, jnp.ones((2, 2, 2))))
       [0. 0.]
     """
-    _checks.check_function("student_feature_fn", student_feature_fn, FEATURE_SIGNATURE)
-    _checks.check_function("teacher_feature_fn", teacher_feature_fn, FEATURE_SIGNATURE)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _remat.check_remat_chunks(remat_chunks)
+    given_targets = isinstance(teacher_feature_fn, _targets.TeacherTargets)
+    networks = {"student_feature_fn": student_feature_fn}
+    if not given_targets:
+        networks["teacher_feature_fn"] = teacher_feature_fn
+    x = _checks.check_network_loss(x, networks, signature=FEATURE_SIGNATURE,
+                                   remat_chunks=remat_chunks)
     student_maps = jax.eval_shape(student_feature_fn, x)
-    teacher_maps = jax.eval_shape(teacher_feature_fn, x)
     _checks.check_function_output("student_feature_fn", student_maps, FEATURE_LAYOUT)
-    _checks.check_function_output("teacher_feature_fn", teacher_maps, FEATURE_LAYOUT)
-    _check_pair(student_maps, teacher_maps, "student_feature_fn(x)", "teacher_feature_fn(x)")
-
-    # attention_map upcasts a bfloat16 feature map to float32 before its power and norm.
-    def teacher_attention(y):
-        return attention_map(teacher_feature_fn(y), p=p, eps=eps)
-
-    def student_attention(y):
-        return attention_map(student_feature_fn(y), p=p, eps=eps)
+    if given_targets:
+        q_t, g_t = _targets.for_attention(teacher_feature_fn, x, p)
+        _check_student_maps(student_maps, q_t)
+    else:
+        teacher_maps = jax.eval_shape(teacher_feature_fn, x)
+        _checks.check_function_output("teacher_feature_fn", teacher_maps, FEATURE_LAYOUT)
+        _check_pair(student_maps, teacher_maps, "student_feature_fn(x)",
+                    "teacher_feature_fn(x)")
 
     def teacher_part(x):
-        q_t, vjp = jax.vjp(teacher_attention, x)
-        cotangent = like(jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(q_t), axis=-1),
-                                        q_t.shape[-1], dtype=q_t.dtype)[None], q_t)[0]
-        (g_t,) = vjp(cotangent)
-        g_t = safe_normalize(_checks.widen(g_t).reshape(x.shape[0], -1), eps)
-        return jax.lax.stop_gradient(g_t), cotangent
+        return _targets.attention_rows(teacher_feature_fn, x, p, eps)  # maps, raw gradients
 
-    def student_part(x, g_t, cotangent):
-        q_s, vjp = jax.vjp(student_attention, x)
-        (g_s,) = vjp(cotangent.astype(q_s.dtype))
+    def student_part(x, q_t, g_t):
+        # attention_map upcasts a bfloat16 feature map to float32 before its power and norm.
+        q_s, vjp = jax.vjp(lambda y: attention_map(student_feature_fn(y), p=p, eps=eps), x)
+        (g_s,) = vjp(_targets.peak_cotangent(q_t).astype(q_s.dtype))
         g_s = safe_normalize(_checks.widen(g_s).reshape(x.shape[0], -1), eps)
-        return (jnp.sum(jnp.square(g_t - g_s), axis=-1),)
+        return (jnp.sum(jnp.square(safe_normalize(g_t, eps) - g_s), axis=-1),)
 
     if remat_chunks is None:
-        return student_part(x, *teacher_part(x))[0]
-    g_t, cotangent = _remat.map_chunks(teacher_part, remat_chunks, (x,), (0,), (0, 0),
-                                       remat=False)
-    return _remat.map_chunks(student_part, remat_chunks, (x, g_t, cotangent), (0, 0, 0), (0,),
+        return student_part(x, *(teacher_part(x) if not given_targets else (q_t, g_t)))[0]
+    if not given_targets:
+        q_t, g_t = _remat.map_chunks(teacher_part, remat_chunks, (x,), (0,), (0, 0),
+                                     remat=False)
+    return _remat.map_chunks(student_part, remat_chunks, (x, q_t, g_t), (0, 0, 0), (0,),
                              remat=True)[0]
+
+
+def _check_student_maps(student_maps, q_t):
+    _checks.check_floating("student_feature_fn(x)", student_maps)
+    _checks.check_rank("student_feature_fn(x)", student_maps, 4,
+                       "[batch_size, height, width, channels]")
+    b, h, w = student_maps.shape[:3]
+    if (b, h * w) != tuple(q_t.shape):
+        raise ValueError(f"`student_feature_fn(x)` of shape {student_maps.shape} must agree "
+                         f"with the targets' attention maps {tuple(q_t.shape)} [B, H * W] in "
+                         f"batch size and spatial size.")

@@ -87,7 +87,8 @@ def check_floating(name: str, x: jax.typing.ArrayLike) -> None:
     check_array(name, x)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`{name}` must have a floating dtype (e.g. float32, bfloat16), got {dtype}.")
+        raise TypeError(f"`{name}` must have a floating dtype (e.g. float32, bfloat16), "
+                        f"got {dtype}.")
 
 
 def check_integer(name: str, x: jax.typing.ArrayLike) -> None:
@@ -165,3 +166,71 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 def check_key(name: str, key: Any) -> None:
     if key is None:
         raise ValueError(f"`{name}` is required: pass a jax.random.key.")
+
+
+def check_finite_positive(name: str, value: Any) -> None:
+    """A concrete ``value`` must be finite and > 0 (a noise scale: inf or nan is no scale)."""
+    if is_concrete(value):
+        values = np.asarray(value)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"`{name}` must be finite and > 0, got {value}.")
+    check_positive(name, value)
+
+
+def check_remat_chunks(remat_chunks: Any) -> None:
+    if remat_chunks is None:
+        return
+    if (not isinstance(remat_chunks, int) or isinstance(remat_chunks, bool)
+            or remat_chunks < 1):
+        raise ValueError(f"`remat_chunks` must be None (no rematerialisation) or an integer "
+                         f">= 1 (the number of slices of the batch), got {remat_chunks!r}.")
+
+
+def check_batch(x: Any, name: str = "x") -> jax.Array:
+    """``x`` as an array ``[batch_size, ...]``: floating, rank >= 2, at least one example."""
+    x = as_array(name, x)
+    check_floating(name, x)
+    check_min_rank(name, x, 2, "[batch_size, ...]")
+    if x.shape[0] == 0:
+        raise ValueError(f"`{name}` has an empty batch (shape {x.shape}): the losses need at "
+                         f"least one example.")
+    return x
+
+
+_ABSENT = object()
+
+
+def check_network_loss(x: Any, functions: dict[str, Any], *,
+                       signature: str = "x -> [B, K]",
+                       key: Any = _ABSENT,
+                       num_probes: Any = _ABSENT,
+                       remat_chunks: Any = None) -> jax.Array:
+    """The checks every loss of networks starts with; returns ``x`` as an array.
+
+    Args:
+      x: the input batch: floating, ``[batch_size, ...]``, not empty.
+      functions: ``{argument name: network}``; each must be callable (``signature``
+        describes it in the message).
+      signature: how the networks map ``x``, for the message.
+      key: checked (required) when given.
+      num_probes: checked (an integer >= 1) when given.
+      remat_chunks: ``None`` or an integer >= 1.
+    """
+    for name, fn in functions.items():
+        check_function(name, fn, signature)
+    x = check_batch(x)
+    if key is not _ABSENT:
+        check_key("key", key)
+    if num_probes is not _ABSENT:
+        check_count("num_probes", num_probes)
+    check_remat_chunks(remat_chunks)
+    return x
+
+
+def network_outputs(x: jax.Array, student_fn: Callable, teacher_fn: Callable
+                    ) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The shapes of ``student_fn(x)`` and ``teacher_fn(x)`` (no FLOPs), checked ``[B, K]``."""
+    student_out = jax.eval_shape(student_fn, x)
+    teacher_out = jax.eval_shape(teacher_fn, x)
+    check_network_outputs(x, student_out, teacher_out)
+    return student_out, teacher_out

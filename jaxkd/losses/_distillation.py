@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks
+from jaxkd.losses import _checks, _common
 
 
 def distillation_loss(student_logits: jax.typing.ArrayLike,
@@ -45,11 +45,8 @@ def distillation_loss(student_logits: jax.typing.ArrayLike,
     _checks.check_positive("temperature", temperature)
     # bfloat16 logits are upcast: the softmax and the KL sum are computed in float32.
     student_logits = _checks.widen(jnp.asarray(student_logits))
-    teacher_logits = jax.lax.stop_gradient(_checks.widen(jnp.asarray(teacher_logits)))
-    log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-    return temperature**2 * kl
+    teacher_logits = _checks.widen(jnp.asarray(teacher_logits))
+    return _common.softened_kl(student_logits, teacher_logits, temperature)
 
 
 def logit_matching_loss(student_logits: jax.typing.ArrayLike,

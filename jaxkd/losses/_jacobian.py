@@ -14,69 +14,20 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxkd.losses import _checks, _remat
+from jaxkd.losses import _checks, _common, _remat, _targets
+from jaxkd.losses._common import DEFAULT_EPS, safe_normalize
+from jaxkd.losses._targets import OUTPUT_MODES, OutputMode  # noqa: F401 (re-exported)
 
 Fn = Callable[[jax.Array], jax.Array]
 
-OUTPUT_MODES = ("teacher_top1", "label", "top_k", "all")
-
-# Floor of the gradient norm in `normalize`: sqrt(||g||^2 + eps^2). It keeps the loss and
-# its gradient finite at g = 0 (the gradient of g/||g|| is then bounded by 1/eps) and moves
-# the normalised vector by a relative eps^2 / (2 ||g||^2): 5e-13 at ||g|| = 1e-3.
-DEFAULT_EPS = 1e-6
-
-
-def safe_normalize(g: jax.Array, eps: float = DEFAULT_EPS) -> jax.Array:
-    """``g / sqrt(||g||^2 + eps^2)`` along the last axis: finite, with finite gradient, at 0."""
-    return g * jax.lax.rsqrt(jnp.sum(jnp.square(g), axis=-1, keepdims=True) + eps**2)
-
-
-def like(stack: jax.Array, ref: jax.Array) -> jax.Array:
-    """``stack`` ``[n, *ref.shape]`` given ``ref``'s sharding type, values unchanged.
-
-    Under an ``Explicit``-axis mesh (``jax.make_mesh``'s default) a VJP cotangent or JVP
-    tangent must carry the same sharding as the output or input it pairs with; probes
-    and one-hot rows built from shapes alone carry none. Adding zeros shaped like ``ref``
-    broadcasts its sharding onto the stack (a no-op without such a mesh).
-    """
-    return stack + jnp.zeros_like(ref)[None]
-
-
-def _output_indices(teacher_out: jax.Array, labels, outputs: str, k: int) -> jax.Array:
-    """``[n, B]`` indices of the outputs to match, chosen from the teacher (or labels)."""
-    batch, num_classes = teacher_out.shape
-    if outputs == "teacher_top1":
-        return jnp.argmax(teacher_out, axis=-1)[None]
-    if outputs == "label":
-        return jnp.asarray(labels)[None]
-    if outputs == "top_k":
-        return jax.lax.top_k(teacher_out, k)[1].T
-    return jnp.broadcast_to(jnp.arange(num_classes)[:, None], (num_classes, batch))
-
-
-def _check_outputs_mode(x, labels, outputs: str, k: int) -> None:
-    _checks.check_choice("outputs", outputs, OUTPUT_MODES)
-    if outputs == "label":
-        if labels is None:
-            raise ValueError('`outputs="label"` needs `labels` ([batch_size] integer class '
-                             'indices); got labels=None.')
-        _checks.check_integer("labels", labels)
-        _checks.check_rank("labels", labels, 1, "[batch_size]")
-        if jnp.shape(labels)[0] != x.shape[0]:
-            raise ValueError(f"`labels` must have shape [{x.shape[0]}] to match `x` of shape "
-                             f"{x.shape}, got {jnp.shape(labels)}.")
-    if outputs == "top_k":
-        _checks.check_count("k", k)
-
 
 def jacobian_matching_loss(student_fn: Fn,
-                           teacher_fn: Fn,
+                           teacher_fn: Fn | _targets.TeacherTargets,
                            x: jax.typing.ArrayLike,
                            *,
                            labels: jax.typing.ArrayLike | None = None,
-                           outputs: str = "teacher_top1",
+                           outputs: OutputMode = "teacher_top1",
                            k: int = 1,
                            normalize: bool = True,
                            eps: float = DEFAULT_EPS,
@@ -123,9 +74,12 @@ def jacobian_matching_loss(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent (inference mode).
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent; or its
+        :class:`TeacherTargets` on ``x`` (:func:`teacher_targets`, computed with the same
+        ``outputs``, ``k`` and ``labels``): then no teacher pass runs here.
       x: ``[batch_size, ...]`` floating inputs (e.g. NHWC images).
-      labels: ``[batch_size]`` integer classes; required for ``outputs="label"``.
+      labels: ``[batch_size]`` integer classes; required for ``outputs="label"`` (with
+        targets, optional: they hold the labels they were computed with).
       outputs: which outputs to match: ``"teacher_top1"``, ``"label"``, ``"top_k"``, ``"all"``.
       k: number of teacher outputs for ``outputs="top_k"`` (``1 <= k <= K``).
       normalize: compare L2-normalised gradients (True) or raw gradients (False).
@@ -154,83 +108,69 @@ def jacobian_matching_loss(student_fn: Fn,
     References:
       Srinivas & Fleuret, "Knowledge Transfer with Jacobian Matching", ICML 2018.
     """
-    return matching_loss(vjp_input_gradients, student_fn, teacher_fn, x, labels, outputs, k,
-                         normalize, eps, remat_chunks)
-
-
-def rows_of_vjp(vjp: Callable, cotangents: jax.Array) -> jax.Array:
-    """``[n, B, ...]``: ``vjp`` (one linearisation) applied to each of the ``n`` rows.
-
-    One row (``n == 1``: the teacher's top-1, the label, one probe) is a direct call with
-    the ``[B, K]`` cotangent; a ``vmap`` over a size-1 axis costs the same FLOPs but was
-    measured 1.1-1.3x slower on XLA:CPU for convolutional networks (issue 9).
-    """
-    if cotangents.shape[0] == 1:
-        (g,) = vjp(cotangents[0])
-        return g[None]
-    (g,) = jax.vmap(vjp)(cotangents)
-    return g
-
-
-def vjp_input_gradients(fn: Fn, x: jax.Array, cotangents: jax.Array) -> jax.Array:
-    """``[n, B, ...]`` input gradients ``c_j^T J_fn(x)``: one VJP, applied to each row."""
-    _, vjp = jax.vjp(fn, x)
-    return rows_of_vjp(vjp, cotangents)
+    return matching_loss(_common.vjp_input_gradients, student_fn, teacher_fn, x, labels,
+                         outputs, k, normalize, eps, remat_chunks)
 
 
 def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Array],
-                  student_fn: Fn, teacher_fn: Fn, x: jax.typing.ArrayLike, labels,
-                  outputs: str, k: int, normalize: bool, eps: float,
-                  remat_chunks: int | None = None) -> jax.Array:
+                  student_fn: Fn, teacher_fn: Fn | _targets.TeacherTargets,
+                  x: jax.typing.ArrayLike, labels, outputs: OutputMode, k: int,
+                  normalize: bool, eps: float, remat_chunks: int | None = None) -> jax.Array:
     """:func:`jacobian_matching_loss` with the student's input gradients computed by
     ``student_gradients(student_fn, x, cotangents)`` (which fixes how they differentiate)."""
-    _checks.check_function("student_fn", student_fn)
-    _checks.check_function("teacher_fn", teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _check_outputs_mode(x, labels, outputs, k)
-    _remat.check_remat_chunks(remat_chunks)
-
-    student_out = jax.eval_shape(student_fn, x)
-    teacher_out = jax.eval_shape(teacher_fn, x)
-    _checks.check_network_outputs(x, student_out, teacher_out)
-    num_classes = teacher_out.shape[-1]
-    if outputs == "top_k" and k > num_classes:
-        raise ValueError(f"`k` must be <= the number of classes K={num_classes}, got k={k}.")
-    if outputs == "label" and _checks.is_concrete(labels):
-        # Concrete labels are checked here; traced ones (under jit) give NaN rows below.
-        values = np.asarray(labels)
-        if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"`labels` must be class indices in [0, {num_classes}), got "
-                             f"values from {values.min()} to {values.max()}.")
-
-    def teacher_part(x, *label_chunk):  # label_chunk: (labels,) for outputs="label", else ()
-        out, vjp = jax.vjp(teacher_fn, x)
-        index = _output_indices(jax.lax.stop_gradient(out), *(label_chunk or (None,)),
-                                outputs, k)
-        cotangents = like(jax.nn.one_hot(index, num_classes, dtype=out.dtype), out)  # [n, B, K]
-        g_t = _checks.widen(rows_of_vjp(vjp, cotangents))
-        return jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,))), cotangents
+    given_targets = isinstance(teacher_fn, _targets.TeacherTargets)
+    networks = {"student_fn": student_fn} if given_targets else {"student_fn": student_fn,
+                                                                 "teacher_fn": teacher_fn}
+    x = _checks.check_network_loss(x, networks, remat_chunks=remat_chunks)
 
     def student_part(x, cotangents, g_t):
         g_s = student_gradients(student_fn, x, cotangents.astype(student_out.dtype))
-        g_s = _checks.widen(g_s).reshape(g_s.shape[:2] + (-1,))
+        g_s = _common.flat_rows(g_s)
         if normalize:
             g_t, g_s = safe_normalize(g_t, eps), safe_normalize(g_s, eps)
         per_output = jnp.sum(jnp.square(g_t - g_s), axis=-1)  # [n, B]
         return (jnp.sum(per_output, axis=0) if outputs == "all"
                 else jnp.mean(per_output, axis=0),)
 
+    def student_loss(cotangents, g_t):
+        if remat_chunks is None:
+            return student_part(x, cotangents, g_t)[0]
+        return _remat.map_chunks(student_part, remat_chunks, (x, cotangents, g_t), (0, 1, 1),
+                                 (0,), remat=True)[0]
+
+    if given_targets:
+        targets = teacher_fn
+        index, g_t = _targets.for_jacobian(targets, x, labels, outputs, k)
+        student_out = jax.eval_shape(student_fn, x)
+        _checks.check_network_outputs(x, student_out, targets.logits)
+        loss = student_loss(_targets.one_hot_rows(index, targets.logits), g_t)
+        if outputs == "label":
+            # As below for out-of-range labels; and traced labels that differ from the
+            # targets' (a concrete mismatch raised above) make their rows NaN, not wrong.
+            index = index[0]
+            valid = (index >= 0) & (index < targets.logits.shape[-1])
+            if labels is not None:
+                valid = valid & (jnp.asarray(labels) == index)
+            loss = jnp.where(valid, loss, jnp.nan)
+        return loss
+
+    _targets.check_outputs_mode(x, labels, outputs, k)
+    student_out, teacher_out = _checks.network_outputs(x, student_fn, teacher_fn)
+    num_classes = teacher_out.shape[-1]
+    _targets.check_classes(labels, outputs, k, num_classes)
+
+    def teacher_part(x, *label_chunk):  # label_chunk: (labels,) for outputs="label", else ()
+        out, index, g_t = _targets.selected_gradients(teacher_fn, x,
+                                                      *(label_chunk or (None,)), outputs, k)
+        return g_t, _targets.one_hot_rows(index, out)  # [n, B, D], [n, B, K]
+
     label_args = (jnp.asarray(labels),) if outputs == "label" else ()
     if remat_chunks is None:
         g_t, cotangents = teacher_part(x, *label_args)
-        (loss,) = student_part(x, cotangents, g_t)
     else:
         g_t, cotangents = _remat.map_chunks(teacher_part, remat_chunks, (x,) + label_args,
                                             (0,) * (1 + len(label_args)), (1, 1), remat=False)
-        (loss,) = _remat.map_chunks(student_part, remat_chunks, (x, cotangents, g_t),
-                                    (0, 1, 1), (0,), remat=True)
+    loss = student_loss(cotangents, g_t)
     if outputs == "label":
         # Under jit a label outside [0, K) cannot raise; its one-hot row would be zero and
         # its loss a silent 0. Make it NaN instead, so that it shows (the training loop's

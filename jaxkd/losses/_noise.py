@@ -36,19 +36,23 @@ a batch-summed scalar is block-diagonal and one product serves the whole batch.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks
-from jaxkd.losses._distillation import distillation_loss
-from jaxkd.losses._jacobian import jacobian_matching_loss, like
+from jaxkd.losses import _checks, _common, _targets
 
 Fn = Callable[[jax.Array], jax.Array]
 
-NOISE_KINDS = ("squared", "cross_entropy", "kl")
-CURVATURE_METHODS = ("exact", "hutchinson", "none")
+NoiseKind = Literal["squared", "cross_entropy", "kl"]
+Curvature = Literal["exact", "hutchinson", "none"]
+LaplacianMethod = Literal["exact", "hutchinson"]
+NOISE_KINDS: tuple[str, ...] = typing.get_args(NoiseKind)
+CURVATURE_METHODS: tuple[str, ...] = typing.get_args(Curvature)
+LAPLACIAN_METHODS: tuple[str, ...] = typing.get_args(LaplacianMethod)
 
 
 def noisy_distillation_loss(student_fn: Fn,
@@ -58,7 +62,7 @@ def noisy_distillation_loss(student_fn: Fn,
                             key: jax.Array,
                             sigma: float,
                             num_samples: int = 1,
-                            kind: str = "squared",
+                            kind: NoiseKind = "squared",
                             temperature: float = 1.0) -> jax.Array:
     r"""Monte Carlo distillation under Gaussian input noise, per example.
 
@@ -74,7 +78,8 @@ def noisy_distillation_loss(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent (not
+        :class:`TeacherTargets`: this loss needs the teacher itself).
       x: ``[batch_size, ...]`` floating inputs.
       key: a ``jax.random.key`` for the noise.
       sigma: noise standard deviation ``> 0``.
@@ -95,12 +100,14 @@ def noisy_distillation_loss(student_fn: Fn,
       >>> print(loss)
       [0. 0.]
     """
-    _check_networks(student_fn, teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _checks.check_key("key", key)
-    _checks.check_positive("sigma", sigma)
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        raise _targets.refuse("noisy_distillation_loss", "teacher_fn",
+                              "it evaluates the teacher at noisy copies x + xi of the batch, "
+                              "drawn afresh from `key` on every call, and targets computed at "
+                              "x cannot stand in for them.")
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   key=key)
+    _checks.check_finite_positive("sigma", sigma)
     _checks.check_count("num_samples", num_samples)
     _checks.check_choice("kind", kind, NOISE_KINDS)
     _checks.check_positive("temperature", temperature)
@@ -116,22 +123,17 @@ def noisy_distillation_loss(student_fn: Fn,
     if kind == "squared":
         per_sample = jnp.sum(jnp.square(teacher_out - student_out), axis=-1)
     elif kind == "kl":
-        per_sample = distillation_loss(student_out, teacher_out, temperature=temperature)
+        per_sample = _common.softened_kl(student_out, teacher_out, temperature)
     else:
-        per_sample = _soft_cross_entropy(student_out, teacher_out, temperature)
+        per_sample = _common.soft_cross_entropy(student_out, teacher_out, temperature)
     return jnp.mean(per_sample.reshape(batch, num_samples), axis=1)
-
-
-def _soft_cross_entropy(student_logits, teacher_logits, temperature):
-    p_t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
-    return -jnp.sum(p_t * jax.nn.log_softmax(student_logits / temperature, axis=-1), axis=-1)
 
 
 def weighted_laplacian(fn: Fn,
                        x: jax.Array,
                        weights: jax.Array,
                        *,
-                       method: str = "exact",
+                       method: LaplacianMethod = "exact",
                        key: jax.Array | None = None,
                        num_probes: int = 1) -> jax.Array:
     """Per example ``sum_i w_i * Laplacian_x(fn_i)(x)``, the trace of one Hessian.
@@ -150,6 +152,7 @@ def weighted_laplacian(fn: Fn,
     Returns:
       ``[B]`` values (unbiased estimates for ``"hutchinson"``).
     """
+    _checks.check_choice("method", method, LAPLACIAN_METHODS)
     batch, dim = x.shape[0], math.prod(x.shape[1:])
 
     def scalar(y):
@@ -161,39 +164,60 @@ def weighted_laplacian(fn: Fn,
 
     if method == "exact":
         basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
-        return jnp.sum(jax.vmap(quadratic_form)(like(basis, x)), axis=0)
+        return jnp.sum(jax.vmap(quadratic_form)(_common.like(basis, x)), axis=0)
     _checks.check_key("key", key)
     _checks.check_count("num_probes", num_probes)
-    u = like(jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype), x)
+    u = _common.like(jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype), x)
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
-def _check_networks(student_fn, teacher_fn):
-    _checks.check_function("student_fn", student_fn)
-    _checks.check_function("teacher_fn", teacher_fn)
-
-
-def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes):
-    _check_networks(student_fn, teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _checks.check_positive("sigma", sigma)
+def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
+                          loss, why):
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        return _check_expansion_targets(student_fn, teacher_fn, x, sigma, curvature, loss,
+                                        why)
     _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
-    if curvature == "hutchinson":
-        _checks.check_key("key", key)
-        _checks.check_count("num_probes", num_probes)
-    _checks.check_network_outputs(x, jax.eval_shape(student_fn, x),
-                                  jax.eval_shape(teacher_fn, x))
+    probes = {"key": key, "num_probes": num_probes} if curvature == "hutchinson" else {}
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   **probes)
+    _checks.check_finite_positive("sigma", sigma)
+    _checks.network_outputs(x, student_fn, teacher_fn)
     return x
 
 
+def _check_expansion_targets(student_fn, targets, x, sigma, curvature, loss, why):
+    """The checks of an expansion given :class:`TeacherTargets`; returns ``x`` as an array.
+
+    Without its Laplacian terms (``curvature="none"``) an expansion needs of the teacher
+    only its logits and its full input Jacobian: targets with ``outputs="all"``.
+    """
+    _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
+    if curvature != "none":
+        raise _targets.refuse(loss, "teacher_fn", f"with curvature={curvature!r} {why}",
+                              "Pass the teacher as a function, or use curvature='none' "
+                              "(targets of outputs='all').")
+    x = _checks.check_network_loss(x, {"student_fn": student_fn})
+    _checks.check_finite_positive("sigma", sigma)
+    if targets.outputs != "all":
+        raise ValueError(f"`teacher_fn`: {loss} needs the teacher's full input Jacobian, "
+                         f"`targets` computed with outputs='all'; got targets of "
+                         f"outputs={targets.outputs!r}.")
+    _checks.check_network_outputs(x, jax.eval_shape(student_fn, x), targets.logits)
+    return x
+
+
+def _teacher_jacobian(targets, x):
+    """``(logits [B, K], input gradients [K, B, D])`` of ``targets``, in the wide dtype."""
+    _, g_t = _targets.for_jacobian(targets, x, None, "all", 1)
+    return _checks.widen(targets.logits), g_t
+
+
 def squared_noise_expansion(student_fn: Fn,
-                            teacher_fn: Fn,
+                            teacher_fn: Fn | _targets.TeacherTargets,
                             x: jax.typing.ArrayLike,
                             *,
                             sigma: float,
-                            curvature: str = "exact",
+                            curvature: Curvature = "exact",
                             key: jax.Array | None = None,
                             num_probes: int = 1) -> jax.Array:
     r"""Second-order expansion of squared-error distillation under input noise.
@@ -209,7 +233,8 @@ def squared_noise_expansion(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent; or its
+        :class:`TeacherTargets` of ``outputs="all"`` for ``curvature="none"``.
       x: ``[batch_size, ...]`` floating inputs.
       sigma: noise standard deviation ``> 0``.
       curvature: the Laplacian term: ``"exact"``, ``"hutchinson"`` or ``"none"``.
@@ -227,11 +252,27 @@ def squared_noise_expansion(student_fn: Fn,
       >>> print(squared_noise_expansion(student, teacher, jnp.ones((1, 2)), sigma=0.5))
       [4.]
     """
-    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
-    teacher_fn, student_fn = _checks.widened(teacher_fn), _checks.widened(student_fn)
-    d = jax.lax.stop_gradient(teacher_fn(x)) - student_fn(x)
-    jacobian_term = jacobian_matching_loss(student_fn, teacher_fn, x, outputs="all",
-                                           normalize=False)
+    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
+                              "squared_noise_expansion",
+                              "its curvature term is the Laplacian of the difference T - S "
+                              "weighted by T - S, one Hessian trace through both networks "
+                              "together, which teacher_targets does not compute.")
+    given_targets = isinstance(teacher_fn, _targets.TeacherTargets)
+    student_fn = _checks.widened(student_fn)
+    if given_targets:
+        teacher_out, g_t = _teacher_jacobian(teacher_fn, x)
+    else:
+        teacher_fn = _checks.widened(teacher_fn)
+        teacher_out = teacher_fn(x)
+    d = jax.lax.stop_gradient(teacher_out) - student_fn(x)
+    # ||J_T - J_S||_F^2: one VJP per network, applied to each of the K one-hot rows.
+    num_classes = d.shape[-1]
+    basis = _common.like(jnp.eye(num_classes, dtype=d.dtype)[:, None, :], d)  # [K, B, K]
+    if not given_targets:
+        g_t = jax.lax.stop_gradient(_common.vjp_input_gradients(teacher_fn, x, basis))
+    g_s = _common.vjp_input_gradients(student_fn, x, basis)
+    diff = _common.flat_rows(g_t) - _common.flat_rows(g_s)
+    jacobian_term = jnp.sum(jnp.square(diff), axis=(0, -1))
     value = jnp.sum(jnp.square(d), axis=-1) + sigma**2 * jacobian_term
     if curvature == "none":
         return value
@@ -244,12 +285,12 @@ def squared_noise_expansion(student_fn: Fn,
 
 
 def cross_entropy_noise_expansion(student_fn: Fn,
-                                  teacher_fn: Fn,
+                                  teacher_fn: Fn | _targets.TeacherTargets,
                                   x: jax.typing.ArrayLike,
                                   *,
                                   sigma: float,
                                   temperature: float = 1.0,
-                                  curvature: str = "exact",
+                                  curvature: Curvature = "exact",
                                   key: jax.Array | None = None,
                                   num_probes: int = 1) -> jax.Array:
     r"""Second-order expansion of soft cross-entropy under input noise.
@@ -269,7 +310,9 @@ def cross_entropy_noise_expansion(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student logits, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher logits, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher logits, examples independent; or
+        its :class:`TeacherTargets` of ``outputs="all"`` for ``curvature="none"`` (the
+        gradients of its probabilities follow from those of its logits).
       x: ``[batch_size, ...]`` floating inputs.
       sigma: noise standard deviation ``> 0``.
       temperature: softmax temperature ``tau > 0``.
@@ -287,7 +330,10 @@ def cross_entropy_noise_expansion(student_fn: Fn,
       >>> print(cross_entropy_noise_expansion(f, f, jnp.ones((1, 3)), sigma=0.1).round(4))
       [0.6931]
     """
-    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes)
+    x = _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
+                              "cross_entropy_noise_expansion",
+                              "its Laplacian terms need the Laplacians of the teacher's "
+                              "softmax probabilities, which teacher_targets does not compute.")
     _checks.check_positive("temperature", temperature)
 
     def teacher_probs(y):
@@ -296,13 +342,22 @@ def cross_entropy_noise_expansion(student_fn: Fn,
     def student_probs(y):
         return jax.nn.softmax(_checks.widen(student_fn(y)) / temperature, axis=-1)
 
-    t, t_vjp = jax.vjp(teacher_probs, x)
     s, s_vjp = jax.vjp(student_probs, x)
-    _checks.check_network_outputs(x, s, t)
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        # The softmax's chain rule on the logits' Jacobian:
+        # grad t_i = t_i (grad T_i - sum_j t_j grad T_j) / tau.
+        logits, g_t = _teacher_jacobian(teacher_fn, x)  # [B, K], [K, B, D]
+        t = jax.nn.softmax(logits / temperature, axis=-1)
+        t_k = t.T[:, :, None]  # [K, B, 1]
+        grad_t = t_k * (g_t - jnp.sum(t_k * g_t, axis=0)[None]) / temperature
+    else:
+        t, t_vjp = jax.vjp(teacher_probs, x)
+        _checks.check_network_outputs(x, s, t)
+        basis = _common.like(jnp.eye(t.shape[-1], dtype=t.dtype)[:, None, :], t)  # [K, B, K]
+        (grad_t,) = jax.vmap(t_vjp)(basis)
     num_classes = t.shape[-1]
-    basis = like(jnp.eye(num_classes, dtype=t.dtype)[:, None, :], t)  # [K, B, K]
-    (grad_t,) = jax.vmap(t_vjp)(basis)
-    (grad_s,) = jax.vmap(s_vjp)(basis.astype(s.dtype))
+    basis = _common.like(jnp.eye(num_classes, dtype=s.dtype)[:, None, :], s)  # [K, B, K]
+    (grad_s,) = jax.vmap(s_vjp)(basis)
     grad_t = jax.lax.stop_gradient(grad_t.reshape((num_classes, x.shape[0], -1)))
     grad_s = grad_s.reshape((num_classes, x.shape[0], -1))
     t = jax.lax.stop_gradient(t)

@@ -14,72 +14,40 @@ normalisation does not commute with the projection), so these estimators pair wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks, _remat
-from jaxkd.losses._jacobian import like, rows_of_vjp
+from jaxkd.losses import _checks, _common, _remat, _targets
+from jaxkd.losses._common import (DISTRIBUTIONS, Distribution,  # noqa: F401 (re-exported)
+                                  sample_probes)
 
 Fn = Callable[[jax.Array], jax.Array]
 
-DISTRIBUTIONS = ("rademacher", "gaussian", "orthogonal")
-
-
-def sample_probes(key: jax.Array, shape: tuple[int, ...], num_probes: int,
-                  distribution: str = "rademacher", dtype=jnp.float32) -> jax.Array:
-    """Probes ``[num_probes, batch, ...]`` with identity second moment per example.
-
-    * ``"rademacher"``: entries +-1 (the lowest-variance i.i.d. choice for trace estimation);
-    * ``"gaussian"``: standard normal entries;
-    * ``"orthogonal"``: per example, ``num_probes`` mutually orthogonal directions drawn
-      uniformly (Haar), scaled by ``sqrt(D)`` so that ``E[u u^T] = I``; needs
-      ``num_probes <= D`` and has no more variance than independent probes.
-
-    Args:
-      key: a ``jax.random.key``.
-      shape: ``(batch, ...)`` the shape of one probe for the whole batch.
-      num_probes: number of probes per example.
-      distribution: one of ``"rademacher"``, ``"gaussian"``, ``"orthogonal"``.
-      dtype: floating dtype of the probes.
-
-    Returns:
-      ``[num_probes, *shape]`` probes.
-    """
-    _checks.check_count("num_probes", num_probes)
-    _checks.check_choice("distribution", distribution, DISTRIBUTIONS)
-    full = (num_probes,) + tuple(shape)
-    if distribution == "rademacher":
-        return jax.random.rademacher(key, full, dtype=dtype)
-    if distribution == "gaussian":
-        return jax.random.normal(key, full, dtype=dtype)
-    batch, dim = shape[0], math.prod(shape[1:])
-    if num_probes > dim:
-        raise ValueError(f'`num_probes` must be <= {dim} (the dimension probed) for '
-                         f'distribution="orthogonal", got {num_probes}.')
-    g = jax.random.normal(key, (batch, dim, num_probes), dtype=dtype)
-    q, r = jnp.linalg.qr(g)
-    # Fix the signs so that q is Haar-distributed (Mezzadri 2007).
-    q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-    probes = jnp.sqrt(jnp.asarray(dim, dtype)) * jnp.moveaxis(q, -1, 0)  # [n, B, D]
-    return probes.reshape(full)
-
 
 def _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks):
-    _checks.check_function("student_fn", student_fn)
-    _checks.check_function("teacher_fn", teacher_fn)
-    x = _checks.as_array("x", x)
-    _checks.check_floating("x", x)
-    _checks.check_min_rank("x", x, 2, "[batch_size, ...]")
-    _checks.check_key("key", key)
-    _checks.check_count("num_probes", num_probes)
-    _remat.check_remat_chunks(remat_chunks)
+    x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
+                                   key=key, num_probes=num_probes, remat_chunks=remat_chunks)
+    return (x, *_checks.network_outputs(x, student_fn, teacher_fn))
+
+
+def _from_targets(which, student_fn, targets, x, key, num_probes, distribution, remat_chunks):
+    """``x`` and the probes and teacher products of ``targets``, checked for this loss."""
+    x = _checks.check_network_loss(x, {"student_fn": student_fn}, remat_chunks=remat_chunks)
+    probes, products = _targets.for_projection(targets, which, x, key, num_probes,
+                                               distribution)
     student_out = jax.eval_shape(student_fn, x)
-    teacher_out = jax.eval_shape(teacher_fn, x)
-    _checks.check_network_outputs(x, student_out, teacher_out)
-    return x, student_out, teacher_out
+    _checks.check_network_outputs(x, student_out, targets.logits)
+    return x, probes, products
+
+
+def _student_only(student_part, args, remat_chunks):
+    """``student_part(*args)[0]`` (``x``, probes and teacher products given), in chunks when
+    ``remat_chunks``."""
+    if remat_chunks is None:
+        return student_part(*args)[0]
+    return _remat.map_chunks(student_part, remat_chunks, args, (0, 1, 1), (0,), remat=True)[0]
 
 
 def _two_parts(teacher_part, student_part, args, teacher_axes, remat_chunks):
@@ -93,20 +61,13 @@ def _two_parts(teacher_part, student_part, args, teacher_axes, remat_chunks):
                              in_axes + tuple(teacher_axes), (0,), remat=True)[0]
 
 
-def _tangents(fn: Fn, x: jax.Array, u: jax.Array) -> jax.Array:
-    """``[n, B, K]`` Jacobian-vector products ``J_fn(x) u_j``; one row is a direct ``jvp``."""
-    if u.shape[0] == 1:
-        return jax.jvp(fn, (x,), (u[0],))[1][None]
-    return jax.vmap(lambda ui: jax.jvp(fn, (x,), (ui,))[1])(u)
-
-
 def vjp_projection_loss(student_fn: Fn,
-                        teacher_fn: Fn,
+                        teacher_fn: Fn | _targets.TeacherTargets,
                         x: jax.typing.ArrayLike,
                         *,
-                        key: jax.Array,
+                        key: jax.Array | None = None,
                         num_probes: int = 1,
-                        distribution: str = "rademacher",
+                        distribution: Distribution = "rademacher",
                         remat_chunks: int | None = None) -> jax.Array:
     r"""Output-space (VJP) unbiased estimate of ``||J_T(x) - J_S(x)||_F^2``.
 
@@ -119,9 +80,12 @@ def vjp_projection_loss(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent; or its
+        :class:`TeacherTargets` on ``x`` computed with ``projections=("vjp",)`` and the
+        same ``num_probes`` and ``distribution`` (their probes are used).
       x: ``[batch_size, ...]`` floating inputs.
-      key: a ``jax.random.key`` for the probes (fold in the step when training).
+      key: a ``jax.random.key`` for the probes (fold in the step when training); required
+        with ``teacher_fn``, None with targets (a concrete key must be the targets').
       num_probes: probes per example ``k >= 1``.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"`` (``k <= K``).
       remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
@@ -141,6 +105,16 @@ def vjp_projection_loss(student_fn: Fn,
       >>> print(est)  # exact for Rademacher probes when J_T - J_S is the identity
       [3.]
     """
+    def student_part(x, v, g_t):
+        out, vjp = jax.vjp(student_fn, x)
+        g_s = _checks.widen(_common.rows_of_vjp(vjp, _common.like(v.astype(out.dtype), out)))
+        diff = g_t - g_s.reshape(g_s.shape[:2] + (-1,))
+        return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
+
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        x, v, g_t = _from_targets("vjp", student_fn, teacher_fn, x, key, num_probes,
+                                  distribution, remat_chunks)
+        return _student_only(student_part, (x, v, g_t), remat_chunks)
     x, student_out, teacher_out = _check_common(student_fn, teacher_fn, x, key, num_probes,
                                                 remat_chunks)
     # Probes in float32 (or wider) whatever the networks' dtype, cast to each network's
@@ -149,26 +123,18 @@ def vjp_projection_loss(student_fn: Fn,
                       _checks.wide_dtype(teacher_out.dtype))
 
     def teacher_part(x, v):
-        out, vjp = jax.vjp(teacher_fn, x)
-        g_t = _checks.widen(rows_of_vjp(vjp, like(v.astype(out.dtype), out)))
-        return (jax.lax.stop_gradient(g_t.reshape(g_t.shape[:2] + (-1,))),)
-
-    def student_part(x, v, g_t):
-        out, vjp = jax.vjp(student_fn, x)
-        g_s = _checks.widen(rows_of_vjp(vjp, like(v.astype(out.dtype), out)))
-        diff = g_t - g_s.reshape(g_s.shape[:2] + (-1,))
-        return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
+        return (_targets.vjp_rows(teacher_fn, x, v),)
 
     return _two_parts(teacher_part, student_part, (x, v), (1,), remat_chunks)
 
 
 def jvp_projection_loss(student_fn: Fn,
-                        teacher_fn: Fn,
+                        teacher_fn: Fn | _targets.TeacherTargets,
                         x: jax.typing.ArrayLike,
                         *,
-                        key: jax.Array,
+                        key: jax.Array | None = None,
                         num_probes: int = 1,
-                        distribution: str = "rademacher",
+                        distribution: Distribution = "rademacher",
                         remat_chunks: int | None = None) -> jax.Array:
     r"""Input-space (JVP) unbiased estimate of ``||J_T(x) - J_S(x)||_F^2``.
 
@@ -184,9 +150,12 @@ def jvp_projection_loss(student_fn: Fn,
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
-      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent.
+      teacher_fn: pure ``[B, ...] -> [B, K]`` teacher, examples independent; or its
+        :class:`TeacherTargets` on ``x`` computed with ``projections=("jvp",)`` and the
+        same ``num_probes`` and ``distribution`` (their probes are used).
       x: ``[batch_size, ...]`` floating inputs.
-      key: a ``jax.random.key`` for the probes.
+      key: a ``jax.random.key`` for the probes; required with ``teacher_fn``, None with
+        targets (a concrete key must be the targets').
       num_probes: probes per example ``k >= 1``.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"`` (``k <= D``).
       remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
@@ -203,15 +172,18 @@ def jvp_projection_loss(student_fn: Fn,
       >>> print(jvp_projection_loss(student, teacher, jnp.ones((1, 3)), key=jax.random.key(0)))
       [3.]
     """
+    def student_part(x, u, t_u):
+        diff = t_u - _checks.widen(_common.tangents(student_fn, x, _common.like(u, x)))
+        return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)  # over [n, B, K]
+
+    if isinstance(teacher_fn, _targets.TeacherTargets):
+        x, u, t_u = _from_targets("jvp", student_fn, teacher_fn, x, key, num_probes,
+                                  distribution, remat_chunks)
+        return _student_only(student_part, (x, u, t_u), remat_chunks)
     x, _, _ = _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks)
     u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)
 
     def teacher_part(x, u):
-        t_u = _checks.widen(_tangents(teacher_fn, x, like(u, x)))
-        return (jax.lax.stop_gradient(t_u),)
-
-    def student_part(x, u, t_u):
-        diff = t_u - _checks.widen(_tangents(student_fn, x, like(u, x)))  # [n, B, K]
-        return (jnp.mean(jnp.sum(jnp.square(diff), axis=-1), axis=0),)
+        return (_targets.jvp_rows(teacher_fn, x, u),)
 
     return _two_parts(teacher_part, student_part, (x, u), (1,), remat_chunks)

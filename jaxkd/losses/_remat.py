@@ -15,7 +15,7 @@ gradients are those of the whole batch up to float round-off. The price is one m
 forward and backward pass of the student in the backward pass, and slices that run in
 sequence.
 
-Measured (issue 9, the user-style Linen CNN of ``tests/losses/user_model.py``, batch 64,
+Measured (the user-style Linen CNN of ``benchmarks/user_model.py``, batch 64,
 2-core CPU, XLA buffer-assignment peak): KD step 34.1 MiB, JM step 54.6 MiB (1.60x),
 JM with ``remat_chunks=2`` 39.6 MiB (1.16x), ``=4`` 35.6 MiB (1.04x). On XLA:CPU the time
 cost is large: convolutions inside a while loop (``jax.lax.map``) run about 10x slower
@@ -32,15 +32,6 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-
-
-def check_remat_chunks(remat_chunks) -> None:
-    if remat_chunks is None:
-        return
-    if (not isinstance(remat_chunks, int) or isinstance(remat_chunks, bool)
-            or remat_chunks < 1):
-        raise ValueError(f"`remat_chunks` must be None (no rematerialisation) or an integer "
-                         f">= 1 (the number of slices of the batch), got {remat_chunks!r}.")
 
 
 def map_chunks(fn: Callable[..., tuple[jax.Array, ...]], chunks: int,

@@ -2,7 +2,9 @@
 
 Every model maps NHWC images ``[B, H, W, C]`` to logits ``[B, K]``;
 ``model(x, return_features=True)`` also returns named feature maps
-``{name: [B, H, W, C]}`` for attention transfer. ``split`` / ``logits_fn`` turn a
+``{name: [B, H, W, C]}`` for attention transfer. Every constructor takes the same
+order: ``(in_channels, num_classes, *, <architecture and sizes>, rngs)`` (the MLP's
+first argument is its flattened input size). ``split`` / ``logits_fn`` turn a
 model into the pure functions :mod:`jaxkd.losses` takes (inference-mode BatchNorm, so
 examples are independent). :func:`create` builds a model by name
 (``create("vgg9", input_shape=(32, 32, 3), num_classes=100, rngs=nnx.Rngs(0),

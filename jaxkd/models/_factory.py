@@ -34,7 +34,8 @@ def _vgg4(shape, k, rngs, *, width: int = 64):
 
 
 def _wrn(shape, k, rngs, *, depth: int = 16, widen_factor: int = 1, width: int = 16):
-    return WideResNet(depth, widen_factor, shape[-1], k, base_width=width, rngs=rngs)
+    return WideResNet(shape[-1], k, depth=depth, widen_factor=widen_factor, width=width,
+                      rngs=rngs)
 
 
 def _resnet18(shape, k, rngs, *, width: int = 64, stem: str = "cifar"):

@@ -35,15 +35,15 @@ class ResNet(Classifier):
     Taps: ``stage1..4``, the output of each stage.
 
     Args:
+      in_channels: input channels ``C``.
+      num_classes: number of logits ``K``.
       stage_sizes: blocks per stage, ``(2, 2, 2, 2)`` for ResNet-18, ``(3, 4, 6, 3)`` for 34.
-      in_channels, num_classes: input channels and number of logits.
       width: 64 for the standard models.
       stem: ``"cifar"`` or ``"imagenet"``.
     """
 
-    def __init__(self, stage_sizes: Sequence[int], in_channels: int = 3,
-                 num_classes: int = 1000, *, width: int = 64, stem: str = "cifar",
-                 rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, num_classes: int, *, stage_sizes: Sequence[int],
+                 width: int = 64, stem: str = "cifar", rngs: nnx.Rngs):
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}.")
         self.in_channels = in_channels
@@ -75,13 +75,15 @@ class ResNet(Classifier):
         return self.head(global_avg_pool(h)), features
 
 
-def resnet18(in_channels: int = 3, num_classes: int = 1000, *, width: int = 64,
+def resnet18(in_channels: int, num_classes: int, *, width: int = 64,
              stem: str = "cifar", rngs: nnx.Rngs) -> ResNet:
     """ResNet-18: basic blocks (2, 2, 2, 2)."""
-    return ResNet((2, 2, 2, 2), in_channels, num_classes, width=width, stem=stem, rngs=rngs)
+    return ResNet(in_channels, num_classes, stage_sizes=(2, 2, 2, 2), width=width, stem=stem,
+                  rngs=rngs)
 
 
-def resnet34(in_channels: int = 3, num_classes: int = 1000, *, width: int = 64,
+def resnet34(in_channels: int, num_classes: int, *, width: int = 64,
              stem: str = "cifar", rngs: nnx.Rngs) -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3)."""
-    return ResNet((3, 4, 6, 3), in_channels, num_classes, width=width, stem=stem, rngs=rngs)
+    return ResNet(in_channels, num_classes, stage_sizes=(3, 4, 6, 3), width=width, stem=stem,
+                  rngs=rngs)

@@ -76,13 +76,13 @@ class VGG(Classifier):
         return self.head(global_avg_pool(h)), features
 
 
-def vgg9(in_channels: int = 3, num_classes: int = 100, *, width: int = 64,
+def vgg9(in_channels: int, num_classes: int, *, width: int = 64,
          rngs: nnx.Rngs) -> VGG:
     """The VGG-9 teacher: 8 conv-BN-ReLU layers in 4 blocks and a linear classifier."""
     return VGG(in_channels, num_classes, plan=VGG9_PLAN, width=width, rngs=rngs)
 
 
-def vgg4(in_channels: int = 3, num_classes: int = 100, *, width: int = 64,
+def vgg4(in_channels: int, num_classes: int, *, width: int = 64,
          rngs: nnx.Rngs) -> VGG:
     """The VGG-4 student: 3 conv-BN-ReLU layers in 3 blocks and a linear classifier."""
     return VGG(in_channels, num_classes, plan=VGG4_PLAN, width=width, rngs=rngs)

@@ -37,31 +37,32 @@ class WideResNet(Classifier):
     """WRN-``depth``-``widen_factor`` for small images (CIFAR layout).
 
     ``(depth - 4) / 6`` pre-activation blocks per group, group widths
-    ``base_width * widen_factor * (1, 2, 4)``, strides 1, 2, 2, then BN-ReLU, global
+    ``width * widen_factor * (1, 2, 4)``, strides 1, 2, 2, then BN-ReLU, global
     average pooling and a linear classifier. No dropout (deterministic training and
     per-example Jacobians).
 
     Taps: ``group1..3``, the output of each group (as in attention transfer).
 
     Args:
+      in_channels: input channels ``C``.
+      num_classes: number of logits ``K``.
       depth: total depth, ``6 n + 4`` (16, 22, 28, 40, ...).
       widen_factor: ``k``.
-      in_channels, num_classes: input channels and number of logits.
-      base_width: 16 in the paper; smaller in tests.
+      width: the base width, 16 in the paper; smaller in tests.
     """
 
-    def __init__(self, depth: int, widen_factor: int, in_channels: int = 3,
-                 num_classes: int = 100, *, base_width: int = 16, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, num_classes: int, *, depth: int = 16,
+                 widen_factor: int = 1, width: int = 16, rngs: nnx.Rngs):
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}.")
         n = (depth - 4) // 6
         self.in_channels = in_channels
-        self.stem = nnx.Conv(in_channels, base_width, (3, 3), padding="SAME", use_bias=False,
+        self.stem = nnx.Conv(in_channels, width, (3, 3), padding="SAME", use_bias=False,
                              rngs=rngs)
         groups = []
-        cin = base_width
+        cin = width
         for g, stride in enumerate((1, 2, 2)):
-            cout = base_width * widen_factor * 2**g
+            cout = width * widen_factor * 2**g
             blocks = []
             for b in range(n):
                 blocks.append(_PreActBlock(cin, cout, stride if b == 0 else 1, rngs=rngs))

@@ -10,7 +10,8 @@
 * :func:`train`: the resumable loop the experiments call;
 * :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_file`: crash-safe
   file writes;
-* :func:`initialize_distributed`, :func:`data_mesh`, :func:`replicate`, :func:`replicated`: scale-out.
+* :func:`initialize_distributed`, :func:`data_mesh`, :func:`replicate`, :func:`replicated`:
+  scale-out (defined in :mod:`jaxkd.sharding`).
 
 See ``docs/training.md``.
 """
@@ -23,10 +24,10 @@ from jaxkd.training._objective import (Objective, Term, TermInputs, attention_ja
                                        attention_transfer, cross_entropy, distillation,
                                        jacobian_matching, jvp_projection, logit_matching,
                                        noisy_distillation, vjp_projection)
-from jaxkd.training._sharding import (DATA_AXIS, HEARTBEAT_TIMEOUT_S,
-                                      LOST_PROCESS_EXIT_CODE, auto_mesh, data_mesh,
-                                      initialize_distributed, is_main_process,
-                                      multi_process_env, replicate, replicated)
+# The scale-out names live in jaxkd.sharding; re-exported here for training code.
+from jaxkd.sharding import (DATA_AXIS, HEARTBEAT_TIMEOUT_S, LOST_PROCESS_EXIT_CODE, auto_mesh,
+                            data_mesh, initialize_distributed, is_main_process,
+                            multi_process_env, replicate, replicated)
 from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
                                   make_train_step)
 

@@ -18,14 +18,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxkd import models
-from jaxkd.data._sharding import data_sharding, shard_batch
+from jaxkd.sharding import (DATA_AXIS, data_mesh, data_sharding, is_main_process, replicate,
+                            replicated, shard_batch)
 from jaxkd.training._checkpoint import Checkpointer
 from jaxkd.training._io import atomic_write_json
 from jaxkd.training._metrics import MetricWriter, read_metrics
 from jaxkd.training._objective import Objective
 from jaxkd.training._progress import progress_bar
-from jaxkd.training._sharding import (DATA_AXIS, data_mesh, is_main_process, replicate,
-                                      replicated)
 from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
                                   make_train_step)
 

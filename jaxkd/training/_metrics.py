@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxkd.training._io import atomic_write_text
-from jaxkd.training._sharding import is_main_process
+from jaxkd.sharding import is_main_process
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -20,9 +20,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from jaxkd import models
-from jaxkd.data._sharding import data_sharding
+from jaxkd.sharding import data_mesh, data_sharding, replicate, replicated
 from jaxkd.training._objective import Objective, TermInputs
-from jaxkd.training._sharding import data_mesh, replicate, replicated
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]

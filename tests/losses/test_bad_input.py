@@ -1,6 +1,7 @@
 """Every bad input of the loss library raises at trace time, naming the argument."""
 
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -86,13 +87,51 @@ CASES = [
      lambda: losses.attention_transfer_loss(jnp.ones((2, 3, 3, 1)), jnp.ones((2, 3, 4, 1)))),
     (ValueError, "non-empty sequences of the same length",
      lambda: losses.attention_transfer_loss([jnp.ones((2, 3, 3, 1))], [])),
+    (ValueError, "`method` must be one of \\('exact', 'hutchinson'\\), got 'hutchinsn'",
+     lambda: losses.weighted_laplacian(STUDENT, X, LOGITS, method="hutchinsn")),
 ]
+EMPTY = jnp.ones((0, D))
+# Every loss of networks, called on the batch `x` (the empty batch below, or a bad sigma).
+NETWORK_LOSSES = {
+    "jacobian_matching_loss": lambda x: losses.jacobian_matching_loss(STUDENT, TEACHER, x),
+    "vjp_projection_loss": lambda x: losses.vjp_projection_loss(STUDENT, TEACHER, x, key=KEY),
+    "jvp_projection_loss": lambda x: losses.jvp_projection_loss(STUDENT, TEACHER, x, key=KEY),
+    "attention_jacobian_loss": lambda x: losses.attention_jacobian_loss(
+        lambda y: y[:, :, None, None], lambda y: y[:, :, None, None], x),
+    "noisy_distillation_loss": lambda x: losses.noisy_distillation_loss(
+        STUDENT, TEACHER, x, key=KEY, sigma=0.1),
+    "squared_noise_expansion": lambda x: losses.squared_noise_expansion(STUDENT, TEACHER, x,
+                                                                        sigma=0.1),
+    "cross_entropy_noise_expansion": lambda x: losses.cross_entropy_noise_expansion(
+        STUDENT, TEACHER, x, sigma=0.1),
+}
+SIGMA_LOSSES = {
+    "noisy_distillation_loss": lambda s: losses.noisy_distillation_loss(STUDENT, TEACHER, X,
+                                                                        key=KEY, sigma=s),
+    "squared_noise_expansion": lambda s: losses.squared_noise_expansion(STUDENT, TEACHER, X,
+                                                                        sigma=s),
+    "cross_entropy_noise_expansion": lambda s: losses.cross_entropy_noise_expansion(
+        STUDENT, TEACHER, X, sigma=s),
+}
 
 
 @pytest.mark.parametrize("error,message,call", CASES, ids=[c[1][:40] for c in CASES])
 def test_bad_input_raises_with_a_clear_message(error, message, call):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("loss", sorted(NETWORK_LOSSES))
+def test_an_empty_batch_is_refused_naming_x(loss):
+    with pytest.raises(ValueError, match=r"`x` has an empty batch \(shape \(0, 4\)\)"):
+        NETWORK_LOSSES[loss](EMPTY)
+
+
+@pytest.mark.parametrize("loss", sorted(SIGMA_LOSSES))
+@pytest.mark.parametrize("sigma", [float("inf"), float("nan")])
+def test_a_non_finite_sigma_is_refused_naming_it(loss, sigma):
+    with pytest.raises(ValueError, match=f"`sigma` must be finite and > 0, got {sigma}"):
+        SIGMA_LOSSES[loss](sigma)
 
 
 def test_checks_run_at_trace_time_under_jit():
@@ -180,3 +219,21 @@ def test_python_lists_are_refused_naming_the_argument(case):
     name = case.split("/")[1]
     with pytest.raises(TypeError, match=f"`{name}`: expected an array, got list"):
         LIST_CASES[case]()
+
+
+CHOICES = [
+    (losses.jacobian_matching_loss, "outputs", losses.OUTPUT_MODES),
+    (losses.vjp_projection_loss, "distribution", losses.DISTRIBUTIONS),
+    (losses.jvp_projection_loss, "distribution", losses.DISTRIBUTIONS),
+    (losses.sample_probes, "distribution", losses.DISTRIBUTIONS),
+    (losses.noisy_distillation_loss, "kind", losses.NOISE_KINDS),
+    (losses.squared_noise_expansion, "curvature", losses.CURVATURE_METHODS),
+    (losses.cross_entropy_noise_expansion, "curvature", losses.CURVATURE_METHODS),
+    (losses.weighted_laplacian, "method", ("exact", "hutchinson")),
+]
+
+
+@pytest.mark.parametrize("fn,name,values", CHOICES, ids=lambda v: getattr(v, "__name__", v))
+def test_choice_arguments_are_typed_as_their_literal_values(fn, name, values):
+    # The type a checker sees and the values the runtime check accepts are one list.
+    assert typing.get_args(typing.get_type_hints(fn)[name]) == tuple(values)

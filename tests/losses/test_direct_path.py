@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxkd import losses
-from jaxkd.losses import _jacobian, _projection
+from jaxkd.losses import _common
 from tests.losses import nets
 
 X_SHAPE = (nets.BATCH, 3, 2)
@@ -80,9 +80,8 @@ def test_direct_path_equals_batched_path(name, monkeypatch):
 
     direct_value, direct_grad = value_and_grad(X)
     # The batched (pre-issue-9) path: a vmap over a size-1 axis of cotangents / tangents.
-    monkeypatch.setattr(_jacobian, "rows_of_vjp", _batched_rows_of_vjp)
-    monkeypatch.setattr(_projection, "rows_of_vjp", _batched_rows_of_vjp)
-    monkeypatch.setattr(_projection, "_tangents", _batched_tangents)
+    monkeypatch.setattr(_common, "rows_of_vjp", _batched_rows_of_vjp)
+    monkeypatch.setattr(_common, "tangents", _batched_tangents)
     batched_value, batched_grad = value_and_grad(X)
     # Same operations up to XLA's fusion and reduction order: float32 round-off. Each
     # value or gradient entry is a sum of at most B * HIDDEN = 32 products, so reordering

@@ -9,11 +9,14 @@ import re
 import pytest
 
 from jaxkd import losses
-from jaxkd.losses import _attention, _distillation, _jacobian, _noise, _projection
+from jaxkd.losses import (_attention, _common, _distillation, _jacobian, _noise, _projection,
+                          _targets)
 
 
-@pytest.mark.parametrize("module", [_attention, _distillation, _jacobian, _noise, _projection],
-                         ids=lambda m: m.__name__)
+MODULES = [_attention, _common, _distillation, _jacobian, _noise, _projection, _targets]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, result
@@ -33,8 +36,8 @@ def _table_signatures():
             name, args = call
             keywords = args.split("*", 1)[1] if "*" in args else ""
             parsed = {}
-            for item in filter(None, (a.strip() for a in re.split(r",\s*(?=\w+[=,]|\w+$)",
-                                                                 keywords.strip(", ")))):
+            items = re.split(r",\s*(?=\w+[=,]|\w+$)", keywords.strip(", "))
+            for item in filter(None, (a.strip() for a in items)):
                 key, _, default = item.partition("=")
                 parsed[key.strip()] = default.strip() or None
             calls.append((name, parsed))
@@ -65,3 +68,27 @@ def test_readme_table_signature_agrees_with_the_function(name, keywords):
     required = {k for k, p in params.items()
                 if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
     assert required <= set(keywords), f"{name}: required {required - set(keywords)} not shown"
+
+
+def _library_section_blocks():
+    text = README.read_text()
+    section = text[text.index("## Use the losses in your own pipeline"):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_library_examples_need_only_the_core_install():
+    """The section's examples import nothing beyond jaxkd's core dependencies (no
+    scikit-learn: ``pip install -e .`` must run them)."""
+    import tomllib
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    blocks = _library_section_blocks()
+    assert len(blocks) >= 2  # the step with the teacher, and with its targets
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in core | {"jaxkd", "functools"}, f"README example imports {name}"

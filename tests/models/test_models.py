@@ -1,5 +1,7 @@
 """Model zoo: output shapes, feature taps, pure-function round trips, BatchNorm policy."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,7 @@ TINY = {
              {"block1": 8, "block2": 4, "block3": 2, "block4": 2}),
     "vgg4": (lambda: models.vgg4(3, 5, width=2, rngs=nnx.Rngs(0)), (3, 16, 16, 3), 5,
              {"block1": 16, "block2": 8, "block3": 4}),
-    "wrn": (lambda: models.WideResNet(10, 2, 3, 5, base_width=2, rngs=nnx.Rngs(0)),
+    "wrn": (lambda: models.WideResNet(3, 5, depth=10, widen_factor=2, width=2, rngs=nnx.Rngs(0)),
             (3, 8, 8, 3), 5, {"group1": 8, "group2": 4, "group3": 2}),
     "resnet18": (lambda: models.resnet18(3, 5, width=2, rngs=nnx.Rngs(0)), (3, 8, 8, 3), 5,
                  {"stage1": 8, "stage2": 4, "stage3": 2, "stage4": 1}),
@@ -118,7 +120,7 @@ def test_wrong_input_shape_raises():
     with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
         model(jnp.ones((2, 8, 8, 1)))
     with pytest.raises(ValueError, match="6n \\+ 4"):
-        models.WideResNet(11, 1, rngs=nnx.Rngs(0))
+        models.WideResNet(3, 10, depth=11, rngs=nnx.Rngs(0))
 
 
 def test_per_example_jacobian_independent_of_batch_composition():
@@ -159,7 +161,8 @@ def _num_params(make) -> int:
      1000, 11_689_512),
     (lambda: models.resnet34(3, 1000, stem="imagenet", rngs=nnx.Rngs(0)), (1, 224, 224, 3),
      1000, 21_797_672),
-    (lambda: models.WideResNet(28, 10, 3, 10, rngs=nnx.Rngs(0)), (1, 32, 32, 3), 10,
+    (lambda: models.WideResNet(3, 10, depth=28, widen_factor=10,
+                               rngs=nnx.Rngs(0)), (1, 32, 32, 3), 10,
      36_479_194),
     # The counts stated in jaxkd/models/_vgg.py (width 64, 100 classes): 4.74M and 0.40M.
     (lambda: models.vgg9(3, 100, rngs=nnx.Rngs(0)), (1, 32, 32, 3), 100, 4_738_596),
@@ -170,3 +173,19 @@ def test_full_size_models_by_shape(make, shape, num_classes, expected):
     out = jax.eval_shape(lambda x: make()(x), jax.ShapeDtypeStruct(shape, jnp.float32))
     assert out.shape == (1, num_classes)
     assert _num_params(make) == expected
+
+
+@pytest.mark.parametrize("constructor", [models.MLP, models.SmallCNN, models.VGG, models.vgg4,
+                                         models.vgg9, models.WideResNet, models.ResNet,
+                                         models.resnet18, models.resnet34],
+                         ids=lambda c: c.__name__)
+def test_every_constructor_takes_inputs_then_classes_then_keywords(constructor):
+    init = constructor.__init__ if inspect.isclass(constructor) else constructor
+    params = list(inspect.signature(init).parameters.values())
+    if params[0].name == "self":
+        params = params[1:]
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional in (["in_channels", "num_classes"], ["in_features", "num_classes"])
+    assert all(p.default is p.empty for p in params[:2])  # both required, no silent 3 / 1000
+    assert params[-1].name == "rngs" and params[-1].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[2:])

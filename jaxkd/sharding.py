@@ -1,12 +1,18 @@
-"""Device meshes, replicated placement and the guarded multi-host start.
+"""Scale-out: device meshes, batch placement, replicated state, the multi-host start.
 
-Data parallelism only: a 1-D mesh with axis ``"data"``; batches are split along their
-leading axis (``P("data")``, placed by :func:`jaxkd.data.shard_batch`), parameters and
-optimizer state are replicated (``P()``).
-Across hosts, every process runs the same program on its own slice of the global batch;
-JAX's ``jax.distributed.initialize()`` must run first, on every host, before anything
-touches a device. :func:`initialize_distributed` is that call, made only when asked or
-when the environment says the job spans several processes.
+Data parallelism only. A 1-D mesh with axis ``"data"`` (:func:`data_mesh`); batches are
+split along their leading axis (``PartitionSpec("data")``, :func:`data_sharding`) and
+placed by :func:`shard_batch`, the one path from host arrays to a batch on the devices;
+parameters and optimizer state are replicated (``PartitionSpec()``, :func:`replicate`).
+Every process passes *its own rows* of the global batch: :func:`shard_batch` assembles
+the global array with ``jax.make_array_from_process_local_data``, so one host and many
+hosts take the same call. Across hosts ``jax.distributed.initialize()`` must run first,
+on every host, before anything touches a device: :func:`initialize_distributed` is that
+call, made only when asked or when the environment says the job spans several processes.
+
+:class:`jaxkd.data.BatchIterator` (``sharding=``), :func:`jaxkd.training.train` and
+:func:`jaxkd.training.evaluate` place batches here; ``jaxkd.data`` and
+``jaxkd.training`` re-export these names.
 
 **A lost process ends the job.** When one process stops (killed, out of memory, its
 host gone), the others cannot go on: they would wait in the step's collectives until
@@ -22,18 +28,104 @@ error. Running the job again resumes from the last complete checkpoint.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxkd.data._sharding import DATA_AXIS, auto_mesh
+__all__ = [
+    "DATA_AXIS", "HEARTBEAT_TIMEOUT_S", "LOST_PROCESS_EXIT_CODE", "auto_mesh", "data_mesh",
+    "data_sharding", "initialize_distributed", "is_main_process", "multi_process_env",
+    "num_batch_shards", "replicate", "replicated", "shard_batch",
+]
+
+DATA_AXIS = "data"
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis of type ``Auto`` (compiler-propagated shardings).
+
+    ``jax.make_mesh`` now defaults to ``Explicit`` axes, under which every intermediate
+    array carries its sharding in its type and the losses' ``jax.vjp`` / ``jax.jvp``
+    calls would need sharded cotangents. The train and evaluation steps only fix the
+    shardings of inputs and outputs and let XLA propagate the rest, so batches and
+    states are placed on the ``Auto`` form of the mesh.
+    """
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names,
+                axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def data_sharding(mesh: Mesh, axis: str = DATA_AXIS) -> NamedSharding:
+    """Splits the leading (batch) axis over ``axis`` of ``mesh``.
+
+    Returns:
+        ``NamedSharding(mesh, PartitionSpec(axis))`` on the ``Auto``-axes form of ``mesh``
+        (:func:`auto_mesh`).
+
+    Raises:
+        ValueError: ``mesh`` has no axis ``axis``.
+    """
+    if axis not in mesh.axis_names:
+        raise ValueError(f"the mesh needs a {axis!r} axis to split batches over; it has "
+                         f"{mesh.axis_names}.")
+    return NamedSharding(auto_mesh(mesh), PartitionSpec(axis))
+
+
+def num_batch_shards(sharding: jax.sharding.Sharding) -> int:
+    """Into how many pieces ``sharding`` splits the leading axis of a batch."""
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec)
+        if not spec or spec[0] is None:
+            return 1
+        axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+        return math.prod(sharding.mesh.shape[a] for a in axes)
+    return len(sharding.device_set)
+
+
+def shard_batch(batch: Mapping[str, Any],
+                sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """Places this process's rows of a batch on the devices, split along the leading axis.
+
+    On one host the rows are the whole batch; on several hosts each process passes its
+    own slice and the global batch is their concatenation in process order
+    (``jax.make_array_from_process_local_data``). Arrays already placed with an
+    equivalent sharding pass through unchanged.
+
+    Args:
+        batch: e.g. ``{"image": [B_local, H, W, C], "label": [B_local]}``.
+        sharding: usually :func:`data_sharding` of the mesh.
+
+    Returns:
+        The same dict of global device arrays, ``[B_local * process_count, ...]``.
+
+    Raises:
+        ValueError: the global batch size is not divisible by the number of batch shards.
+    """
+    shards = num_batch_shards(sharding)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding,
+                                                                            value.ndim):
+            out[key] = value
+            continue
+        local = np.asarray(value)
+        size = local.shape[0] * jax.process_count()
+        if size % shards:
+            raise ValueError(f"batch[{key!r}] has global batch size {size}, which is not "
+                             f"divisible by the {shards} devices of the data axis; choose "
+                             f"a batch size that is a multiple of {shards}.")
+        out[key] = jax.make_array_from_process_local_data(sharding, local)
+    return out
+
 
 # Variables that launchers set when a job spans several processes.
 _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
@@ -209,8 +301,8 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """``NamedSharding(mesh, P())``: a full copy on every device."""
-    return NamedSharding(auto_mesh(mesh), P())
+    """``NamedSharding(mesh, PartitionSpec())``: a full copy on every device."""
+    return NamedSharding(auto_mesh(mesh), PartitionSpec())
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
