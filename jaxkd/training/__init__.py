@@ -40,7 +40,8 @@ __all__ = [
     "TrainStep", "attention_jacobian", "attention_transfer", "auto_mesh", "cross_entropy",
     "data_mesh", "distillation", "evaluate", "init_train_state", "initialize_distributed",
     "is_main_process", "jacobian_matching", "jvp_projection", "logit_matching",
-    "make_eval_step", "make_targets_step", "make_train_step", "TARGETS_KEY", "multi_process_env", "noisy_distillation",
+    "make_eval_step", "make_targets_step", "make_train_step", "multi_process_env",
+    "noisy_distillation", "TARGETS_KEY",
     "read_metrics", "replicate", "replicated", "train", "vjp_projection",
     "atomic_file", "atomic_write_json", "atomic_write_text",
 ]

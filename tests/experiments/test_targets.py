@@ -66,7 +66,8 @@ def test_held_targets_stop_at_the_memory_cap_and_are_then_computed_per_student()
 
 
 def test_which_methods_a_stream_s_targets_serve():
-    objective = lambda m: limited_data.build_objective(m, _config().loss)
+    def objective(method):
+        return limited_data.build_objective(method, _config().loss)
     methods = ["ce", "kd+ce", "logits+jacobian+ce", "kd+vjp+ce", "noisy+ce"]
     options = _targets.stream_options([objective(m) for m in methods])
     assert options == {"outputs": "teacher_top1", "k": 1}

@@ -37,7 +37,8 @@ def test_step_fed_targets_equals_step_running_the_teacher_with_fewer_flops(name)
     fed = {**batch, training.TARGETS_KEY: targets}
     assert (targets.gradients is None) == (name == "ce+kd")
 
-    copy = lambda s: jax.tree.map(jnp.copy, s)  # the step donates its state
+    def copy(s):  # the step donates its state
+        return jax.tree.map(jnp.copy, s)
     ran, ran_m = jax.device_get(step(copy(state), batch))
     got, got_m = jax.device_get(step(copy(state), fed))
     assert ran_m.keys() == got_m.keys()
