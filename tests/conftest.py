@@ -18,7 +18,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # Deterministic property tests: the same examples every run, no deadline (XLA compiles
 # make the first example slow), few examples because each distinct shape compiles.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=15,
-                            print_blob=True)
+                          print_blob=True)
 settings.load_profile("ci")
 
 

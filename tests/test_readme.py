@@ -23,7 +23,7 @@ def test_readme_example_runs(capsys):
 ROOT = README.parent
 FIRST = ('pip install -e ".[experiments]" && '
          "python -m experiments.limited_data --workdir runs/limited_data")
-SECOND = 'pip install -e ".[test]" && python -m pytest'
+SECOND = 'pip install -e ".[test]" && python -m flake8 && python -m pytest'
 # Import name -> distribution name, for the third-party modules experiments/ imports.
 DISTRIBUTIONS = {"absl": "absl-py", "ml_collections": "ml_collections",
                  "matplotlib": "matplotlib", "tqdm": "tqdm", "numpy": "numpy", "jax": "jax",

@@ -27,13 +27,14 @@ def kd_targets_row(monkeypatch):
     return row
 
 
-def test_every_mode_builds_ce_plus_kd_plus_its_term():
+def _tiny_pair(seed):
+    """A tiny user-model student and teacher as pure functions, a batch of 4 and a key."""
     import jax
     import jax.numpy as jnp
 
     student = _user_models.cnn("avg", (4, 8), 10, jnp.float32)
     teacher = _user_models.cnn("avg", (8, 16), 10, jnp.float32)
-    kx, ky, ks, kt = jax.random.split(jax.random.key(0), 4)
+    kx, ky, ks, kt = jax.random.split(jax.random.key(seed), 4)
     x = jax.random.normal(kx, (4, 8, 8, 3))
     y = jax.random.randint(ky, (4,), 0, 10)
     ps, pt = student.init(ks, x), teacher.init(kt, x)
@@ -44,6 +45,13 @@ def test_every_mode_builds_ce_plus_kd_plus_its_term():
     def t_fn(z):
         return teacher.apply(pt, z)
 
+    return s_fn, t_fn, x, y, kt
+
+
+def test_every_mode_builds_ce_plus_kd_plus_its_term():
+    import jax.numpy as jnp
+
+    s_fn, t_fn, x, y, kt = _tiny_pair(0)
     kd = _user_models.MODES["kd"].objective(s_fn, t_fn, x, y, kt)
     assert kd.shape == (4,) and bool(jnp.all(kd > 0))
     for name, mode in _user_models.MODES.items():
@@ -75,22 +83,7 @@ def test_a_row_with_teacher_input_feeds_the_step_precomputed_targets(kd_targets_
 
 
 def test_a_row_with_teacher_input_computes_the_kd_rows_loss(kd_targets_row):
-    import jax
-    import jax.numpy as jnp
-
-    student = _user_models.cnn("avg", (4, 8), 10, jnp.float32)
-    teacher = _user_models.cnn("avg", (8, 16), 10, jnp.float32)
-    kx, ky, ks, kt = jax.random.split(jax.random.key(1), 4)
-    x = jax.random.normal(kx, (4, 8, 8, 3))
-    y = jax.random.randint(ky, (4,), 0, 10)
-    ps, pt = student.init(ks, x), teacher.init(kt, x)
-
-    def s_fn(z):
-        return student.apply(ps, z)
-
-    def t_fn(z):
-        return teacher.apply(pt, z)
-
+    s_fn, t_fn, x, y, kt = _tiny_pair(1)
     targets = kd_targets_row.teacher_input(t_fn, x, y, kt)
     np.testing.assert_allclose(kd_targets_row.objective(s_fn, targets, x, y, kt),
                                _user_models.MODES["kd"].objective(s_fn, t_fn, x, y, kt),
