@@ -102,19 +102,7 @@ def test_the_jm_row_fed_teacher_targets_computes_jm_and_runs_no_teacher():
     step.run()
     assert step.flops < jm_step.flops
     row = _user_models.MODES["jm_targets"]
-    student = _user_models.cnn("avg", (4, 8), 10, jax.numpy.float32)
-    teacher = _user_models.cnn("avg", (8, 16), 10, jax.numpy.float32)
-    kx, ky, ks, kt = jax.random.split(jax.random.key(2), 4)
-    x = jax.random.normal(kx, (4, 8, 8, 3))
-    y = jax.random.randint(ky, (4,), 0, 10)
-    ps, pt = student.init(ks, x), teacher.init(kt, x)
-
-    def s_fn(z):
-        return student.apply(ps, z)
-
-    def t_fn(z):
-        return teacher.apply(pt, z)
-
+    s_fn, t_fn, x, y, kt = _tiny_pair(2)
     np.testing.assert_allclose(row.objective(s_fn, row.teacher_input(t_fn, x, y, kt), x, y, kt),
                                _user_models.MODES["jm"].objective(s_fn, t_fn, x, y, kt),
                                rtol=1e-5)
