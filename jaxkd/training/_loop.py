@@ -94,10 +94,19 @@ def _check_batch(batch: Any, where: str) -> None:
                          f"{tuple(label.shape)} labels; expected [B, ...] and [B].")
     targets = batch.get(TARGETS_KEY)
     if targets is not None:
-        rows = {tuple(np.shape(leaf))[:1] for leaf in jax.tree.leaves(targets)}
-        if rows != {tuple(label.shape)}:
+        rows = {_global_rows(leaf) for leaf in jax.tree.leaves(targets)}
+        if rows != {_global_rows(label)}:
             raise ValueError(f"{where} has teacher targets of {sorted(rows)} rows for "
-                             f"{label.shape[0]} labels; they must be the batch's targets.")
+                             f"{_global_rows(label)} labels (global batch); they must be "
+                             "the batch's targets.")
+
+
+def _global_rows(a: Any) -> int:
+    """Rows of the global batch: a placed array is global, a host array is this
+    process's rows (``shard_batch`` concatenates the processes')."""
+    if isinstance(a, jax.Array):
+        return int(a.shape[0])
+    return int(np.shape(a)[0]) * jax.process_count()
 
 
 def _place(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxkd import data, training
+from jaxkd import data, losses, training
 from tests.training import _helpers as h
 
 OBJECTIVES = {
@@ -110,3 +110,16 @@ def test_targets_the_objective_cannot_use_are_refused():
         step(state, {**batch, "teacher_targets": {"logits": batch["image"]}})
     with pytest.raises(ValueError, match="needs a teacher"):
         training.make_targets_step(None, mesh)
+
+
+def test_train_refuses_targets_of_another_batch_size(tmp_path):
+    objective, mesh = OBJECTIVES["ce+kd"](), training.data_mesh(1)
+    x, y = h.images(h.BATCH)
+    logits = np.zeros((h.BATCH // 2, h.NUM_CLASSES), np.float32)
+
+    def batches():
+        while True:
+            yield {"image": x, "label": y, "teacher_targets": losses.TeacherTargets(logits)}
+    with pytest.raises(ValueError, match=r"teacher targets of \[8\] rows for 16 labels"):
+        training.train(h.student(), objective, optax.sgd(0.1), batches(), num_steps=1,
+                       mesh=mesh, workdir=tmp_path, progress=False, tensorboard=False)
