@@ -107,6 +107,9 @@ def targets(rows: list[dict]) -> list[dict]:
                 rm["peak_bytes"] / kd["peak_bytes"], ("<=", 2.0),
                 f"XLA memory_analysis; {rm['note']}")
             add(f"[{b}] JM with remat / without (time)", ratio(rm, jm), None, rm["note"])
+        add(f"[{b}] JM step fed teacher targets / JM step (time)",
+            ratio(find(b, c, "jm_targets"), jm), None,
+            "user_avg; the targets computed ahead, untimed")
         add(f"[{b}] bf16 / f32 KD step (time)", ratio(find(b, c, "kd_bf16"), kd), None,
             "networks in bfloat16")
         add(f"[{b}] bf16 / f32 JM step (time)", ratio(find(b, c, "jm_bf16"), jm), None,

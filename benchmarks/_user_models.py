@@ -23,7 +23,10 @@ constants). The modes, one entry each in :data:`MODES` (CE + KD, plus):
   rematerialised (``jacobian_matching_loss(remat_chunks=...)``);
 * ``kd_bf16`` / ``jm_bf16``: ``kd`` / ``jm`` with both networks computing in bfloat16
   (``dtype=jnp.bfloat16``; parameters, logits, gradient normalisation and the loss
-  reductions in float32).
+  reductions in float32);
+* ``jm_targets``: ``jm``'s loss with the teacher's part computed ahead of training
+  (``teacher_targets(outputs="label")``, untimed) and fed to the step, which then runs
+  only the student: what a student sharing a data stream with others pays.
 
 A new mode is one entry of :data:`MODES` (and, when its loss is not a library call, one
 function); a mode whose step takes teacher targets computed ahead of training instead of
@@ -174,6 +177,22 @@ def _jm_by_hand(s, t, x, y, key):
     return hand_jacobian_matching(s, t, x, y)
 
 
+def _ce_kd_jm_on_targets(s, targets, x, y, key):
+    """``jm``'s CE + KD + label-output JM, the teacher given as its ``TeacherTargets``."""
+    import optax
+
+    from jaxkd import losses
+    logits = s(x)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            + losses.distillation_loss(logits, targets.logits, temperature=TEMPERATURE)
+            + losses.jacobian_matching_loss(s, targets, x, labels=y, outputs="label"))
+
+
+def _label_targets(teacher_fn, x, y, key):
+    from jaxkd import losses
+    return losses.teacher_targets(teacher_fn, x, labels=y, outputs="label")
+
+
 # One entry per mode; ``--modes`` chooses from these names, in this order by default.
 MODES: dict[str, Mode] = {
     "kd": Mode(ce_kd()),
@@ -186,6 +205,8 @@ MODES: dict[str, Mode] = {
                      note=f"jacobian_matching_loss(remat_chunks={REMAT_CHUNKS})"),
     "kd_bf16": Mode(ce_kd(), dtype="bfloat16", note="networks in bfloat16"),
     "jm_bf16": Mode(ce_kd(_jm_label), dtype="bfloat16", note="networks in bfloat16"),
+    "jm_targets": Mode(_ce_kd_jm_on_targets, teacher_input=_label_targets,
+                       note="fed teacher_targets (computed ahead, untimed)"),
 }
 
 

@@ -12,7 +12,7 @@ into its ``config.json`` when it starts and its ``result.json`` when it ends.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -63,7 +63,9 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         test: data.Dataset, seed: int, augment: bool = False, flip: bool = False,
         progress: bool | str = False, tensorboard: bool = False,
         describe: Mapping[str, Any] | None = None,
-        run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        run_config: Mapping[str, Any] | None = None,
+        feed: Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]] | None = None
+        ) -> dict[str, Any]:
     """Trains ``student`` with the built ``step``; returns (and saves) its result.
 
     Evaluates on ``validation`` ``train_cfg.num_evals`` times (a checkpoint each time),
@@ -72,6 +74,8 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     (training and evaluation). A finished ``run_dir`` is returned as it is; one whose
     ``result.json`` cannot be read is computed again (``_workdir.discard_damaged_result``).
     ``describe`` and ``run_config`` (under ``_workdir.RUN_CONFIG``) are recorded with it.
+    ``feed`` wraps the (restorable) train batches, e.g. to attach the teacher's targets
+    (``_targets.SharedTargets.feed``); it must keep ``get_state`` / ``set_state``.
     """
     result = _workdir.read_result(run_dir)
     if result is not None:
@@ -90,10 +94,10 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     size = train_cfg.eval_batch_size
     val_batches = _data.eval_batches(validation.images, validation.labels, size)
     t0 = time.perf_counter()
+    batches = _data.train_batches(train_set, batch_size=train_cfg.batch_size, seed=seed,
+                                  augment=augment, flip=flip)
     out = training.train(
-        student, step.objective, step.optimizer,
-        _data.train_batches(train_set, batch_size=train_cfg.batch_size, seed=seed,
-                            augment=augment, flip=flip),
+        student, step.objective, step.optimizer, feed(batches) if feed else batches,
         workdir=run_dir, num_steps=num_steps, eval_data=val_batches, seed=seed,
         checkpoint_every=every, eval_every=every, log_every=every, max_to_keep=None,
         progress=progress, tensorboard=tensorboard, config=describe, train_step=step)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -37,7 +38,8 @@ from typing import Any, NamedTuple
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _budget, _data, _fit, _report, _runtime, _search, _sweep, _workdir
+from experiments import (_budget, _data, _fit, _report, _runtime, _search, _sweep, _targets,
+                         _workdir)
 from experiments.configs import _base
 from jaxkd import models, training
 
@@ -295,13 +297,21 @@ class Trainer:
     """Fits one network of a session; builds each distinct train step once.
 
     The budget of a size (``_budget``) is the same for every cell of that size, so the
-    cells of one method, weights and step count share one built (compiled) step.
+    cells of one method, weights and step count share one built (compiled) step. The
+    cells of one size and seed read the same stream of batches: the teacher's targets of
+    each batch are computed once for every method that can be fed them
+    (``_targets``); the others run the teacher in their step.
     """
 
     def __init__(self, session: Session):
         self.s = session
         self._train_cfgs: dict[Any, ConfigDict] = {}
         self._steps: dict[Any, training.TrainStep] = {}
+        config = session.config
+        options = _targets.stream_options(
+            [session.study.objective(m, config.loss) for m in config.methods])
+        self.targets = (None if options is None else
+                        _targets.SharedTargets(session.teacher, session.mesh, options))
 
     def train_cfg(self, key: str, examples_per_class) -> ConfigDict:
         """``config[key]`` with the size's budget (``_budget``)."""
@@ -329,10 +339,15 @@ class Trainer:
         s = self.s
         config, splits = s.config, s.data.student.splits
         cfg = self.train_cfg(s.study.train_key(method), examples_per_class)
+        step = self.step(method, weights, examples_per_class)
+        feed = None
+        if self.targets is not None and _targets.serves(self.targets.options, step.objective):
+            stream = (examples_per_class, seed, cfg.batch_size, config.augment, config.flip)
+            feed = functools.partial(self.targets.feed, stream)
         return _fit.fit(
             run_dir,
             student=s.study.make_student(config, s.data, method, seed, s.teacher),
-            step=self.step(method, weights, examples_per_class), train_cfg=cfg,
+            step=step, train_cfg=cfg, feed=feed,
             train_set=_data.subset(splits.train, examples_per_class, seed),
             validation=splits.validation, test=splits.test, seed=seed,
             augment=config.augment, flip=config.flip,

@@ -95,7 +95,7 @@ def lwf_distillation(weight: float, *, temperature: float) -> training.Term:
         del key
         return losses.distillation_loss(_source_logits(inputs.student_features[SOURCE_TAP]),
                                         inputs.teacher_logits, temperature=temperature)
-    return training.Term("lwf", weight, fn)
+    return training.Term("lwf", weight, fn, targets={})
 
 
 def lwf_jacobian(weight: float, *, outputs: str, k: int, normalize: bool) -> training.Term:
@@ -104,9 +104,9 @@ def lwf_jacobian(weight: float, *, outputs: str, k: int, normalize: bool) -> tra
         del key
         head = inputs.student_feature_fn(SOURCE_TAP)
         return losses.jacobian_matching_loss(lambda x: _source_logits(head(x)),
-                                             inputs.teacher_fn, inputs.x, outputs=outputs,
+                                             inputs.teacher, inputs.x, outputs=outputs,
                                              k=k, normalize=normalize)
-    return training.Term("lwf_jacobian", weight, fn)
+    return training.Term("lwf_jacobian", weight, fn, targets={"outputs": outputs, "k": k})
 
 
 # The method table. Every row trains with cross-entropy on the target; "no_transfer"

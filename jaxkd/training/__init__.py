@@ -3,6 +3,8 @@
 * :class:`Objective` of :class:`Term` s (``cross_entropy``, ``distillation``,
   ``logit_matching``, ``jacobian_matching``, ``vjp_projection``, ``jvp_projection``,
   ``noisy_distillation``, ``attention_transfer``, ``attention_jacobian``);
+* :func:`make_targets_step`: the teacher's targets of a batch, computed once, which a
+  train step fed them (``batch["teacher_targets"]``) uses instead of running the teacher;
 * :func:`make_train_step` (a :class:`TrainStep`) / :func:`make_eval_step`: one
   ``jax.jit`` each, batch sharded ``P("data")`` (placed by :func:`jaxkd.data.shard_batch`),
   state replicated and donated, teacher frozen by structure;
@@ -28,8 +30,8 @@ from jaxkd.training._objective import (Objective, Term, TermInputs, attention_ja
 from jaxkd.sharding import (DATA_AXIS, HEARTBEAT_TIMEOUT_S, LOST_PROCESS_EXIT_CODE, auto_mesh,
                             data_mesh, initialize_distributed, is_main_process,
                             multi_process_env, replicate, replicated)
-from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
-                                  make_train_step)
+from jaxkd.training._step import (TARGETS_KEY, TrainState, TrainStep, init_train_state,
+                                  make_eval_step, make_targets_step, make_train_step)
 
 __all__ = [
     "CheckpointError", "Checkpointer", "DATA_AXIS", "HEARTBEAT_TIMEOUT_S",
@@ -38,7 +40,8 @@ __all__ = [
     "TrainStep", "attention_jacobian", "attention_transfer", "auto_mesh", "cross_entropy",
     "data_mesh", "distillation", "evaluate", "init_train_state", "initialize_distributed",
     "is_main_process", "jacobian_matching", "jvp_projection", "logit_matching",
-    "make_eval_step", "make_train_step", "multi_process_env", "noisy_distillation",
+    "make_eval_step", "make_targets_step", "make_train_step", "multi_process_env",
+    "noisy_distillation", "TARGETS_KEY",
     "read_metrics", "replicate", "replicated", "train", "vjp_projection",
     "atomic_file", "atomic_write_json", "atomic_write_text",
 ]

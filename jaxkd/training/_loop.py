@@ -25,8 +25,8 @@ from jaxkd.training._io import atomic_write_json
 from jaxkd.training._metrics import MetricWriter, read_metrics
 from jaxkd.training._objective import Objective
 from jaxkd.training._progress import progress_bar
-from jaxkd.training._step import (TrainState, TrainStep, init_train_state, make_eval_step,
-                                  make_train_step)
+from jaxkd.training._step import (TARGETS_KEY, TrainState, TrainStep, init_train_state,
+                                  make_eval_step, make_train_step)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,6 +92,34 @@ def _check_batch(batch: Any, where: str) -> None:
     if len(image.shape) < 2 or image.shape[0] != label.shape[0]:
         raise ValueError(f"{where} has {tuple(image.shape)} images for "
                          f"{tuple(label.shape)} labels; expected [B, ...] and [B].")
+    targets = batch.get(TARGETS_KEY)
+    if targets is not None:
+        rows = {_global_rows(leaf) for leaf in jax.tree.leaves(targets)}
+        if rows != {_global_rows(label)}:
+            raise ValueError(f"{where} has teacher targets of {sorted(rows)} rows for "
+                             f"{_global_rows(label)} labels (global batch); they must be "
+                             "the batch's targets.")
+
+
+def _global_rows(a: Any) -> int:
+    """Rows of the global batch: a placed array is global, a host array is this
+    process's rows (``shard_batch`` concatenates the processes')."""
+    if isinstance(a, jax.Array):
+        return int(a.shape[0])
+    return int(np.shape(a)[0]) * jax.process_count()
+
+
+def _place(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """The batch sharded ``P("data")``, its teacher targets (a pytree) leaf by leaf."""
+    sharding = data_sharding(mesh)
+    targets = batch.get(TARGETS_KEY)
+    placed = shard_batch({k: v for k, v in batch.items() if k != TARGETS_KEY}, sharding)
+    if targets is not None:
+        leaves, treedef = jax.tree.flatten(targets)
+        leaves = shard_batch(dict(enumerate(leaves)), sharding)
+        placed[TARGETS_KEY] = jax.tree.unflatten(treedef, [leaves[i]
+                                                           for i in range(len(leaves))])
+    return placed
 
 
 def evaluate(eval_step, state: TrainState, batches: EvalData, mesh: Mesh, *,
@@ -189,7 +217,10 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
       optimizer: an optax transformation.
       train_data: an iterator of ``{"image": [B, H, W, C], "label": [B]}`` batches (host
         arrays of this process's rows, or arrays already sharded ``P("data")``). For
-        exact resume it must have ``get_state() -> dict`` and ``set_state(dict)``.
+        exact resume it must have ``get_state() -> dict`` and ``set_state(dict)``. A
+        batch may also carry ``"teacher_targets"``, the teacher's precomputed
+        :class:`jaxkd.losses.TeacherTargets` on it (see :func:`make_train_step`): that
+        step then does not run the teacher.
       workdir: run directory: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
         ``config.json``.
       num_steps: total number of updates (counting those before a resume); None runs
@@ -293,7 +324,7 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                                  "iterator that repeats, or num_steps=None.") from None
             where = f"the batch of step {step + 1}"
             _check_batch(batch, f"train_data's batch for step {step + 1}")
-            batch = shard_batch(batch, data_sharding(mesh))
+            batch = _place(batch, mesh)
             if num_classes is None:
                 num_classes = _num_classes(state, batch["image"])
             # Dispatched with the step and fetched with its metrics: no extra sync. A bad

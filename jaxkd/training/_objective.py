@@ -15,12 +15,20 @@ Which forward each term sees:
   its own (see ``docs/training.md``);
 * the teacher is always in inference mode and is a constant: its parameters are not an
   argument of the differentiated function, and the losses stop its gradient as well.
+
+**Precomputed teacher targets.** The teacher's part of the distillation and Jacobian
+terms does not depend on the student. A term that declares ``Term.targets`` (the
+``jaxkd.losses.teacher_targets`` options it needs) can be fed a
+:class:`jaxkd.losses.TeacherTargets` instead of the teacher (``TermInputs.teacher_targets``,
+with ``teacher_logits`` its logits and no ``teacher_fn``): a step fed the targets never runs
+the teacher. :meth:`Objective.targets_options` says which targets serve all its terms.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +54,8 @@ class TermInputs:
       teacher_fn: pure teacher ``x -> logits``.
       student_feature_fn: ``name -> (x -> student feature map)``, inference mode.
       teacher_feature_fn: ``name -> (x -> teacher feature map)``.
+      teacher_targets: the teacher's precomputed targets on this batch, or None; when
+        given, ``teacher_logits`` are their logits and the teacher functions are None.
     """
     x: jax.Array
     labels: jax.Array
@@ -57,6 +67,13 @@ class TermInputs:
     teacher_features: Mapping[str, jax.Array] | None = None
     teacher_fn: Fn | None = None
     teacher_feature_fn: Callable[[str], Fn] | None = None
+    teacher_targets: losses.TeacherTargets | None = None
+
+    @property
+    def teacher(self) -> Fn | losses.TeacherTargets | None:
+        """What a Jacobian loss takes in ``teacher_fn``'s place: the targets when the
+        batch carries them, else the teacher function."""
+        return self.teacher_targets if self.teacher_targets is not None else self.teacher_fn
 
 
 TermFn = Callable[[TermInputs, jax.Array], jax.Array]
@@ -71,11 +88,17 @@ class Term:
       weight: its weight in the total loss.
       fn: ``(inputs: TermInputs, key) -> [batch_size]`` per-example values.
       needs_teacher: whether ``fn`` reads the teacher fields.
+      targets: the :func:`jaxkd.losses.teacher_targets` options (``outputs``, ``k``) of
+        the precomputed targets ``fn`` can be fed instead of the teacher: ``{}`` when it
+        reads only ``teacher_logits``, ``{"outputs": ..., "k": ...}`` when it reads input
+        gradients through :attr:`TermInputs.teacher`; None (the default) when it needs
+        the teacher itself (its feature maps, random probes, noisy inputs).
     """
     name: str
     weight: float
     fn: TermFn
     needs_teacher: bool = True
+    targets: Mapping[str, Any] | None = None
 
 
 class Objective:
@@ -101,13 +124,43 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(t.needs_teacher for t in self.terms)
 
+    def targets_options(self) -> dict[str, Any] | None:
+        """The ``outputs`` and ``k`` of the :func:`jaxkd.losses.teacher_targets` that can
+        stand for the teacher in every term, or None when none can.
+
+        None when the objective has no teacher term, or one of them needs the teacher
+        itself (``Term.targets`` is None), or two need input gradients of different
+        outputs. ``outputs`` is None when the terms read only the teacher's logits.
+        """
+        if not self.needs_teacher:
+            return None
+        wanted = [t.targets for t in self.terms if t.needs_teacher]
+        if any(w is None for w in wanted):
+            return None
+        grads = {(w["outputs"], w.get("k", 1)) for w in wanted if w.get("outputs")}
+        if len(grads) > 1:
+            return None
+        outputs, k = grads.pop() if grads else (None, 1)
+        return {"outputs": outputs, "k": k}
+
+    def terms_needing_teacher(self) -> list[str]:
+        """The teacher terms that cannot be fed precomputed targets."""
+        return [t.name for t in self.terms if t.needs_teacher and t.targets is None]
+
     def __call__(self, inputs: TermInputs,
                  key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(total scalar loss, {"loss/<name>": unweighted batch mean})``."""
-        if self.needs_teacher and inputs.teacher_fn is None:
+        if (self.needs_teacher and inputs.teacher_fn is None
+                and inputs.teacher_targets is None):
             raise ValueError("this objective has teacher terms "
                              f"{[t.name for t in self.terms if t.needs_teacher]} "
-                             "but no teacher was given.")
+                             "but no teacher (nor teacher targets) was given.")
+        if inputs.teacher_fn is None and inputs.teacher_targets is not None:
+            if self.targets_options() is None:
+                raise ValueError(
+                    f"{self!r} was fed teacher targets, but its terms cannot all use them "
+                    f"(terms that need the teacher itself: {self.terms_needing_teacher()}, "
+                    f"or terms needing gradients of different outputs): run the teacher.")
         total = jnp.zeros((), jnp.float32)
         values = {}
         for i, term in enumerate(self.terms):
@@ -149,7 +202,7 @@ def distillation(weight: float = 1.0, *, temperature: float = 1.0,
         del key
         return losses.distillation_loss(inputs.student_logits, inputs.teacher_logits,
                                         temperature=temperature)
-    return Term(name, weight, fn)
+    return Term(name, weight, fn, targets={})
 
 
 def logit_matching(weight: float = 1.0, *, name: str = "logits") -> Term:
@@ -157,7 +210,7 @@ def logit_matching(weight: float = 1.0, *, name: str = "logits") -> Term:
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
         return losses.logit_matching_loss(inputs.student_logits, inputs.teacher_logits)
-    return Term(name, weight, fn)
+    return Term(name, weight, fn, targets={})
 
 
 def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: int = 1,
@@ -176,10 +229,10 @@ def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: 
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
         return losses.jacobian_matching_loss(
-            inputs.student_fn, inputs.teacher_fn, inputs.x,
+            inputs.student_fn, inputs.teacher, inputs.x,
             labels=inputs.labels if outputs == "label" else None,
             outputs=outputs, k=k, normalize=normalize, remat_chunks=remat_chunks)
-    return Term(name, weight, fn)
+    return Term(name, weight, fn, targets={"outputs": outputs, "k": k})
 
 
 def vjp_projection(weight: float = 1.0, *, num_probes: int = 1,

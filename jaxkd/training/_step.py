@@ -4,6 +4,10 @@ One ``jax.jit`` per step with explicit shardings: batch ``P("data")``, everythin
 replicated ``P()``, the train state donated. The teacher is not part of the state: its
 ``(params, rest)`` are a separate, non-donated argument that the differentiated function
 never receives, so it is frozen by structure and never checkpointed.
+
+A batch may carry the teacher's precomputed targets (``batch["teacher_targets"]``, a
+:class:`jaxkd.losses.TeacherTargets` of the batch, e.g. from :func:`make_targets_step`):
+the step then feeds them to the objective's terms and does not run the teacher.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from jaxkd import models
+from jaxkd import losses, models
 from jaxkd.sharding import data_mesh, data_sharding, replicate, replicated
 from jaxkd.training._objective import Objective, TermInputs
 
-Batch = Mapping[str, jax.Array]
+Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
+# The batch entry that carries the teacher's precomputed targets.
+TARGETS_KEY = "teacher_targets"
 
 
 @struct.dataclass
@@ -79,7 +85,12 @@ def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
     x, labels = batch["image"], batch["label"]
 
     teacher = {}
-    if teacher_graphdef is not None:
+    targets = batch.get(TARGETS_KEY)
+    if targets is not None:
+        check_targets_fit(objective, targets)
+        # The targets stand for the teacher: no teacher pass in this step.
+        teacher = dict(teacher_logits=targets.logits, teacher_targets=targets)
+    elif teacher_graphdef is not None:
         t_params, t_rest = jax.lax.stop_gradient(teacher_vars)
         t_logits, t_features, _ = models.apply(teacher_graphdef, t_params, t_rest, x)
         teacher = dict(
@@ -114,6 +125,27 @@ def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1, params=params, rest=new_rest,
                               opt_state=opt_state)
     return new_state, metrics
+
+
+def check_targets_fit(objective: Objective, targets: Any) -> None:
+    """Raises ``ValueError`` unless ``objective`` can be fed ``targets`` for the teacher."""
+    if not isinstance(targets, losses.TeacherTargets):
+        raise ValueError(f"batch[{TARGETS_KEY!r}] must be a jaxkd.losses.TeacherTargets "
+                         f"(from teacher_targets or make_targets_step), got "
+                         f"{type(targets).__name__}.")
+    options = objective.targets_options()
+    if options is None:
+        raise ValueError(
+            f"batch[{TARGETS_KEY!r}]: {objective!r} cannot be fed teacher targets (terms "
+            f"that need the teacher itself: {objective.terms_needing_teacher()}, or no "
+            f"teacher term); leave the targets out of its batches.")
+    if options["outputs"] is not None and (
+            targets.outputs != options["outputs"]
+            or (options["outputs"] == "top_k" and targets.k != options["k"])):
+        raise ValueError(
+            f"batch[{TARGETS_KEY!r}] holds targets of outputs={targets.outputs!r} "
+            f"(k={targets.k}); {objective!r} needs outputs={options['outputs']!r} "
+            f"(k={options['k']}): compute them with objective.targets_options().")
 
 
 @functools.lru_cache(maxsize=16)
@@ -159,7 +191,12 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
 
     ``batch`` is ``{"image": [B, H, W, C], "label": [B]}`` (``B`` divisible by the mesh
     size), sharded ``P("data")`` over ``mesh`` (default: all devices,
-    :func:`jaxkd.training.data_mesh`; place batches with :func:`jaxkd.data.shard_batch`);
+    :func:`jaxkd.training.data_mesh`; place batches with :func:`jaxkd.data.shard_batch`),
+    optionally with ``"teacher_targets"``: the teacher's :class:`jaxkd.losses.TeacherTargets`
+    on the batch (options ``objective.targets_options()``, e.g. from
+    :func:`make_targets_step`), sharded alike; a step fed them does not run the teacher,
+    and gives the loss and update of the step that runs it up to float round-off. Such
+    an objective may then be built without ``teacher`` (every batch must carry targets);
     the state is replicated and donated (do not reuse the state you pass in). The step
     RNG is ``fold_in(state.key, state.step)``; terms get ``fold_in(that, term_index)``.
 
@@ -177,13 +214,50 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
     """
     mesh = data_mesh() if mesh is None else mesh
     teacher_graphdef, teacher_vars = _teacher_parts(teacher)
-    if objective.needs_teacher and teacher_graphdef is None:
-        raise ValueError(f"{objective!r} has teacher terms but teacher is None.")
+    if (objective.needs_teacher and teacher_graphdef is None
+            and objective.targets_options() is None):
+        raise ValueError(f"{objective!r} has teacher terms but teacher is None (only an "
+                         f"objective whose terms can all be fed teacher targets, with "
+                         f"batches that carry them, trains without the teacher).")
     if teacher_vars is not None:
         teacher_vars = replicate(teacher_vars, mesh)
     return TrainStep(jitted=_jitted_train_step(objective, optimizer, teacher_graphdef, mesh),
                      teacher_vars=teacher_vars, objective=objective, optimizer=optimizer,
                      mesh=mesh)
+
+
+def make_targets_step(teacher: nnx.Module | models.Split, mesh: Mesh | None = None, *,
+                      outputs: str | None = None, k: int = 1
+                      ) -> Callable[[Batch], losses.TeacherTargets]:
+    """Builds the jitted ``targets_step(batch) -> TeacherTargets`` of ``teacher``.
+
+    ``jaxkd.losses.teacher_targets`` of the teacher (inference mode) on ``batch["image"]``
+    (with ``batch["label"]`` for ``outputs="label"``), computed with the shardings of the
+    train step (batch ``P("data")``, teacher replicated): its result is what
+    ``batch["teacher_targets"]`` of :func:`make_train_step` takes. Pass the objective's
+    options: ``make_targets_step(teacher, mesh, **objective.targets_options())``.
+    Computing the targets of a batch once and feeding them to several students saves
+    every student step its teacher passes.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    graphdef, teacher_vars = _teacher_parts(teacher)
+    if graphdef is None:
+        raise ValueError("make_targets_step needs a teacher (a module or a models.Split).")
+    teacher_vars = replicate(teacher_vars, mesh)
+    jitted = _jitted_targets_step(graphdef, mesh, outputs, k)
+    return lambda batch: jitted(teacher_vars, batch["image"], batch["label"])
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_targets_step(graphdef: nnx.GraphDef, mesh: Mesh, outputs: str | None, k: int):
+    def targets(teacher_vars, x, labels):
+        t_params, t_rest = jax.lax.stop_gradient(teacher_vars)
+        return losses.teacher_targets(models.logits_fn(graphdef, t_params, t_rest), x,
+                                      labels=labels if outputs == "label" else None,
+                                      outputs=outputs, k=k)
+    return jax.jit(targets, in_shardings=(replicated(mesh), data_sharding(mesh),
+                                          data_sharding(mesh)),
+                   out_shardings=data_sharding(mesh))
 
 
 def _eval_step(state: TrainState, batch: Batch) -> Metrics:

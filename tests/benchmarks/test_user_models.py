@@ -56,7 +56,8 @@ def test_every_mode_builds_ce_plus_kd_plus_its_term():
     assert kd.shape == (4,) and bool(jnp.all(kd > 0))
     for name, mode in _user_models.MODES.items():
         assert mode.dtype in ("float32", "bfloat16"), name
-        loss = mode.objective(s_fn, t_fn, x, y, kt)
+        given = t_fn if mode.teacher_input is None else mode.teacher_input(t_fn, x, y, kt)
+        loss = mode.objective(s_fn, given, x, y, kt)
         assert loss.shape == (4,), name
         if name.startswith("kd"):
             np.testing.assert_allclose(loss, kd, rtol=1e-6, err_msg=name)
@@ -87,6 +88,24 @@ def test_a_row_with_teacher_input_computes_the_kd_rows_loss(kd_targets_row):
     np.testing.assert_allclose(kd_targets_row.objective(s_fn, targets, x, y, kt),
                                _user_models.MODES["kd"].objective(s_fn, t_fn, x, y, kt),
                                rtol=1e-6)
+
+
+def test_the_jm_row_fed_teacher_targets_computes_jm_and_runs_no_teacher():
+    import jax
+
+    lowered, finish = _user_models.make_step("user_avg", "jm_targets", **SIZES)
+    jm_lowered, jm_finish = _user_models.make_step("user_avg", "jm", **SIZES)
+    # The compiled step takes the targets: the logits [B, K] and the gradients [B, 1, D].
+    shapes = sorted(a.shape for a in jax.tree.leaves(lowered.args_info[0][2]))
+    assert shapes == [(4, 1), (4, 1, 8 * 8 * 3), (4, 10)]
+    step, jm_step = finish(lowered.compile(), 0.0), jm_finish(jm_lowered.compile(), 0.0)
+    step.run()
+    assert step.flops < jm_step.flops
+    row = _user_models.MODES["jm_targets"]
+    s_fn, t_fn, x, y, kt = _tiny_pair(2)
+    np.testing.assert_allclose(row.objective(s_fn, row.teacher_input(t_fn, x, y, kt), x, y, kt),
+                               _user_models.MODES["jm"].objective(s_fn, t_fn, x, y, kt),
+                               rtol=1e-5)
 
 
 def test_an_unknown_mode_or_case_is_named_in_the_error():

@@ -125,8 +125,19 @@ def test_objective_validation():
     with pytest.raises(ValueError, match="unique"):
         training.Objective(training.cross_entropy(), training.cross_entropy())
     with pytest.raises(ValueError, match="teacher"):
-        training.make_train_step(training.Objective(training.distillation()),
+        training.make_train_step(training.Objective(training.vjp_projection()),
                                  optax.sgd(0.1))
+    # An objective that can be fed teacher targets builds without the teacher; a batch
+    # without targets is then refused at its first step.
+    mesh, optimizer = training.data_mesh(1), optax.sgd(0.1)
+    step = training.make_train_step(training.Objective(training.distillation()), optimizer,
+                                    mesh)
+    state = jax.device_put(training.init_train_state(h.student(), optimizer,
+                                                     key=jax.random.key(0)),
+                           training.replicated(mesh))
+    x, y = h.images(h.BATCH)
+    with pytest.raises(ValueError, match=r"no teacher \(nor teacher targets\)"):
+        step(state, data.shard_batch({"image": x, "label": y}, data.data_sharding(mesh)))
     with pytest.raises(ValueError, match="outputs"):
         training.jacobian_matching(outputs="bogus")
 
