@@ -216,6 +216,9 @@ def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
         if not isinstance(section, dict):
             continue
         tagged = [(kind, r) for key, kind in CSV_KINDS for r in section.get(key) or []]
+        if isinstance(section.get("weight_search"), dict):  # every candidate, both splits
+            from experiments import _search
+            tagged += [("search", r) for r in _search.rows(section["weight_search"])]
         for kind, r in tagged:
             row = {k: r.get(k, "") for k in CSV_COLUMNS}
             row["study"], row["kind"] = study, kind
