@@ -128,3 +128,38 @@ def test_a_damaged_noise_cache_is_evaluated_again(trained, capsys):
             assert after[key][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, name)
     assert [r["mean"] for r in again["rows"]] == pytest.approx(
         [r["mean"] for r in summary["rows"]])
+
+
+def test_logits_and_gradients_on_a_mesh_equal_those_on_one_device(prepared):
+    # 8 devices split each batch of 64 (the last, of 39 of the 359 test images, padded);
+    # the numbers are those of one device, and the gradients those of the raw pixels.
+    import jax
+    from experiments import _fit
+    from experiments.configs import _base
+    from jaxkd import training
+    model = _fit.build_model(_base.model_spec("small_cnn", width=4, hidden=(8,)),
+                             image_shape=prepared.image_shape,
+                             num_classes=prepared.num_classes, seed=0)
+    train = _base.train_config()
+    mesh = jax.make_mesh((8,), (training.DATA_AXIS,))
+    single = _fit.template_state(model, train, jax.make_mesh((1,), (training.DATA_AXIS,)))
+    sharded = _fit.template_state(model, train, mesh)
+    images = prepared.splits.test.images
+    one = noise_robustness.logits(single, images, None, 64)
+    many = noise_robustness.logits(sharded, images, mesh, 64)
+    assert one.shape == (len(images), 10)
+    np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
+    raw, classes = prepared.raw_test[:20], np.argmax(one[:20], -1)
+    grads = noise_robustness.class_gradients(sharded, raw, classes, prepared, mesh, 64)
+    np.testing.assert_allclose(
+        grads, noise_robustness.class_gradients(single, raw, classes, prepared, None, 64),
+        rtol=1e-4, atol=1e-6)
+    # Against a finite difference in one raw pixel of the first image.
+    eps, pixel = 1e-2, 30
+    bumped = raw[:1].copy().reshape(1, -1)
+    bumped[0, pixel] += eps
+    bumped = bumped.reshape(raw[:1].shape)
+    normalised = lambda r: ((r - prepared.mean) / prepared.std).astype(np.float32)  # noqa
+    up = noise_robustness.logits(single, normalised(bumped), None, 64)[0, classes[0]]
+    down = noise_robustness.logits(single, normalised(raw[:1]), None, 64)[0, classes[0]]
+    assert grads[0, pixel] == pytest.approx((up - down) / eps, rel=0.05, abs=1e-3)
