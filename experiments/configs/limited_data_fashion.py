@@ -54,7 +54,9 @@ Study 2 evaluates every student of study 1 under test-time noise sigma in {0, 0.
 0.05, 0.1, 0.2} (the teacher fell from 90 to 58 % at 0.1 unclipped, so the grid is fine
 below), the noisy pixels clipped to [0, 1], 5 draws per seed (``_base.noise``); each of
 the 108 students takes 21 passes over the 10,000 test images and a backward pass over
-1,000: an estimated 30-60 min on 2 cores (not yet measured).
+1,000: about 28 s each (1.16 s per pass, measured on one device of the loaded 2-core
+machine), about 55 min in all (an estimate from those parts; twice that with
+``noise_both_readings``).
 
 ``:smoke`` keeps the dataset name, the method list's kinds, the search and the growing
 budget at tiny sizes (width-4 networks, 12 steps, one seed): the tests run it on small
