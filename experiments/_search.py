@@ -114,8 +114,8 @@ def base_method(method: str, methods: Sequence[str], terms: Terms,
     None (``logits`` searches the same argument: nothing of its own would be left).
     """
     own = set(terms(method))
-    axes = set(candidates(config, terms(method))[0]) if candidates(config,
-                                                                    terms(method)) else set()
+    tried = candidates(config, terms(method))
+    axes = set(tried[0]) if tried else set()
     bases = [m for m in methods if m != method and set(terms(m)) < own
              and candidates(config, terms(m))
              and set(candidates(config, terms(m))[0]) < axes]

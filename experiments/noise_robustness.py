@@ -343,8 +343,9 @@ def noisy_gains(per_cell: dict[_sweep.Cell, dict[str, Any]], methods: Sequence[s
             continue
         for n in sizes:
             for sigma in sigmas:
-                diffs = [100.0 * (per_cell[_sweep.Cell(with_, n, s)]["accuracy"][reading][sigma]
-                                  - per_cell[_sweep.Cell(without, n, s)]["accuracy"][reading][sigma])
+                def acc(method, seed):
+                    return per_cell[_sweep.Cell(method, n, seed)]["accuracy"][reading][sigma]
+                diffs = [100.0 * (acc(with_, s) - acc(without, s))
                          for s in seeds if _sweep.Cell(with_, n, s) in per_cell
                          and _sweep.Cell(without, n, s) in per_cell]
                 rows.append({"method": f"{with_} - {without}", "with": with_,
