@@ -41,6 +41,11 @@ class PreparedData:
     def image_shape(self) -> tuple[int, int, int]:
         return self.splits.train.image_shape
 
+    @property
+    def background(self) -> np.ndarray:
+        """``[C]`` a black raw pixel after normalisation: the padding of random crops."""
+        return data.background_value(self.mean, self.std)
+
 
 def _normalized(dataset: data.Dataset, mean, std) -> data.Dataset:
     return dataclasses.replace(dataset, images=np.asarray(data.normalize(dataset.images,
@@ -115,11 +120,11 @@ class AugmentedBatches:
     """
 
     def __init__(self, batches: data.BatchIterator, *, seed: int, crop_padding: int,
-                 flip: bool):
+                 flip: bool, pad_value=0.0):
         self._batches = batches
         self._key = jax.random.key(seed)
         self._augment = jax.jit(functools.partial(data.augment, crop_padding=crop_padding,
-                                                  flip=flip))
+                                                  flip=flip, pad_value=pad_value))
 
     def __iter__(self):
         return self
@@ -139,13 +144,19 @@ class AugmentedBatches:
 
 
 def train_batches(dataset: data.Dataset, *, batch_size: int, seed: int,
-                  augment: bool = False, crop_padding: int = 4,
-                  flip: bool = False) -> Iterator[dict[str, Any]]:
-    """Endless shuffled batches of ``dataset`` (restorable), optionally augmented."""
+                  augment: bool = False, crop_padding: int = 4, flip: bool = False,
+                  pad_value=0.0) -> Iterator[dict[str, Any]]:
+    """Endless shuffled batches of ``dataset`` (restorable), optionally augmented.
+
+    ``pad_value`` fills the crops' padding: for normalised images, the normalised black
+    (``PreparedData.background``), so that a shifted image has the raw images' black
+    border rather than the mean grey that a 0 would be.
+    """
     if batch_size > len(dataset):
         raise ConfigError(f"batch_size={batch_size} exceeds the {len(dataset)} training "
                           f"examples; lower train.batch_size or raise examples_per_class.")
     batches = data.BatchIterator(dataset, batch_size, seed=seed)
     if augment:
-        return AugmentedBatches(batches, seed=seed, crop_padding=crop_padding, flip=flip)
+        return AugmentedBatches(batches, seed=seed, crop_padding=crop_padding, flip=flip,
+                                pad_value=pad_value)
     return batches

@@ -61,7 +61,7 @@ def evaluate(state: training.TrainState, batches, mesh) -> float:
 def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         train_cfg: ConfigDict, train_set: data.Dataset, validation: data.Dataset,
         test: data.Dataset, seed: int, augment: bool = False, flip: bool = False,
-        progress: bool | str = False, tensorboard: bool = False,
+        pad_value=0.0, progress: bool | str = False, tensorboard: bool = False,
         describe: Mapping[str, Any] | None = None,
         run_config: Mapping[str, Any] | None = None,
         feed: Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]] | None = None
@@ -76,6 +76,7 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     ``describe`` and ``run_config`` (under ``_workdir.RUN_CONFIG``) are recorded with it.
     ``feed`` wraps the (restorable) train batches, e.g. to attach the teacher's targets
     (``_targets.SharedTargets.feed``); it must keep ``get_state`` / ``set_state``.
+    ``pad_value`` fills the random crops' padding (``PreparedData.background``).
     """
     result = _workdir.read_result(run_dir)
     if result is not None:
@@ -95,7 +96,7 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     val_batches = _data.eval_batches(validation.images, validation.labels, size)
     t0 = time.perf_counter()
     batches = _data.train_batches(train_set, batch_size=train_cfg.batch_size, seed=seed,
-                                  augment=augment, flip=flip)
+                                  augment=augment, flip=flip, pad_value=pad_value)
     out = training.train(
         student, step.objective, step.optimizer, feed(batches) if feed else batches,
         workdir=run_dir, num_steps=num_steps, eval_data=val_batches, seed=seed,
@@ -161,7 +162,8 @@ def get_teacher(run_dir: str, *, spec: ConfigDict, train_cfg: ConfigDict,
                                     build_optimizer(train_cfg), mesh)
     result = fit(run_dir, student=make(), step=step, train_cfg=train_cfg,
                  train_set=splits.train, validation=splits.validation, test=splits.test,
-                 seed=seed, augment=augment, flip=flip, progress="teacher",
+                 seed=seed, augment=augment, flip=flip, pad_value=prepared.background,
+                 progress="teacher",
                  tensorboard=tensorboard, run_config=run_config,
                  describe={"role": "teacher", "model": spec.to_dict()})
     state = restore_state(run_dir, template_state(make(), train_cfg, mesh))

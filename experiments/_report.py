@@ -87,10 +87,14 @@ def paired_gains(results, pairs, *, methods, sizes, seeds, label) -> list[dict[s
 
 
 def fmt(row: dict[str, Any], *, signed: bool = False) -> str:
-    """``mean ± std`` (and ``(paper x)`` when the paper has this cell)."""
+    """``mean ± std`` (and ``(paper x)`` when the paper has this cell).
+
+    One decimal (points of accuracy) unless the row gives its ``format`` (e.g. ``.3g``).
+    """
     if not row.get("num_seeds"):
         return "-"
-    text = f"{row['mean']:{'+' if signed else ''}.1f} ± {row['std']:.1f}"
+    spec = row.get("format") or ".1f"
+    text = f"{row['mean']:{'+' if signed else ''}{spec}} ± {row['std']:{spec}}"
     if row.get("paper") is not None:
         text += f" (paper {row['paper']:.1f})"
     return text
@@ -185,32 +189,42 @@ def budget_notes(s: dict[str, Any]) -> list[str]:
 # Files.
 
 
-def _json_safe(value):
+def json_safe(value):
+    """``value`` with NaN and infinities as None, numpy scalars as Python numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
 CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma",
-               "checkpoint", "mean", "std", "num_seeds", "paper", "values")
+               "checkpoint", "mean", "std", "num_seeds", "paper", "values", "reading",
+               "quantity", "candidate", "split")
+# The lists of rows of a section that go to results.csv, and their ``kind``.
+CSV_KINDS = (("rows", "accuracy"), ("paired_gains", "paired_gain"),
+             ("other_rows", "accuracy"), ("other_gains", "paired_gain"),
+             ("sensitivity", "sensitivity"), ("other_sensitivity", "sensitivity"))
 
 
 def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
     for study, section in results.items():
         if not isinstance(section, dict):
             continue
-        tagged = [("accuracy", r) for r in section.get("rows", [])]
-        tagged += [("paired_gain", r) for r in section.get("paired_gains", [])]
+        tagged = [(kind, r) for key, kind in CSV_KINDS for r in section.get(key) or []]
+        if isinstance(section.get("weight_search"), dict):  # every candidate, both splits
+            from experiments import _search
+            tagged += [("search", r) for r in _search.rows(section["weight_search"])]
         for kind, r in tagged:
             row = {k: r.get(k, "") for k in CSV_COLUMNS}
             row["study"], row["kind"] = study, kind
-            row["values"] = " ".join(f"{v:.4g}" for v in r.get("values", []))
+            row["values"] = " ".join(f"{v:.4g}" for v in r.get("values", [])
+                                     if v is not None)
+            row = {k: "" if v is None else v for k, v in row.items()}
             row["paper"] = "" if r.get("paper") is None else r["paper"]
             yield row
 
@@ -249,7 +263,7 @@ def write(workdir: str, study: Section, summary: dict[str, Any]) -> list[str]:
                   f"{study.name} section only.", file=sys.stderr)
         if not isinstance(results, dict):
             results = {}
-    results[study.name] = _json_safe(summary)
+    results[study.name] = json_safe(summary)
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
     writer.writeheader()

@@ -6,10 +6,15 @@
 each method with a searched term is trained with every candidate (the product of the
 candidates, for several searched arguments) at the search's sizes and seeds, in
 ``<workdir>/weight_search/cells/<method>@<weights>/n<k>/seed<s>/``. Per method the
-candidate of best mean best-step **validation** accuracy wins (a tie goes to the first
-listed); ``<workdir>/weight_search.json`` and the study's ``results.md`` show every
-candidate and the choice, and every cell of that method trains with it. The test split
-chooses nothing.
+candidate of best mean best-step **validation** accuracy (over the search's sizes and
+seeds) wins (a tie goes to the first listed). Every method is tuned the same way: one
+that adds terms to another method of the sweep (``kd+jacobian+ce`` to ``kd+ce``) keeps
+that method's chosen values and chooses among its own candidates only, so with equally
+long candidate lists every method chooses among as many. ``<workdir>/weight_search.json``
+and the study's ``results.md`` show every candidate's validation and test accuracy (mean
+± std over the search seeds), the choice, and whether the best candidates tie within
+their spread; every cell of that method trains with the choice. The test split chooses
+nothing.
 
 The search's run with the chosen weights *is* that method's cell at the search's sizes
 and seeds (same seed, subset, initial weights, budget and loss), so :func:`reuse_run`
@@ -26,6 +31,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from ml_collections import ConfigDict
 
 from experiments import _sweep, _workdir
@@ -97,29 +103,105 @@ def loss_with(loss: ConfigDict, weights: Mapping[str, Any]) -> ConfigDict:
     return out
 
 
+def base_method(method: str, methods: Sequence[str], terms: Terms,
+                config: ConfigDict) -> str | None:
+    """The method of ``methods`` that ``method`` adds searched terms to: among those whose
+    terms are a strict subset of ``method``'s and whose searched arguments are a strict
+    subset of ``method``'s, the one with the most terms (the first listed on a tie); None
+    if none.
+
+    ``kd+jacobian+ce`` -> ``kd+ce``; ``logits+jacobian`` -> ``logits``; ``logits+ce`` ->
+    None (``logits`` searches the same argument: nothing of its own would be left).
+    """
+    own = set(terms(method))
+    tried = candidates(config, terms(method))
+    axes = set(tried[0]) if tried else set()
+    bases = [m for m in methods if m != method and set(terms(m)) < own
+             and candidates(config, terms(m))
+             and set(candidates(config, terms(m))[0]) < axes]
+    if not bases:
+        return None
+    return max(bases, key=lambda m: (len(set(terms(m))), -list(methods).index(m)))
+
+
+def _per_seed(results, method, weights, sizes_, seeds_, split: str):
+    """Per size, the accuracy (%) of each search seed; and per seed, the mean over sizes."""
+    per_size = {str(n): [100.0 * results[search_cell(method, weights, n, s)]["best"][split]
+                         for s in seeds_] for n in sizes_}
+    per_seed = [float(np.mean([per_size[str(n)][i] for n in sizes_]))
+                for i in range(len(seeds_))]
+    return per_size, per_seed
+
+
+def _spread(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
            results: dict[_sweep.Cell, dict[str, Any]]) -> dict[str, Any]:
     """Per method, the candidate of best mean best-step validation accuracy.
 
     The mean is over the search's sizes and seeds; a tie goes to the candidate listed
-    first. Only validation accuracies are read: the test split chooses nothing.
+    first. Only validation accuracies choose: the test split is shown, never read for the
+    choice. Every method is tuned the same way: a method that adds terms to another of
+    ``methods`` (:func:`base_method`) keeps the base's chosen values of the base's
+    searched arguments and chooses among its own candidates only (its other runs are
+    shown, marked not eligible), so with equally long candidate lists every method
+    chooses among the same number, and a paired gain compares methods at the same base
+    weights. Each method's entry also says whether its two best candidates tie within
+    their spread over the search seeds (difference of means below the larger std).
     """
     out = {"sizes": sizes(config), "seeds": seeds(config), "methods": {}}
-    for method in methods:
-        rows, best = [], None
-        for weights in candidates(config, terms(method)):
-            per_size = {}
-            for n in out["sizes"]:
-                per_size[str(n)] = [100.0 * results[search_cell(method, weights, n, s)]
-                                    ["best"]["validation"] for s in out["seeds"]]
-            values = [v for vs in per_size.values() for v in vs]
-            row = {"weights": weights, "validation": per_size,
-                   "mean": sum(values) / len(values)}
-            rows.append(row)
-            if best is None or row["mean"] > best["mean"]:
-                best = row
-        if rows:
-            out["methods"][method] = {"candidates": rows, "chosen": best["weights"]}
+    # Bases first: fewer terms first, in the listed order otherwise.
+    order = sorted(methods, key=lambda m: (len(set(terms(m))), list(methods).index(m)))
+    for method in order:
+        tried = candidates(config, terms(method))
+        if not tried:
+            continue
+        base = base_method(method, methods, terms, config)
+        fixed = {k: v for k, v in out["methods"][base]["chosen"].items()
+                 if k in tried[0]} if base in out["methods"] else {}
+        rows = []
+        for weights in tried:
+            validation, val_seeds = _per_seed(results, method, weights, out["sizes"],
+                                              out["seeds"], "validation")
+            test, test_seeds = _per_seed(results, method, weights, out["sizes"],
+                                         out["seeds"], "test")
+            rows.append({"weights": weights, "validation": validation, "test": test,
+                         "mean": float(np.mean(val_seeds)), "std": _spread(val_seeds),
+                         "test_mean": float(np.mean(test_seeds)),
+                         "test_std": _spread(test_seeds),
+                         "eligible": all(weights[k] == v for k, v in fixed.items())})
+        eligible = [r for r in rows if r["eligible"]]
+        ranked = sorted(eligible, key=lambda r: -r["mean"])  # stable: ties keep the order
+        best = ranked[0]
+        tie = None
+        if len(ranked) > 1:
+            second = ranked[1]
+            if best["mean"] - second["mean"] < max(best["std"], second["std"]):
+                tie = [candidate_name(r["weights"]) for r in ranked
+                       if best["mean"] - r["mean"] < max(best["std"], r["std"])]
+        out["methods"][method] = {"candidates": rows, "chosen": best["weights"],
+                                  "base": base if fixed else None, "fixed": fixed,
+                                  "tie": tie}
+    out["methods"] = {m: out["methods"][m] for m in methods if m in out["methods"]}
+    return out
+
+
+def rows(search: dict[str, Any] | None, label: Callable[[str], str] = str
+         ) -> list[dict[str, Any]]:
+    """The search as stats rows (``results.csv``): per method, candidate and split."""
+    out = []
+    for method, entry in ((search or {}).get("methods") or {}).items():
+        for row in entry["candidates"]:
+            for split in ("validation", "test"):
+                per_seed = [float(np.mean(v)) for v in zip(*row[split].values())]
+                out.append({"method": method, "label": label(method),
+                            "candidate": candidate_name(row["weights"]), "split": split,
+                            "chosen": row["weights"] == entry["chosen"],
+                            "eligible": row.get("eligible", True),
+                            "mean": float(np.mean(per_seed)), "std": _spread(per_seed),
+                            "num_seeds": len(per_seed), "values": per_seed})
     return out
 
 
@@ -161,23 +243,44 @@ def seconds(search: dict[str, Any] | None, results: dict[_sweep.Cell, dict[str, 
 
 
 def markdown(search: dict[str, Any] | None, label: Callable[[str], str]) -> list[str]:
-    """The search's table: best-step validation accuracy per candidate, the choice."""
+    """The search's table: validation and test accuracy per candidate, the choice, ties."""
     if not search or not search.get("methods"):
         return []
     sizes_ = [str(n) for n in search["sizes"]]
+    seeds_ = search["seeds"]
     out = ["", "### Loss weights chosen on validation", "",
            f"Before the sweep, each method with a searched loss term was trained with every "
-           f"candidate weight at {', '.join(sizes_)} examples per class, seed(s) "
-           f"{', '.join(map(str, search['seeds']))}; the candidate of best mean validation "
-           f"accuracy (best step, %) is used for every cell of that method (**bold**). The "
-           f"test split chose nothing.", "",
+           f"candidate at {', '.join(sizes_)} examples per class, seed(s) "
+           f"{', '.join(map(str, seeds_))}; the candidate of best mean validation accuracy "
+           f"(best step, %) is used for every cell of that method (**bold**). A method that "
+           f"adds terms to another keeps that method's chosen values and chooses among its "
+           f"own candidates (the others are shown in parentheses, not eligible). Accuracy "
+           f"is the mean ± std over the search seeds (of the mean over sizes); test "
+           f"accuracy is shown so a reader sees whether a conclusion depends on the choice, "
+           f"and chose nothing.", "",
            "| method | weights | " + " | ".join(f"val. n={n}" for n in sizes_)
-           + " | mean |", "|---|---|" + "---|" * (len(sizes_) + 1)]
+           + " | validation | test |", "|---|---|" + "---|" * (len(sizes_) + 2)]
+    notes = []
     for method, entry in search["methods"].items():
         for row in entry["candidates"]:
             mark = "**" if row["weights"] == entry["chosen"] else ""
-            vals = [sum(row["validation"][n]) / len(row["validation"][n]) for n in sizes_]
-            out.append(f"| {label(method)} | {mark}{candidate_name(row['weights'])}"
-                       f"{mark} | " + " | ".join(f"{v:.2f}" for v in vals)
-                       + f" | {mark}{row['mean']:.2f}{mark} |")
+            name = candidate_name(row["weights"])
+            if not row.get("eligible", True):
+                name = f"({name})"
+            vals = [float(np.mean(row["validation"][n])) for n in sizes_]
+            test = (f"{row['test_mean']:.2f} ± {row['test_std']:.2f}"
+                    if "test_mean" in row else "-")
+            out.append(f"| {label(method)} | {mark}{name}{mark} | "
+                       + " | ".join(f"{v:.2f}" for v in vals)
+                       + f" | {mark}{row['mean']:.2f} ± {row.get('std', 0.0):.2f}{mark}"
+                       + f" | {test} |")
+        if entry.get("base"):
+            notes.append(f"{label(method)}: with {label(entry['base'])}'s "
+                         f"{candidate_name(entry['fixed'])}.")
+        if entry.get("tie"):
+            notes.append(f"{label(method)}: the best candidates tie within their spread "
+                         f"over the search seeds ({', '.join(entry['tie'])}): the choice "
+                         f"among them is not decided by validation.")
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
     return out

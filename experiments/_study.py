@@ -350,7 +350,7 @@ class Trainer:
             step=step, train_cfg=cfg, feed=feed,
             train_set=_data.subset(splits.train, examples_per_class, seed),
             validation=splits.validation, test=splits.test, seed=seed,
-            augment=config.augment, flip=config.flip,
+            augment=config.augment, flip=config.flip, pad_value=s.data.student.background,
             progress=os.path.relpath(run_dir, s.workdir) if config.run_progress else False,
             tensorboard=config.tensorboard,
             describe={"method": method, "examples_per_class": examples_per_class,

@@ -114,6 +114,17 @@ def model_spec(name: str, *, width: int = 16, hidden: tuple[int, ...] = (64,),
                            widen_factor=widen_factor, stem=stem))
 
 
+def noise(config: ConfigDict, *, sigmas: tuple[float, ...],
+          examples_per_class: tuple = ()) -> ConfigDict:
+    """Adds study 2's keys (study 1 ignores them): the noise levels, the sizes, and how
+    the noise is read: clipped to [0, 1] (the unclipped reading on request), 5 draws per
+    seed, input gradients on the first 1,000 test images."""
+    config.update(noise_sigmas=tuple(sigmas), noise_examples_per_class=tuple(examples_per_class),
+                  noise_clip=True, noise_both_readings=False, noise_draws=5,
+                  noise_gradient_examples=1000)
+    return config
+
+
 def execution(config: ConfigDict) -> ConfigDict:
     """Adds the keys every study has: where its teacher comes from (``teacher_dir``,
     ``teacher_only``) and how it runs (devices, caches, progress, logs)."""
@@ -132,6 +143,8 @@ def smoke(config: ConfigDict) -> ConfigDict:
             config[name].update(num_steps=12, batch_size=10, num_evals=2, warmup_steps=0,
                                 eval_batch_size=500)
     config.teacher_train.update(num_steps=10, batch_size=32, num_evals=1)
+    if "noise_draws" in config:
+        config.update(noise_draws=2, noise_gradient_examples=50)
     return config
 
 
@@ -181,6 +194,14 @@ HELP = {
     "paper_table": "'mit_indoor' shows the paper's transfer numbers beside ours",
     "noise_sigmas": "study 2: noise standard deviations (pixels in [0, 1]) to test under",
     "noise_examples_per_class": "study 2: the sizes to evaluate; () = every size of study 1",
+    "noise_clip": "study 2: clip the noisy pixels back to [0, 1], as in an image a user "
+                  "meets (False: the unclipped reading, noise of mean zero everywhere)",
+    "noise_both_readings": "study 2: evaluate the other reading too (unclipped when "
+                           "noise_clip) and report it beside the main one",
+    "noise_draws": "study 2: noise draws per seed and sigma, the same for every method of "
+                   "a seed; accuracy is their mean, the logit drift their spread",
+    "noise_gradient_examples": "study 2: the first this many clean test images carry the "
+                               "input-gradient measures (0 = all)",
     "num_devices": "devices of the data-parallel mesh (0 = all); the batch is split "
                    "over them",
     "num_cpu_devices": "on a CPU, host devices XLA creates (0 = one per core, as many as "
@@ -434,6 +455,14 @@ def validate(config: ConfigDict) -> None:
         sigmas = list(config.noise_sigmas)
         if not sigmas or not all(_number(s) and s >= 0 for s in sigmas):
             raise bad("noise_sigmas", "one or more finite noise levels >= 0")
+    for key in ("noise_clip", "noise_both_readings"):
+        if has(key) and not isinstance(get(config, key), bool):
+            raise bad(key, "True or False")
+    if has("noise_draws") and not _positive_int(config.noise_draws):
+        raise bad("noise_draws", "a positive integer (2 or more to measure the random part)")
+    if has("noise_gradient_examples") and (not _int(config.noise_gradient_examples)
+                                           or config.noise_gradient_examples < 0):
+        raise bad("noise_gradient_examples", "a non-negative integer (0 = every test image)")
     if has("noise_examples_per_class"):
         known = set(map(str, sizes))
         if not all(str(n) in known for n in config.noise_examples_per_class):

@@ -52,9 +52,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  num_evals=5)
     c.loss = _base.loss_config()
     c.search = _base.search_config()  # off: the loss weights as set
-    # Noise robustness (study 2 reads these; study 1 ignores them).
-    c.noise_sigmas = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-    c.noise_examples_per_class = ()
+    # Noise robustness (study 2 reads these; study 1 ignores them): noisy pixels clipped
+    # to [0, 1] (noise_clip), 5 draws per seed (noise_draws), input gradients on the
+    # first 1,000 test images (noise_gradient_examples; the digits have 359).
+    _base.noise(c, sigmas=(0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))
     _base.execution(c)
     if mode == "smoke":
         _base.smoke(c)

@@ -13,8 +13,8 @@ TensorFlow (``jaxkd[tfds-prepare]``).
 from jaxkd.data._dataset import Dataset, Splits
 from jaxkd.data._load import load
 from jaxkd.data._pipeline import (BatchIterator, add_gaussian_noise, augment,
-                                  check_image_shape, normalization_stats, normalize,
-                                  random_crop, random_flip, resize_images)
+                                  background_value, check_image_shape, normalization_stats,
+                                  normalize, random_crop, random_flip, resize_images)
 from jaxkd.sharding import data_sharding, shard_batch  # re-exported: jaxkd.sharding
 from jaxkd.data._subsets import few_shot_subset
 
@@ -24,6 +24,7 @@ __all__ = [
     "Splits",
     "add_gaussian_noise",
     "augment",
+    "background_value",
     "check_image_shape",
     "data_sharding",
     "few_shot_subset",

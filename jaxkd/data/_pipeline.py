@@ -105,13 +105,30 @@ def normalize(images: jax.typing.ArrayLike, mean: jax.typing.ArrayLike,
     return (images - mean) / std
 
 
-def random_crop(key: jax.Array, images: jax.typing.ArrayLike, *, padding: int) -> jax.Array:
-    """Zero-pads each image by ``padding`` pixels and crops it back at a random offset.
+def _pad_value(pad_value: jax.typing.ArrayLike, images: jax.Array) -> jax.Array:
+    """``pad_value`` as a ``[C]`` vector of the images' dtype (a scalar fills every channel)."""
+    channels = images.shape[-1]
+    shape = _static_shape(pad_value)
+    if shape not in ((), (channels,)):
+        raise ValueError(f"pad_value must be a scalar or have shape ({channels},) to match "
+                         f"images {images.shape}; got shape {shape}.")
+    return jnp.broadcast_to(jnp.asarray(pad_value, images.dtype), (channels,))
+
+
+def random_crop(key: jax.Array, images: jax.typing.ArrayLike, *, padding: int,
+                pad_value: jax.typing.ArrayLike = 0.0) -> jax.Array:
+    """Pads each image by ``padding`` pixels of ``pad_value`` and crops it back at a random offset.
+
+    The padding should look like the images' background. For normalised images that is
+    not 0 but the normalised value of a black pixel, ``-mean / std`` (see
+    :func:`background_value`): a border of 0 would be the mean grey, a frame that no
+    test image has.
 
     Args:
         key: a PRNG key.
         images: ``[B, H, W, C]``.
-        padding: pixels of zero padding on each side (``>= 0``).
+        padding: pixels of padding on each side (``>= 0``).
+        pad_value: the padded pixels' value: a scalar or ``[C]``, one per channel.
 
     Returns:
         ``[B, H, W, C]``, each image shifted by up to ``padding`` pixels.
@@ -120,10 +137,17 @@ def random_crop(key: jax.Array, images: jax.typing.ArrayLike, *, padding: int) -
     if not isinstance(padding, numbers.Integral) or padding < 0:
         raise ValueError(f"padding must be a non-negative integer; got {padding!r}.")
     images = jnp.asarray(images)
+    fill = _pad_value(pad_value, images)
     if padding == 0:
         return images
     batch, height, width, channels = images.shape
+    # Pad with 0, then paint the border with the fill: jnp.pad takes one scalar only.
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    rows = jnp.arange(height + 2 * padding)
+    cols = jnp.arange(width + 2 * padding)
+    inside = (((rows >= padding) & (rows < padding + height))[:, None]
+              & ((cols >= padding) & (cols < padding + width))[None, :])
+    padded = jnp.where(inside[None, :, :, None], padded, fill)
     offsets = jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
 
     def crop(image, offset):
@@ -131,6 +155,20 @@ def random_crop(key: jax.Array, images: jax.typing.ArrayLike, *, padding: int) -
                                      (height, width, channels))
 
     return jax.vmap(crop)(padded, offsets)
+
+
+def background_value(mean: jax.typing.ArrayLike, std: jax.typing.ArrayLike) -> np.ndarray:
+    """The value a black (0) pixel takes after :func:`normalize`: ``-mean / std``, ``[C]``.
+
+    Pass it as ``pad_value`` to :func:`random_crop` / :func:`augment` for normalised
+    images, so that a crop's padding is the black background of the raw images.
+    """
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if mean.ndim != 1 or std.shape != mean.shape:
+        raise ValueError(f"mean and std must both have shape [C]; got {mean.shape} and "
+                         f"{std.shape}.")
+    return (-mean / std).astype(np.float32)
 
 
 def random_flip(key: jax.Array, images: jax.typing.ArrayLike) -> jax.Array:
@@ -150,7 +188,7 @@ def random_flip(key: jax.Array, images: jax.typing.ArrayLike) -> jax.Array:
 
 
 def augment(key: jax.Array, images: jax.typing.ArrayLike, *, crop_padding: int = 0,
-            flip: bool = False) -> jax.Array:
+            flip: bool = False, pad_value: jax.typing.ArrayLike = 0.0) -> jax.Array:
     """Random crop with padding, then (when ``flip``) a random horizontal flip.
 
     Leave ``flip`` off for digits and other sets whose classes are not mirror-symmetric.
@@ -160,12 +198,14 @@ def augment(key: jax.Array, images: jax.typing.ArrayLike, *, crop_padding: int =
         images: ``[B, H, W, C]``.
         crop_padding: see :func:`random_crop`; 0 disables cropping.
         flip: whether to flip left-right at random.
+        pad_value: the crop's padding, see :func:`random_crop` (for normalised images,
+            :func:`background_value`).
 
     Returns:
         ``[B, H, W, C]`` augmented images.
     """
     crop_key, flip_key = jax.random.split(key)
-    images = random_crop(crop_key, images, padding=crop_padding)
+    images = random_crop(crop_key, images, padding=crop_padding, pad_value=pad_value)
     return random_flip(flip_key, images) if flip else images
 
 

@@ -172,3 +172,34 @@ def test_check_image_shape_and_resize(train):
     big = data.resize_images(train.images[:4], (16, 16), method="nearest")
     assert big.shape == (4, 16, 16, 1)
     np.testing.assert_array_equal(big[:, ::2, ::2], train.images[:4])
+
+
+def test_crop_pads_with_pad_value():
+    # A shifted crop's new border holds pad_value (per channel), never 0, so normalised
+    # images keep their black background instead of gaining a mean-grey frame.
+    n, size = 64, 4
+    images = jnp.full((n, size, size, 2), 5.0, jnp.float32)
+    fill = np.array([-0.8, -1.5], np.float32)
+    key = jax.random.key(0)
+    out = np.asarray(jax.jit(lambda k, x: data.augment(k, x, crop_padding=1, flip=True,
+                                                       pad_value=fill))(key, images))
+    border = out != 5.0
+    assert 0 < border[..., 0].sum() < border[..., 0].size
+    np.testing.assert_array_equal(out[..., 0][border[..., 0]], fill[0])
+    np.testing.assert_array_equal(out[..., 1][border[..., 1]], fill[1])
+    scalar = np.asarray(data.random_crop(key, images, padding=1, pad_value=-2.0))
+    assert set(np.unique(scalar)) == {-2.0, 5.0}
+    with pytest.raises(ValueError, match=r"pad_value must be a scalar or have shape \(2,\)"):
+        data.random_crop(key, images, padding=1, pad_value=np.zeros(3, np.float32))
+
+
+def test_background_value_is_normalised_black(train):
+    mean, std = data.normalization_stats(train.images)
+    background = data.background_value(mean, std)
+    black = data.normalize(np.zeros((1, 1, 1, 1), np.float32), mean, std)
+    np.testing.assert_allclose(background, np.asarray(black).reshape(-1), rtol=1e-6)
+    # The digits' corners are black: the normalised set's minimum is the background.
+    np.testing.assert_allclose(background, np.asarray(
+        data.normalize(train.images, mean, std)).min(axis=(0, 1, 2)), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"mean and std must both have shape \[C\]"):
+        data.background_value(mean, std[:0])

@@ -145,3 +145,24 @@ def test_each_section_is_rendered_by_its_own_study_and_kept_by_the_others(tmp_pa
     rows = list(csv.DictReader(Path(tmp_path, "results.csv").read_text().splitlines()))
     assert [(r["study"], r["mean"]) for r in rows] == [
         ("limited_data", "60.0"), ("another_study", "10.0")]
+
+
+def test_csv_has_study_2_measures_and_every_search_candidate(tmp_path):
+    summary = _summary(50.0)
+    summary["sensitivity"] = [{"method": "ce", "label": "CE", "examples_per_class": 5,
+                               "quantity": "drift", "sigma": 0.1, "reading": "clipped",
+                               "mean": 0.25, "std": 0.0, "num_seeds": 1, "values": [0.25],
+                               "format": ".3g"}]
+    summary["weight_search"] = {"sizes": [5], "seeds": [0, 1], "methods": {"kd+ce": {
+        "chosen": {"kd.weight": 1.0}, "candidates": [
+            {"weights": {"kd.weight": w}, "validation": {"5": [v, v + 0.02]},
+             "test": {"5": [0.5, 0.5]}} for w, v in ((1.0, 70.0), (3.0, 60.0))]}}}
+    _report.write(str(tmp_path), FAKE, summary)
+    rows = list(csv.DictReader(Path(tmp_path, "results.csv").read_text().splitlines()))
+    drift = next(r for r in rows if r["kind"] == "sensitivity")
+    assert (drift["quantity"], drift["reading"], drift["sigma"]) == ("drift", "clipped", "0.1")
+    search = [(r["candidate"], r["split"], f"{float(r['mean']):g}") for r in rows
+              if r["kind"] == "search"]
+    assert search == [("kd.weight1", "validation", "70.01"), ("kd.weight1", "test", "0.5"),
+                      ("kd.weight3", "validation", "60.01"), ("kd.weight3", "test", "0.5")]
+    assert _report.fmt(summary["sensitivity"][0]) == "0.25 ± 0"

@@ -1,12 +1,17 @@
 """experiments._search: the candidates of ``config.search``, the choice by validation
 accuracy (never test), the loss with the chosen values."""
 
+import pytest
+
 from experiments import _cli, _search, limited_data, transfer
 
 
 def _cli_config():
+    """The Fashion config with nothing searched (each test sets its candidates)."""
     config = _cli.load_config("limited_data_fashion")
     config.unlock()
+    for term in config.loss:
+        config.search[term].weight = ()
     return config
 
 
@@ -58,3 +63,96 @@ def test_loss_with_sets_the_chosen_arguments_only():
     assert loss.jacobian.outputs == config.loss.jacobian.outputs
     assert str(limited_data.build_objective("kd+jacobian+ce", loss)) == \
         "Objective(kd*1, jacobian*3, ce*1)"
+
+
+def _fill(results, method, weights, per_seed_val, per_seed_test=None, n=10):
+    for s, v in enumerate(per_seed_val):
+        t = per_seed_test[s] if per_seed_test else 0.5
+        results[_search.search_cell(method, weights, n, s)] = {
+            "best": {"validation": v, "test": t}}
+
+
+def test_a_method_that_adds_a_term_keeps_its_bases_choice_and_tuning_is_equal():
+    config = _cli_config()
+    config.methods = ("kd+ce", "kd+jacobian+ce")
+    config.search.sizes = (10,)
+    config.search.seeds = 3
+    config.search.kd.weight = (0.5, 1.0, 2.0)
+    config.search.jacobian.weight = (1.0, 3.0, 10.0)
+    terms = limited_data.method_terms
+    assert _search.base_method("kd+jacobian+ce", config.methods, terms, config) == "kd+ce"
+    assert _search.base_method("kd+ce", config.methods, terms, config) is None
+    assert len(_search.candidates(config, terms("kd+jacobian+ce"))) == 9
+    results = {}
+    # kd+ce: KD weight 2 is best on validation (1 is best on test: never read).
+    for kd, val, test in ((0.5, 0.60, 0.60), (1.0, 0.62, 0.90), (2.0, 0.70, 0.61)):
+        _fill(results, "kd+ce", {"kd.weight": kd}, [val - 0.01, val, val + 0.01],
+              [test] * 3)
+    # kd+jacobian+ce: its overall best (KD 0.5, Jacobian 10) is not eligible: KD 2 is kept.
+    for kd in (0.5, 1.0, 2.0):
+        for jac in (1.0, 3.0, 10.0):
+            val = 0.99 if (kd, jac) == (0.5, 10.0) else 0.70 + 0.01 * jac * (kd == 2.0)
+            _fill(results, "kd+jacobian+ce", {"kd.weight": kd, "jacobian.weight": jac},
+                  [val, val, val])
+    search = _search.choose(config, config.methods, terms, results)
+    entry = search["methods"]["kd+jacobian+ce"]
+    assert entry["chosen"] == {"kd.weight": 2.0, "jacobian.weight": 10.0}
+    assert entry["base"] == "kd+ce" and entry["fixed"] == {"kd.weight": 2.0}
+    assert sum(r["eligible"] for r in entry["candidates"]) == 3  # as many as kd+ce's
+    kd = search["methods"]["kd+ce"]
+    assert kd["chosen"] == {"kd.weight": 2.0} and kd["tie"] is None
+    best = next(r for r in kd["candidates"] if r["weights"] == {"kd.weight": 2.0})
+    assert best["mean"] == pytest.approx(70.0) and best["std"] == pytest.approx(1.0)
+    assert best["test_mean"] == pytest.approx(61.0) and best["test_std"] == 0.0
+    text = "\n".join(_search.markdown(search, str))
+    assert "| kd+ce | **kd.weight2** | 70.00 | **70.00 ± 1.00** | 61.00 ± 0.00 |" in text
+    assert "(jacobian.weight10-kd.weight0.5)" in text
+    assert "kd+jacobian+ce: with kd+ce's kd.weight2." in text
+    assert list(search["methods"]) == ["kd+ce", "kd+jacobian+ce"]
+    csv_rows = _search.rows(search)
+    assert len(csv_rows) == 2 * (3 + 9)
+    assert {r["split"] for r in csv_rows} == {"validation", "test"}
+
+
+def test_best_candidates_within_their_spread_are_reported_as_a_tie():
+    config = _cli_config()
+    config.methods = ("logits+ce",)
+    config.search.sizes = (10,)
+    config.search.seeds = 3
+    config.search.logits.weight = (0.03, 0.1, 0.3)
+    results = {}
+    _fill(results, "logits+ce", {"logits.weight": 0.03}, [0.60, 0.70, 0.80])  # 70 ± 10
+    _fill(results, "logits+ce", {"logits.weight": 0.1}, [0.64, 0.65, 0.66])  # 65 ± 1
+    _fill(results, "logits+ce", {"logits.weight": 0.3}, [0.40, 0.41, 0.42])  # 41 ± 1
+    entry = _search.choose(config, config.methods, limited_data.method_terms,
+                           results)["methods"]["logits+ce"]
+    assert entry["chosen"] == {"logits.weight": 0.03}
+    assert entry["tie"] == ["logits.weight0.03", "logits.weight0.1"]
+    text = "\n".join(_search.markdown({"sizes": [10], "seeds": [0, 1, 2],
+                                       "methods": {"logits+ce": entry}}, str))
+    assert "tie within their spread" in text and "logits.weight0.3" not in text.split(
+        "tie within")[1]
+    # Far apart: no tie.
+    _fill(results, "logits+ce", {"logits.weight": 0.03}, [0.79, 0.80, 0.81])
+    assert _search.choose(config, config.methods, limited_data.method_terms, results)[
+        "methods"]["logits+ce"]["tie"] is None
+
+
+def test_base_methods_of_the_fashion_configs():
+    config = _cli.load_config("limited_data_fashion")
+    base = {m: _search.base_method(m, config.methods, limited_data.method_terms, config)
+            for m in config.methods}
+    # logits+ce searches what logits searches: nothing of its own would be left.
+    assert base == {"ce": None, "logits+ce": None, "logits+jacobian+ce": "logits+ce",
+                    "logits": None, "logits+jacobian": "logits", "kd+ce": None,
+                    "kd+jacobian+ce": "kd+ce", "kd+vjp+ce": "kd+ce", "kd+jvp+ce": "kd+ce"}
+    assert config.search.seeds >= 3
+    lengths = {len(v) for t in config.search.keys() if t not in ("sizes", "seeds")
+               for v in [config.search[t].weight] if v}
+    assert lengths == {3}  # every searched weight has as many candidates
+    config = _cli.load_config("transfer_fashion")
+    assert config.search.lwf.weight and config.search.seeds >= 3
+    assert _search.base_method("lwf+attention+attention_jacobian", config.methods,
+                               transfer.method_terms, config) == "lwf+attention"
+    assert _search.base_method("lwf+jacobian", config.methods, transfer.method_terms,
+                               config) == "lwf"
