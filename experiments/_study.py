@@ -47,6 +47,10 @@ from jaxkd import models, training
 DATA_KEYS = ("data_dir", "image_size", "validation_fraction", "augment", "flip")
 # The keys of the teacher's own training: a reused teacher_dir may differ in them.
 TEACHER_TRAINING = ("teacher_train", "teacher_seed")
+# How random crops pad: with the data's black, normalised (``PreparedData.background``).
+# Recorded in the run config of every run that augments, so that runs trained with the
+# earlier padding (the normalised zero, a grey frame) are refused as changed, not mixed in.
+AUGMENT_PADDING = "background"
 
 
 class StudyData(NamedTuple):
@@ -120,9 +124,14 @@ def teacher_dir(config: ConfigDict, workdir: str) -> str:
     return config.teacher_dir or os.path.join(workdir, "teacher")
 
 
+def _padding(config: ConfigDict) -> dict[str, Any]:
+    return {"augment_padding": AUGMENT_PADDING} if config.get("augment") else {}
+
+
 def teacher_config(study: Study, config: ConfigDict) -> dict[str, Any]:
-    """The teacher's run config: the config keys ``study.teacher_keys``."""
-    return _workdir.canonical(_pick(config, study.teacher_keys))
+    """The teacher's run config: the config keys ``study.teacher_keys`` (and how its
+    crops pad, when it augments)."""
+    return _workdir.canonical({**_pick(config, study.teacher_keys), **_padding(config)})
 
 
 def depends_on_teacher(study: Study, config: ConfigDict, method: str) -> bool:
@@ -140,7 +149,7 @@ def cell_config(study: Study, config: ConfigDict, cell: _sweep.Cell,
     whose weights are its own).
     """
     terms = list(dict.fromkeys(study.terms(cell.method)))
-    out = _pick(config, study.cell_keys(cell.method))
+    out = {**_pick(config, study.cell_keys(cell.method)), **_padding(config)}
     out["loss"] = {t: config.loss[t].to_dict() for t in terms}
     if search and _search.candidates(config, terms):
         out["search"] = _search.identity(config, terms)

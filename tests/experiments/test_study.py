@@ -192,6 +192,21 @@ def test_the_teachers_identity_is_the_keys_that_change_it(smoke):
         transfer.TEACHER_KEYS)  # no target keys: the teacher never sees the target
 
 
+def test_runs_that_augment_record_how_crops_pad(smoke):
+    """Crops pad with the data's black: a run trained with the earlier padding (recorded
+    without it) differs from the run the config asks for, so it is refused, not reused."""
+    config = smoke("limited_data_digits", augment=True)
+    teacher = _study.teacher_config(limited_data.STUDY, config)
+    cell = _study.cell_config(limited_data.STUDY, config,
+                              _sweep.Cell(config.methods[0], 5, 0), teacher)
+    for run in (teacher, cell):
+        assert run["augment_padding"] == _study.AUGMENT_PADDING == "background"
+        earlier = {k: v for k, v in run.items() if k != "augment_padding"}
+        assert _workdir.differences(earlier, run) == ["augment_padding: - -> 'background'"]
+    config.augment = False
+    assert "augment_padding" not in _study.teacher_config(limited_data.STUDY, config)
+
+
 def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smoke):
     config = smoke("transfer_digits")
     teacher = {"teacher": "T"}
