@@ -202,7 +202,8 @@ def test_runs_that_augment_record_how_crops_pad(smoke):
     for run in (teacher, cell):
         assert run["augment_padding"] == _study.AUGMENT_PADDING == "background"
         earlier = {k: v for k, v in run.items() if k != "augment_padding"}
-        assert _workdir.differences(earlier, run) == ["augment_padding: - -> 'background'"]
+        assert _workdir.differences(earlier, run) == [
+            """augment_padding: "-" -> 'background'"""]
     config.augment = False
     assert "augment_padding" not in _study.teacher_config(limited_data.STUDY, config)
 
