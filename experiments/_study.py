@@ -319,7 +319,7 @@ class Trainer:
         config = session.config
         options = _targets.stream_options(
             [session.study.objective(m, config.loss) for m in config.methods])
-        self.targets = (None if options is None else
+        self.targets = (None if options is None or not config.share_teacher_targets else
                         _targets.SharedTargets(session.teacher, session.mesh, options))
 
     def train_cfg(self, key: str, examples_per_class) -> ConfigDict:

@@ -130,7 +130,7 @@ def execution(config: ConfigDict) -> ConfigDict:
     ``teacher_only``) and how it runs (devices, caches, progress, logs)."""
     config.update(teacher_dir="", teacher_only=False, num_devices=0, num_cpu_devices=0,
                   compilation_cache=True, run_progress=False, tensorboard=False,
-                  on_change="refuse")
+                  on_change="refuse", share_teacher_targets=True)
     return config
 
 
@@ -212,6 +212,9 @@ HELP = {
                  "differ) or 'retrain' (delete the runs that differ and train them again)",
     "run_progress": "a progress bar per cell too (the sweep and the teacher always have one)",
     "tensorboard": "TensorBoard event files in every run directory (needs tensorboardX)",
+    "share_teacher_targets": "compute the teacher's logits and input gradients of a batch "
+                             "once for every student of its size and seed (False: each "
+                             "student's step runs the teacher; same numbers, for timing)",
 }
 MODEL_HELP = {
     "name": "model of jaxkd.models.create: mlp, small_cnn, vgg4, vgg9, wrn, resnet18, "

@@ -113,7 +113,7 @@ def test_presentation_keys_change_freely(smoke, workdir, monkeypatch):
     def refuse(*args, **kwargs):
         raise Trained
     monkeypatch.setattr(training, "train", refuse)  # every run is finished
-    config = _config(smoke, run_progress=True, num_cpu_devices=2)
+    config = _config(smoke, run_progress=True, num_cpu_devices=2, share_teacher_targets=False)
     summary = limited_data.run(config, workdir)
     assert summary["config"]["run_progress"] is True
 
