@@ -214,7 +214,8 @@ HELP = {
     "tensorboard": "TensorBoard event files in every run directory (needs tensorboardX)",
     "share_teacher_targets": "compute the teacher's logits and input gradients of a batch "
                              "once for every student of its size and seed (False: each "
-                             "student's step runs the teacher; same numbers, for timing)",
+                             "student's step runs the teacher; the same runs up to float "
+                             "round-off, for timing)",
 }
 MODEL_HELP = {
     "name": "model of jaxkd.models.create: mlp, small_cnn, vgg4, vgg9, wrn, resnet18, "
