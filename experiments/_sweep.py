@@ -62,8 +62,9 @@ def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *
     from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
     results = {}
     todo = [c for c in selected if not _workdir.is_done(cell_dir(workdir, c))]
-    with progress_bar(len(todo), desc=f"{desc} ({len(selected) - len(todo)} cells done)",
-                      unit="cell", disable=not todo) as bar:
+    reused = len(selected) - len(todo)
+    label = f"{desc} ({reused} finished before)" if reused else desc
+    with progress_bar(len(todo), desc=label, unit="cell", disable=not todo) as bar:
         for cell in selected:
             if cell in todo:
                 bar.set_postfix_str(cell.name)

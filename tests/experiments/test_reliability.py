@@ -358,7 +358,7 @@ def test_the_sweep_writes_lines_not_redraws_when_not_a_terminal(tmp_path, capsys
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
-    assert len(lines) == 10 and lines[-1].startswith("study (0 cells done): 20/20 cells "
+    assert len(lines) == 10 and lines[-1].startswith("study: 20/20 cells "
                                                      "(100 %), ")
 
 
