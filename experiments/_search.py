@@ -56,12 +56,17 @@ def _axes(config: ConfigDict, terms: Sequence[str]) -> list[list[tuple[str, Any]
     for term in dict.fromkeys(terms):
         for arg, values in (config.search[term].items() if term in config.search else ()):
             if values:
-                axes.append([(f"{term}.{arg}", _value(v)) for v in values])
+                default = config.loss[term][arg] if arg in config.loss[term] else None
+                axes.append([(f"{term}.{arg}", _value(v, default)) for v in values])
     return axes
 
 
-def _value(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+def _value(value: Any, default: Any) -> Any:
+    """A candidate as the loss argument's type: ``3`` for a float weight is ``3.0``; an
+    integer argument (``k``, ``num_probes``) keeps its integers."""
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(default, float):
+        return float(value)
+    return value
 
 
 def candidates(config: ConfigDict, terms: Sequence[str]) -> list[dict[str, Any]]:

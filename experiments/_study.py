@@ -153,6 +153,9 @@ def cell_config(study: Study, config: ConfigDict, cell: _sweep.Cell,
     out["loss"] = {t: config.loss[t].to_dict() for t in terms}
     if search and _search.candidates(config, terms):
         out["search"] = _search.identity(config, terms)
+        # The method whose choice it keeps depends on the methods run with it.
+        out["search"]["base"] = _search.base_method(cell.method, list(config.methods),
+                                                    study.terms, config)
     if depends_on_teacher(study, config, cell.method):
         out["teacher_run"] = dict(teacher if teacher is not None
                                   else teacher_config(study, config))
@@ -427,6 +430,13 @@ def summarize(session: Session, outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def teacher_only(session: Session) -> dict[str, Any]:
+    """What a ``teacher_only`` run ends with: the teacher's accuracy printed, its result."""
+    print(f"teacher: test accuracy {100 * session.teacher_result['last']['test']:.2f} % "
+          f"({teacher_dir(session.config, session.workdir)})")
+    return {"teacher": session.teacher_result}
+
+
 def run(study: Study, config: ConfigDict, workdir: str, *, command: str | None = None
         ) -> dict[str, Any]:
     """Runs ``study``: checks, teacher, search, cells; writes the results and plots.
@@ -438,10 +448,7 @@ def run(study: Study, config: ConfigDict, workdir: str, *, command: str | None =
     with opened(study, config, workdir, command=command):
         session = start(study, config, workdir)
         if config.teacher_only:
-            print(f"teacher: test accuracy "
-                  f"{100 * session.teacher_result['last']['test']:.2f} % "
-                  f"({teacher_dir(config, workdir)})")
-            return {"teacher": session.teacher_result}
+            return teacher_only(session)
         outcome = sweep(session)
         return _report.finish(study, workdir, summarize(session, outcome), config=config,
                               started=t0, command=command, total_seconds=outcome.seconds,

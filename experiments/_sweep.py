@@ -53,7 +53,8 @@ def cell_dir(workdir: str, cell: Cell) -> str:
 
 def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
               workdir: str, desc: str) -> dict[Cell, dict[str, Any]]:
-    """Runs ``run(cell)`` for every cell with a tqdm bar; finished cells are skipped.
+    """Runs ``run(cell)`` for every cell with a progress bar (plain lines when not on a
+    terminal); finished cells are skipped.
 
     A cell is finished when ``workdir/cells/<cell.name>/result.json`` exists; ``run``
     must write it (``_fit.fit`` does). The bar counts only the cells left, so its rate

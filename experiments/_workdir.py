@@ -428,13 +428,6 @@ def _recorded(run_dir: str) -> tuple[dict[str, Any] | None, str]:
     return None, NOT_RECORDED
 
 
-def _read_or_none(path: str) -> Any:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         out = {}

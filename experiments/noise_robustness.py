@@ -44,6 +44,8 @@ measurements in ``noise.json``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import os
 import sys
@@ -98,13 +100,6 @@ def noisy_images(prepared: _data.PreparedData, sigma: float, seed: int, draw: in
     if clip:
         noisy = jnp.clip(noisy, 0.0, 1.0)
     return np.asarray(data.normalize(noisy, prepared.mean, prepared.std))
-
-
-def noisy_test(prepared: _data.PreparedData, sigma: float, seed: int, batch_size: int, *,
-               draw: int = 0, clip: bool = True) -> list[dict[str, np.ndarray]]:
-    """Test batches of :func:`noisy_images` (draw fixed by seed, sigma and ``draw``)."""
-    return _data.eval_batches(noisy_images(prepared, sigma, seed, draw, clip=clip),
-                              prepared.splits.test.labels, batch_size)
 
 
 # ----------------------------------------------------------------------------------------
@@ -233,8 +228,19 @@ def eval_key(reading: str, sigma: float, draws: int) -> str:
     return f"{reading}/sigma={float(sigma)!r}/draws={draws if sigma > 0 else 1}"
 
 
-def gradient_key(examples: int) -> str:
-    return f"gradient/examples={examples}"
+def gradient_key(examples: int, teacher: str = "") -> str:
+    """The cache key of the gradient measures: on how many images, against which teacher
+    (:func:`teacher_id`: a student's cosine with another teacher is another number)."""
+    return f"gradient/examples={examples}/teacher={teacher}"
+
+
+def teacher_id(teacher_dir: str) -> str:
+    """A short hash of the teacher's directory and recorded run config: caches of noise
+    measures made with another teacher are not reused."""
+    run = _workdir.recorded(teacher_dir)
+    text = json.dumps({"dir": os.path.abspath(teacher_dir), "run": run}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class Evaluator:
@@ -247,12 +253,13 @@ class Evaluator:
       gradient_examples: the first this many test images carry the gradient measures
         (0: all).
       batch_size: evaluation batch size.
+      teacher: the teacher's :func:`teacher_id`, part of the gradient measures' cache key.
     """
 
     def __init__(self, prepared: _data.PreparedData, mesh, *, sigmas: Sequence[float],
                  readings: Sequence[str], draws: int, gradient_examples: int,
-                 batch_size: int):
-        self.prepared, self.mesh = prepared, mesh
+                 batch_size: int, teacher: str = ""):
+        self.prepared, self.mesh, self.teacher = prepared, mesh, teacher
         self.sigmas = [float(s) for s in sigmas]
         self.readings, self.draws = list(readings), int(draws)
         total = len(prepared.splits.test.labels)
@@ -289,7 +296,7 @@ class Evaluator:
         evals = cached["evals"]
         wanted = [(r, s) for r in self.readings for s in self.sigmas]
         missing = [(r, s) for r, s in wanted if eval_key(r, s, self.draws) not in evals]
-        g_key = gradient_key(self.gradient_examples)
+        g_key = gradient_key(self.gradient_examples, self.teacher)
         need_gradients = teacher is not None and g_key not in evals
         if missing or need_gradients:
             t0 = time.perf_counter()
@@ -416,15 +423,18 @@ def _run(config: ConfigDict, workdir: str, *, command: str | None, started: floa
     sizes = list(config.noise_examples_per_class) or _sweep.sizes(config)
     selected = [c for c in _sweep.cells(config) if c.examples_per_class in sizes]
     session = _study.start(limited_data.STUDY, config, workdir, selected)
+    if config.teacher_only:
+        return _study.teacher_only(session)
     outcome = _study.sweep(session)
     prepared, mesh = session.data.student, session.mesh
     sigmas = [float(s) for s in config.noise_sigmas]
     kinds = readings(config)
+    teacher_dir = _study.teacher_dir(config, workdir)
+    tid = teacher_id(teacher_dir)
     evaluator = Evaluator(prepared, mesh, sigmas=sigmas, readings=kinds,
                           draws=config.noise_draws,
                           gradient_examples=config.noise_gradient_examples,
-                          batch_size=config.train.eval_batch_size)
-    teacher_dir = _study.teacher_dir(config, workdir)
+                          batch_size=config.train.eval_batch_size, teacher=tid)
     teacher_states, references = [], []
 
     def teacher_state():
@@ -442,21 +452,21 @@ def _run(config: ConfigDict, workdir: str, *, command: str | None, started: floa
 
     from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
     per_cell = {}
-    bar = progress_bar(len(selected), desc="noise", unit="cell")
-    for cell in selected:
-        def student_state(cell=cell):
-            template = _fit.template_state(
-                limited_data.make_student(config, session.data, cell.method, cell.seed),
-                config.train, mesh)
-            return _fit.restore_state(_sweep.cell_dir(workdir, cell), template)
-        per_cell[cell] = evaluator.measure(_sweep.cell_dir(workdir, cell), student_state,
-                                           cell.seed, teacher=teacher_reference)
-        bar.update(1)
-    bar.close()
+    with progress_bar(len(selected), desc="noise", unit="cell") as bar:
+        for cell in selected:
+            def student_state(cell=cell):
+                template = _fit.template_state(
+                    limited_data.make_student(config, session.data, cell.method, cell.seed),
+                    config.train, mesh)
+                return _fit.restore_state(_sweep.cell_dir(workdir, cell), template)
+            per_cell[cell] = evaluator.measure(_sweep.cell_dir(workdir, cell), student_state,
+                                               cell.seed, teacher=teacher_reference)
+            bar.update(1)
 
-    # Cached under this work directory even when the teacher is another run's.
+    # Cached in this work directory, even when the teacher is another run's, under the
+    # teacher's identity: another teacher is measured afresh.
     teacher_measures = {
-        seed: evaluator.measure(os.path.join(workdir, "teacher", f"noise_seed{seed}"),
+        seed: evaluator.measure(os.path.join(workdir, "teacher_noise", tid, f"seed{seed}"),
                                 teacher_state, seed, teacher=teacher_reference)
         for seed in _sweep.seeds(config)}
     measured = {"teacher": [{"examples_per_class": n, "measure": m} for n in sizes
@@ -541,6 +551,8 @@ def markdown(s: dict[str, Any]) -> str:
 
 
 def console(s: dict[str, Any]) -> str:
+    if "rows" not in s:  # a teacher_only run
+        return ""
     return markdown(s).split("\n", 2)[2].strip()
 
 

@@ -277,9 +277,9 @@ def initialize_distributed(*, force: bool = False,
     """
     if jax.distributed.is_initialized():
         return True
+    backstop = kwargs.pop("jax_heartbeat_timeout_seconds", 2 * heartbeat_timeout_seconds)
     if not (force or kwargs or multi_process_env()):
         return False
-    backstop = kwargs.pop("jax_heartbeat_timeout_seconds", 2 * heartbeat_timeout_seconds)
     jax.distributed.initialize(heartbeat_timeout_seconds=backstop, **kwargs)
     _watch(heartbeat_timeout_seconds)
     return True

@@ -122,7 +122,7 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
     student_maps = jax.eval_shape(student_feature_fn, x)
     _checks.check_function_output("student_feature_fn", student_maps, FEATURE_LAYOUT)
     if given_targets:
-        q_t, g_t = _targets.for_attention(teacher_feature_fn, x, p)
+        q_t, g_t = _targets.for_attention(teacher_feature_fn, x, p, eps)
         _check_student_maps(student_maps, q_t)
     else:
         teacher_maps = jax.eval_shape(teacher_feature_fn, x)

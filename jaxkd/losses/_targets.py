@@ -35,7 +35,7 @@ PROJECTIONS: tuple[str, ...] = typing.get_args(Projection)
     jax.tree_util.register_dataclass,
     data_fields=["logits", "indices", "gradients", "key_data", "vjp_probes", "vjp_gradients",
                  "jvp_probes", "jvp_tangents", "attention", "attention_gradients"],
-    meta_fields=["outputs", "k", "projections", "num_probes", "distribution", "p"])
+    meta_fields=["outputs", "k", "projections", "num_probes", "distribution", "p", "eps"])
 @dataclasses.dataclass(frozen=True)
 class TeacherTargets:
     """The teacher's part of the losses on one batch, from :func:`teacher_targets`.
@@ -66,6 +66,7 @@ class TeacherTargets:
       num_probes: probes per example of the projections.
       distribution: the probes' distribution.
       p: the exponent of the attention maps (None: not computed).
+      eps: the floor of the attention maps' norms they were computed with.
     """
 
     logits: jax.Array
@@ -84,6 +85,7 @@ class TeacherTargets:
     num_probes: int = 1
     distribution: str = "rademacher"
     p: float | None = None
+    eps: float = _common.DEFAULT_EPS
 
 
 def _batch_first(a: jax.Array) -> jax.Array:
@@ -340,7 +342,8 @@ def teacher_targets(teacher_fn: Fn,
     return TeacherTargets(logits=logits, **fields, outputs=outputs, k=k,
                           projections=projections, num_probes=num_probes,
                           distribution=distribution,
-                          p=None if teacher_feature_fn is None else float(p))
+                          p=None if teacher_feature_fn is None else float(p),
+                          eps=float(eps))
 
 
 # -- What the losses check when given targets ------------------------------------------
@@ -368,13 +371,6 @@ def _check_input_size(leaf: jax.Array, x: jax.Array, what: str) -> None:
     if leaf.shape[-1] != size:
         raise ValueError(f"`targets` hold {what} of inputs of size {leaf.shape[-1]}, `x` has "
                          f"examples of size {size} (shape {x.shape}).")
-
-
-def check_classes_match(targets: TeacherTargets, student_out: Any) -> None:
-    if student_out.shape[-1] != targets.logits.shape[-1]:
-        raise ValueError(f"`student_fn(x)` and `targets.logits` must have the same number of "
-                         f"classes K, got shapes {student_out.shape} and "
-                         f"{targets.logits.shape}.")
 
 
 def for_jacobian(targets: TeacherTargets, x: jax.Array, labels: Any, outputs: str,
@@ -432,14 +428,16 @@ def for_projection(targets: TeacherTargets, which: str, x: jax.Array, key: Any,
             jax.lax.stop_gradient(_batch_first(products)))
 
 
-def for_attention(targets: TeacherTargets, x: jax.Array, p: float
-                  ) -> tuple[jax.Array, jax.Array]:
+def for_attention(targets: TeacherTargets, x: jax.Array, p: float,
+                  eps: float = _common.DEFAULT_EPS) -> tuple[jax.Array, jax.Array]:
     """``(maps [B, H*W], gradients [B, D])`` of ``targets`` for
     :func:`attention_jacobian_loss`, after checking the contract."""
     _check_batch(targets, x, targets.attention_gradients, "attention gradients",
                  "teacher_targets(..., teacher_feature_fn=...)")
     if float(p) != targets.p:
         raise _mismatch("p", p, targets.p)
+    if float(eps) != targets.eps:
+        raise _mismatch("eps", eps, targets.eps)
     _check_input_size(targets.attention_gradients, x, "attention gradients")
     return (jax.lax.stop_gradient(targets.attention),
             jax.lax.stop_gradient(targets.attention_gradients))

@@ -59,7 +59,7 @@ def test_empty_and_missing_folders(tmp_path):
         data.load(f"folder:{tmp_path / 'nope'}")
 
 
-# --- modes, bad files, symlinks, class counts (issue 12) and decode-once / memory (issue 11)
+# --- modes, bad files, symlinks, class counts and decode-once / memory
 
 
 def _grey16(rng, shape, mean):

@@ -163,3 +163,34 @@ def test_logits_and_gradients_on_a_mesh_equal_those_on_one_device(prepared):
     up = noise_robustness.logits(single, normalised(bumped), None, 64)[0, classes[0]]
     down = noise_robustness.logits(single, normalised(raw[:1]), None, 64)[0, classes[0]]
     assert grads[0, pixel] == pytest.approx((up - down) / eps, rel=0.05, abs=1e-3)
+
+
+def test_noise_caches_name_the_teacher_they_were_measured_against(tmp_path):
+    """A student's cosine with the teacher's gradient, and the teacher's own measures,
+    are cached under the teacher's identity: a retrained or another teacher is measured
+    afresh, never read from the old one's cache."""
+    from experiments import _workdir
+    first, other = tmp_path / "teacher", tmp_path / "elsewhere"
+    for d in (first, other):
+        d.mkdir()
+        _workdir.write_json(d / "config.json", {_workdir.RUN_CONFIG: {"teacher_seed": 0}})
+    tid = noise_robustness.teacher_id(str(first))
+    assert tid == noise_robustness.teacher_id(str(first))
+    assert tid != noise_robustness.teacher_id(str(other))  # another directory
+    _workdir.write_json(first / "config.json", {_workdir.RUN_CONFIG: {"teacher_seed": 1}})
+    assert tid != noise_robustness.teacher_id(str(first))  # retrained with another config
+    assert noise_robustness.gradient_key(100, tid) != noise_robustness.gradient_key(100, "")
+
+
+def test_teacher_only_stops_study_2_after_the_teacher(smoke, tmp_path, monkeypatch):
+    """With teacher_only, study 2 trains the teacher and returns: no cell, no noise."""
+    from experiments import _study
+
+    def no_sweep(session):
+        raise AssertionError("teacher_only trained the cells")
+    monkeypatch.setattr(_study, "sweep", no_sweep)
+    config = smoke("limited_data_digits", teacher_only=True)
+    summary = noise_robustness.run(config, str(tmp_path))
+    assert set(summary) == {"teacher"} and summary["teacher"]["last"]["test"] > 0
+    assert noise_robustness.console(summary) == ""
+    assert not list(tmp_path.rglob(noise_robustness.NOISE_FILE))

@@ -156,3 +156,35 @@ def test_base_methods_of_the_fashion_configs():
                                transfer.method_terms, config) == "lwf+attention"
     assert _search.base_method("lwf+jacobian", config.methods, transfer.method_terms,
                                config) == "lwf"
+
+
+def test_an_integer_argument_keeps_integer_candidates():
+    """``search.jacobian.k = (1, 2)`` tries k=1 and k=2 (an int field), a weight's ``3``
+    is the float 3.0."""
+    config = _cli_config()
+    config.search.sizes = (10,)
+    config.search.jacobian.k = (1, 2)
+    config.search.jacobian.weight = (3,)
+    got = _search.candidates(config, ["jacobian"])
+    assert got == [{"jacobian.k": 1, "jacobian.weight": 3.0},
+                   {"jacobian.k": 2, "jacobian.weight": 3.0}]
+    assert all(type(c["jacobian.k"]) is int and type(c["jacobian.weight"]) is float
+               for c in got)
+    assert _search.loss_with(config.loss, got[1]).jacobian.k == 2
+
+
+def test_a_cells_search_identity_names_the_base_whose_choice_it_keeps(smoke):
+    """The base depends on the methods run together, so it is part of the run config: a
+    cell searched alone (its own KD weight) is not reused for one that keeps kd+ce's."""
+    from experiments import _study, _sweep
+    config = smoke("limited_data_digits")
+    config.unlock()
+    config.search.sizes = (5,)
+    config.search.kd.weight = (1.0, 3.0)
+    config.search.jacobian.weight = (1.0, 3.0)
+    cell = _sweep.Cell("kd+jacobian+ce", 5, 0)
+    config.methods = ("kd+ce", "kd+jacobian+ce")
+    together = _study.cell_config(limited_data.STUDY, config, cell, None)
+    config.methods = ("kd+jacobian+ce",)
+    alone = _study.cell_config(limited_data.STUDY, config, cell, None)
+    assert together["search"]["base"] == "kd+ce" and alone["search"]["base"] is None

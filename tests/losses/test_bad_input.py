@@ -146,7 +146,7 @@ def test_student_batch_mismatch_is_reported():
         losses.jacobian_matching_loss(drops_rows, TEACHER, X)
 
 
-# Issue 12, item 7: readable failures for a wrong kind of argument.
+# Readable failures for a wrong kind of argument.
 
 BIG_LOGITS = jnp.arange(4 * 1000, dtype=jnp.float32).reshape(4, 1000)
 FN_CALLS = {

@@ -1,4 +1,4 @@
-"""Issue 9, item 1: one selected output (or one probe) is one VJP/JVP, with no size-1 vmap.
+"""One selected output (or one probe) is one VJP/JVP, with no size-1 vmap.
 
 The direct path and the batched one compute the same maths; the direct one is what one
 writes by hand (one ``jax.vjp`` with the ``[B, K]`` cotangent) and was measured 1.1-1.3x

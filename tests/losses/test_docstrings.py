@@ -53,7 +53,7 @@ def test_readme_table_lists_every_loss():
 @pytest.mark.parametrize("name,keywords", _table_signatures(), ids=lambda v: str(v)[:30])
 def test_readme_table_signature_agrees_with_the_function(name, keywords):
     """A keyword shown as ``k=v`` defaults to ``v``; one shown bare is required; every
-    required keyword-only argument is shown (issue 12: ``temperature`` was shown as
+    required keyword-only argument is shown (a table once showed ``temperature`` as
     required while it defaulted to 1.0)."""
     params = inspect.signature(getattr(losses, name)).parameters
     for key, default in keywords.items():

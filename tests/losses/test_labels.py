@@ -1,4 +1,4 @@
-"""Issue 12: an out-of-range label under jit is visible (a NaN row), never a silent 0."""
+"""An out-of-range label under jit is visible (a NaN row), never a silent 0."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""Issue 9, item 5: networks in bfloat16, normalisation and reductions in float32.
+"""Networks in bfloat16, normalisation and reductions in float32.
 
 Two claims, two kinds of test:
 

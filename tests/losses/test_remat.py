@@ -1,4 +1,4 @@
-"""Issue 9, item 4: ``remat_chunks`` changes memory, not values or gradients."""
+"""``remat_chunks`` changes memory, not values or gradients."""
 
 import functools
 

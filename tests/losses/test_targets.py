@@ -180,6 +180,8 @@ CONTRACT = {
                      lambda: losses.jacobian_matching_loss(STUDENT, VJP2, X)),
     "p": (r"called with p=4.0 but `targets` were computed with p=2.0",
           lambda: losses.attention_jacobian_loss(features(SP), ATTENTION, X, p=4.0)),
+    "eps": (r"called with eps=0.001 but `targets` were computed with eps=1e-06",
+            lambda: losses.attention_jacobian_loss(features(SP), ATTENTION, X, eps=1e-3)),
     "batch": (r"`targets` were computed for a batch of 16 examples, `x` has 4",
               lambda: losses.jacobian_matching_loss(STUDENT, JM_TOP1, X[:4])),
     "projections_without_key": (r"`key` is required", lambda: losses.teacher_targets(

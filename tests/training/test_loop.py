@@ -206,6 +206,9 @@ def test_initialize_distributed_is_guarded(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert not training.multi_process_env()
     assert training.initialize_distributed() is False and calls == []
+    # Setting only JAX's own heartbeat does not make one host a distributed job.
+    assert training.initialize_distributed(jax_heartbeat_timeout_seconds=200) is False
+    assert calls == []
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert training.multi_process_env()
     assert training.initialize_distributed() is True
