@@ -225,7 +225,8 @@ def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smok
     searched = _study.cell_config(transfer.STUDY, config, _sweep.Cell("lwf+jacobian", 5, 0),
                                   teacher)
     assert searched["search"] == {"sizes": [5], "seeds": 1,
-                                  "candidates": {"jacobian.weight": [1.0, 10.0]}}
+                                  "candidates": {"jacobian.weight": [1.0, 10.0]},
+                                  "base": None}  # lwf is not among the methods run
     assert "search" not in _study.cell_config(transfer.STUDY, config,
                                               _sweep.Cell("lwf", 5, 0), teacher)
 
