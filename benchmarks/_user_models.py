@@ -212,6 +212,21 @@ MODES: dict[str, Mode] = {
 
 # ----------------------------------------------------------------------------- the step
 
+def pair(pool: str, *, width: int, num_classes: int, dtype, batch: int, image_size: int,
+         seed: int = 0):
+    """The student (widths ``(w, 2w)``) and teacher (``(2w, 4w)``) CNNs with ``pool``,
+    their parameters, a random batch ``x [batch, size, size, 3]``, labels ``y`` and a
+    probe key: ``(student, teacher, s_params, t_params, x, y, key)``."""
+    import jax
+
+    student = cnn(pool, (width, 2 * width), num_classes, dtype)
+    teacher = cnn(pool, (2 * width, 4 * width), num_classes, dtype)
+    kx, ky, ks, kt, kp = jax.random.split(jax.random.key(seed), 5)
+    x = jax.random.normal(kx, (batch, image_size, image_size, 3))
+    y = jax.random.randint(ky, (batch,), 0, num_classes)
+    return student, teacher, student.init(ks, x[:1]), teacher.init(kt, x[:1]), x, y, kp
+
+
 def make_step(case: str, mode: str, *, batch: int, image_size: int, num_classes: int,
               width: int, mesh, seed: int = 0):
     """Lowers the step of ``mode`` on ``case``; returns ``(lowered, finish)``.
@@ -230,14 +245,9 @@ def make_step(case: str, mode: str, *, batch: int, image_size: int, num_classes:
     if mode not in MODES:
         raise ValueError(f"unknown user-model mode {mode!r}; choose from {list(MODES)}")
     spec = MODES[mode]
-    dtype = jnp.dtype(spec.dtype)
-    student = cnn(CASES[case], (width, 2 * width), num_classes, dtype)
-    teacher = cnn(CASES[case], (2 * width, 4 * width), num_classes, dtype)
-    kx, ky, ks, kt, kp = jax.random.split(jax.random.key(seed), 5)
-    x = jax.random.normal(kx, (batch, image_size, image_size, 3))
-    y = jax.random.randint(ky, (batch,), 0, num_classes)
-    params = student.init(ks, x[:1])
-    t_params = teacher.init(kt, x[:1])
+    student, teacher, params, t_params, x, y, kp = pair(
+        CASES[case], width=width, num_classes=num_classes, dtype=jnp.dtype(spec.dtype),
+        batch=batch, image_size=image_size, seed=seed)
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
 

@@ -52,13 +52,9 @@ def build(*, batch: int, image_size: int, width: int, num_classes: int = 10, see
 
     from jaxkd import losses
 
-    student = _user_models.cnn("reshape", (width, 2 * width), num_classes, jnp.float32)
-    teacher = _user_models.cnn("reshape", (2 * width, 4 * width), num_classes, jnp.float32)
-    kx, ky, ks, kt, kp = jax.random.split(jax.random.key(seed), 5)
-    x = jax.random.normal(kx, (batch, image_size, image_size, 3))
-    y = jax.random.randint(ky, (batch,), 0, num_classes)
-    s_params = student.init(ks, x[:1])
-    t_params = teacher.init(kt, x[:1])
+    student, teacher, s_params, t_params, x, y, kp = _user_models.pair(
+        "reshape", width=width, num_classes=num_classes, dtype=jnp.float32, batch=batch,
+        image_size=image_size, seed=seed)
     tx = optax.adam(1e-3)
 
     def term(mode, s_fn, teacher_or_targets, x, key):
