@@ -137,11 +137,35 @@ class Objective:
         wanted = [t.targets for t in self.terms if t.needs_teacher]
         if any(w is None for w in wanted):
             return None
-        grads = {(w["outputs"], w.get("k", 1)) for w in wanted if w.get("outputs")}
+        # k matters only for top_k: every other mode's targets serve any k.
+        grads = {(w["outputs"], w.get("k", 1) if w["outputs"] == "top_k" else 1)
+                 for w in wanted if w.get("outputs")}
         if len(grads) > 1:
             return None
         outputs, k = grads.pop() if grads else (None, 1)
         return {"outputs": outputs, "k": k}
+
+    def check_targets(self, targets: Any) -> None:
+        """Raises ``ValueError`` unless this objective can be fed ``targets`` (a
+        :class:`jaxkd.losses.TeacherTargets`) in the teacher's place."""
+        where = "batch['teacher_targets']"
+        if not isinstance(targets, losses.TeacherTargets):
+            raise ValueError(f"{where} must be a jaxkd.losses.TeacherTargets (from "
+                             f"teacher_targets or make_targets_step), got "
+                             f"{type(targets).__name__}.")
+        options = self.targets_options()
+        if options is None:
+            raise ValueError(
+                f"{where}: {self!r} cannot be fed teacher targets (terms that need the "
+                f"teacher itself: {self.terms_needing_teacher()}, or no teacher term); "
+                f"leave the targets out of its batches.")
+        if options["outputs"] is not None and (
+                targets.outputs != options["outputs"]
+                or (options["outputs"] == "top_k" and targets.k != options["k"])):
+            raise ValueError(
+                f"{where} holds targets of outputs={targets.outputs!r} (k={targets.k}); "
+                f"{self!r} needs outputs={options['outputs']!r} (k={options['k']}): "
+                f"compute them with objective.targets_options().")
 
     def terms_needing_teacher(self) -> list[str]:
         """The teacher terms that cannot be fed precomputed targets."""
@@ -156,11 +180,7 @@ class Objective:
                              f"{[t.name for t in self.terms if t.needs_teacher]} "
                              "but no teacher (nor teacher targets) was given.")
         if inputs.teacher_fn is None and inputs.teacher_targets is not None:
-            if self.targets_options() is None:
-                raise ValueError(
-                    f"{self!r} was fed teacher targets, but its terms cannot all use them "
-                    f"(terms that need the teacher itself: {self.terms_needing_teacher()}, "
-                    f"or terms needing gradients of different outputs): run the teacher.")
+            self.check_targets(inputs.teacher_targets)
         total = jnp.zeros((), jnp.float32)
         values = {}
         for i, term in enumerate(self.terms):

@@ -87,7 +87,7 @@ def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
     teacher = {}
     targets = batch.get(TARGETS_KEY)
     if targets is not None:
-        check_targets_fit(objective, targets)
+        objective.check_targets(targets)
         # The targets stand for the teacher: no teacher pass in this step.
         teacher = dict(teacher_logits=targets.logits, teacher_targets=targets)
     elif teacher_graphdef is not None:
@@ -125,27 +125,6 @@ def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1, params=params, rest=new_rest,
                               opt_state=opt_state)
     return new_state, metrics
-
-
-def check_targets_fit(objective: Objective, targets: Any) -> None:
-    """Raises ``ValueError`` unless ``objective`` can be fed ``targets`` for the teacher."""
-    if not isinstance(targets, losses.TeacherTargets):
-        raise ValueError(f"batch[{TARGETS_KEY!r}] must be a jaxkd.losses.TeacherTargets "
-                         f"(from teacher_targets or make_targets_step), got "
-                         f"{type(targets).__name__}.")
-    options = objective.targets_options()
-    if options is None:
-        raise ValueError(
-            f"batch[{TARGETS_KEY!r}]: {objective!r} cannot be fed teacher targets (terms "
-            f"that need the teacher itself: {objective.terms_needing_teacher()}, or no "
-            f"teacher term); leave the targets out of its batches.")
-    if options["outputs"] is not None and (
-            targets.outputs != options["outputs"]
-            or (options["outputs"] == "top_k" and targets.k != options["k"])):
-        raise ValueError(
-            f"batch[{TARGETS_KEY!r}] holds targets of outputs={targets.outputs!r} "
-            f"(k={targets.k}); {objective!r} needs outputs={options['outputs']!r} "
-            f"(k={options['k']}): compute them with objective.targets_options().")
 
 
 @functools.lru_cache(maxsize=16)
