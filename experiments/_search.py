@@ -3,14 +3,16 @@
 ``config.search`` holds the search: ``search.sizes`` and ``search.seeds`` (seeds
 ``0..k-1``), and ``search.<term>.<argument>``, candidates for ``loss.<term>.<argument>``
 (``search.jacobian.weight = (1.0, 3.0, 10.0)``; ``()``: not searched). Before the sweep,
-each method with a searched term is trained with every candidate (the product of the
+each method with a searched term is trained with its candidates (the product of the
 candidates, for several searched arguments) at the search's sizes and seeds, in
 ``<workdir>/weight_search/cells/<method>@<weights>/n<k>/seed<s>/``. Per method the
 candidate of best mean best-step **validation** accuracy (over the search's sizes and
 seeds) wins (a tie goes to the first listed). Every method is tuned the same way: one
 that adds terms to another method of the sweep (``kd+jacobian+ce`` to ``kd+ce``) keeps
 that method's chosen values and chooses among its own candidates only, so with equally
-long candidate lists every method chooses among as many. ``<workdir>/weight_search.json``
+long candidate lists every method chooses among as many. The search runs in rounds
+(:func:`levels`): the methods without a base first, then the others, each training only
+its candidates with the base's chosen values (:func:`to_train`). ``<workdir>/weight_search.json``
 and the study's ``results.md`` show every candidate's validation and test accuracy (mean
 ± std over the search seeds), the choice, and whether the best candidates tie within
 their spread; every cell of that method trains with the choice. The test split chooses
@@ -129,6 +131,37 @@ def base_method(method: str, methods: Sequence[str], terms: Terms,
     return max(bases, key=lambda m: (len(set(terms(m))), -list(methods).index(m)))
 
 
+def levels(config: ConfigDict, methods: Sequence[str], terms: Terms) -> list[list[str]]:
+    """The methods with searched terms, in rounds: those with no base method first, then
+    those whose base is in an earlier round (listed order within a round)."""
+    depth: dict[str, int] = {}
+
+    def of(method: str) -> int:
+        if method not in depth:
+            base = base_method(method, methods, terms, config)
+            depth[method] = 0 if base is None else of(base) + 1
+        return depth[method]
+
+    searched = [m for m in methods if candidates(config, terms(m))]
+    rounds = [[m for m in searched if of(m) == d]
+              for d in range(max(map(of, searched), default=-1) + 1)]
+    return [r for r in rounds if r]
+
+
+def to_train(config: ConfigDict, method: str, methods: Sequence[str], terms: Terms,
+             search: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates of ``method`` the search trains, given the choices in ``search``:
+    those with its base method's chosen values (every candidate if it has no base)."""
+    tried = candidates(config, terms(method))
+    base = base_method(method, methods, terms, config)
+    if base is None:
+        return tried
+    if base not in (search.get("methods") or {}):
+        raise ValueError(f"the search of {method!r} needs {base!r}'s choice first.")
+    fixed = {k: v for k, v in chosen(search, base).items() if tried and k in tried[0]}
+    return [w for w in tried if all(w[k] == v for k, v in fixed.items())]
+
+
 def _per_seed(results, method, weights, sizes_, seeds_, split: str):
     """Per size, the accuracy (%) of each search seed; and per seed, the mean over sizes."""
     per_size = {str(n): [100.0 * results[search_cell(method, weights, n, s)]["best"][split]
@@ -150,8 +183,9 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
     first. Only validation accuracies choose: the test split is shown, never read for the
     choice. Every method is tuned the same way: a method that adds terms to another of
     ``methods`` (:func:`base_method`) keeps the base's chosen values of the base's
-    searched arguments and chooses among its own candidates only (its other runs are
-    shown, marked not eligible), so with equally long candidate lists every method
+    searched arguments and chooses among its own candidates only (runs with other base
+    values, if ``results`` has them, are shown marked not eligible; the search of
+    ``_study.sweep`` does not train them), so with equally long candidate lists every method
     chooses among the same number, and a paired gain compares methods at the same base
     weights. Each method's entry also says whether its two best candidates tie within
     their spread over the search seeds (difference of means below the larger std).
@@ -168,6 +202,9 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
                  if k in tried[0]} if base in out["methods"] else {}
         rows = []
         for weights in tried:
+            if not all(search_cell(method, weights, n, s) in results
+                       for n in out["sizes"] for s in out["seeds"]):
+                continue  # not trained: it does not have the base's choice
             validation, val_seeds = _per_seed(results, method, weights, out["sizes"],
                                               out["seeds"], "validation")
             test, test_seeds = _per_seed(results, method, weights, out["sizes"],
@@ -259,7 +296,7 @@ def markdown(search: dict[str, Any] | None, label: Callable[[str], str]) -> list
            f"{', '.join(map(str, seeds_))}; the candidate of best mean validation accuracy "
            f"(best step, %) is used for every cell of that method (**bold**). A method that "
            f"adds terms to another keeps that method's chosen values and chooses among its "
-           f"own candidates (the others are shown in parentheses, not eligible). Accuracy "
+           f"own candidates (trained with the base's choice only). Accuracy "
            f"is the mean ± std over the search seeds (of the mean over sizes); test "
            f"accuracy is shown so a reader sees whether a conclusion depends on the choice, "
            f"and chose nothing.", "",

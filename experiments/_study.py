@@ -164,12 +164,20 @@ def cell_config(study: Study, config: ConfigDict, cell: _sweep.Cell,
     return _workdir.canonical(out)
 
 
-def search_plan(study: Study, config: ConfigDict, methods: Sequence[str]
+def search_plan(study: Study, config: ConfigDict, methods: Sequence[str],
+                search: dict[str, Any] | None = None
                 ) -> dict[_sweep.Cell, tuple[str, dict[str, Any]]]:
-    """The search's runs: ``{search cell: (method, weights)}`` in training order."""
+    """The search's runs: ``{search cell: (method, weights)}`` in training order.
+
+    With ``search`` (the choices made so far), a method whose base method has chosen
+    trains only the candidates with the base's values (``_search.to_train``); without
+    it, every candidate a run could have (what a work directory may hold).
+    """
+    every = list(config.methods)
     return {_search.search_cell(m, w, n, s): (m, w)
             for s in _search.seeds(config) for n in _search.sizes(config) for m in methods
-            for w in _search.candidates(config, study.terms(m))}
+            for w in (_search.to_train(config, m, every, study.terms, search)
+                      if search is not None else _search.candidates(config, study.terms(m)))}
 
 
 def run_configs(study: Study, config: ConfigDict, workdir: str,
@@ -384,17 +392,25 @@ def sweep(session: Session) -> Outcome:
     """Trains (or skips) the weight search and every selected cell."""
     s, trainer = session, Trainer(session)
     methods = list(dict.fromkeys(c.method for c in s.selected))
-    plan = search_plan(s.study, s.config, methods)
     search_dir = os.path.join(s.workdir, _search.SEARCH_DIR)
+    # Bases first: a method that adds terms to another trains its own candidates only
+    # at the values its base chose (one round per depth of that chain).
+    searched: dict[_sweep.Cell, dict[str, Any]] = {}
+    search: dict[str, Any] = {"methods": {}}
+    done: list[str] = []
+    for level in _search.levels(s.config, methods, s.study.terms):
+        plan = search_plan(s.study, s.config, level, search)
 
-    def run_search(cell: _sweep.Cell) -> dict[str, Any]:
-        method, weights = plan[cell]
-        return trainer.fit(_sweep.cell_dir(search_dir, cell), method,
-                           cell.examples_per_class, cell.seed, weights)
+        def run_search(cell: _sweep.Cell, plan=plan) -> dict[str, Any]:
+            method, weights = plan[cell]
+            return trainer.fit(_sweep.cell_dir(search_dir, cell), method,
+                               cell.examples_per_class, cell.seed, weights)
 
-    searched = _sweep.run_sweep(list(plan), run_search, workdir=search_dir,
-                                desc="weight search")
-    search = _search.choose(s.config, methods, s.study.terms, searched)
+        searched.update(_sweep.run_sweep(list(plan), run_search, workdir=search_dir,
+                                         desc="weight search"))
+        done += level
+        search = _search.choose(s.config, [m for m in methods if m in done],
+                                s.study.terms, searched)
     search["seconds"] = sum(float(r["seconds"]) for r in searched.values())
     _workdir.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
 

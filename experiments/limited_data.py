@@ -40,7 +40,10 @@ TERMS = {
     "jacobian": (training.jacobian_matching, "Jacobians"),
     "vjp": (training.vjp_projection, "Jacobians (VJP projection)"),
     "jvp": (training.jvp_projection, "Jacobians (JVP projection)"),
+    "jacobian_raw": (training.jacobian_matching, "Jacobians (unnormalised, top-1)"),
+    "jacobian_all": (training.jacobian_matching, "Jacobians (unnormalised, all outputs)"),
     "noisy": (training.noisy_distillation, "noisy distillation"),
+    "noisy_kl": (training.noisy_distillation, "noisy distillation (KL)"),
     "attention": (training.attention_transfer, "attention"),
     "attention_jacobian": (training.attention_jacobian, "attention Jacobians"),
 }
@@ -62,7 +65,9 @@ PAPER.update({"logits+ce": (33.92, 46.47, 56.65), "logits+jacobian+ce": (39.55, 
 # (without, with) pairs whose per-seed difference isolates the Jacobian term.
 JACOBIAN_PAIRS = (("logits+ce", "logits+jacobian+ce"), ("logits", "logits+jacobian"),
                   ("kd+ce", "kd+jacobian+ce"), ("kd+ce", "kd+vjp+ce"), ("kd+ce", "kd+jvp+ce"),
-                  ("logits+ce", "noisy+ce"))
+                  ("logits+ce", "noisy+ce"), ("kd+ce", "kd+jacobian_raw+ce"),
+                  ("kd+ce", "kd+jacobian_all+ce"), ("kd+ce", "kd+noisy+ce"),
+                  ("kd+ce", "kd+noisy_kl+ce"))
 # The config keys that change the teacher, and a student cell (with its loss terms).
 TEACHER_KEYS = ("dataset", *_study.DATA_KEYS, "teacher", "teacher_train", "teacher_seed")
 CELL_KEYS = ("dataset", *_study.DATA_KEYS, "student", "train", "train_epochs",

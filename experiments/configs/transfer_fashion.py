@@ -28,10 +28,11 @@ at 10 examples per class, mean over seeds 0-2; three candidates each: LwF 0.3, 1
 Jacobian 1, 3 or 10, attention 1, 10 or 100, attention Jacobian 0.1, 1 or 10). A method
 that adds a term keeps the choice of the method it adds to (``lwf+jacobian`` and
 ``lwf+attention`` keep ``lwf``'s weight, ``lwf+attention+attention_jacobian`` keeps
-``lwf+attention``'s two) and chooses among its own three. The search trains the product:
-3 + 9 + 9 + 27 = 48 candidates x 3 seeds = 144 runs of 100 steps (the first committed run
-had 14), an estimated 40-60 min on 2 cores. The first committed run used a fixed
-Jacobian weight 10, which this study's own validation split did not prefer.
+``lwf+attention``'s two) and chooses among its own three. The search runs the bases
+first and trains each added term's candidates at the base's choice only: 4 methods x
+3 candidates x 3 seeds = 36 runs of 100 steps (the product would be 144). The first
+committed run used a fixed Jacobian weight 10, which this study's own validation split
+did not prefer.
 
 ``:smoke`` runs every loss term at tiny sizes (width-4 networks, 12 steps, one seed) on
 the small IDX files the tests write under ``data_dir``.

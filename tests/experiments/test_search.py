@@ -188,3 +188,31 @@ def test_a_cells_search_identity_names_the_base_whose_choice_it_keeps(smoke):
     config.methods = ("kd+jacobian+ce",)
     alone = _study.cell_config(limited_data.STUDY, config, cell, None)
     assert together["search"]["base"] == "kd+ce" and alone["search"]["base"] is None
+
+
+def test_the_search_runs_bases_first_and_trains_added_terms_at_the_bases_choice_only():
+    config = _cli.load_config("limited_data_fashion")  # its own candidates, 3 each
+    terms = limited_data.method_terms
+    methods = list(config.methods)
+    rounds = _search.levels(config, methods, terms)
+    assert rounds == [["logits+ce", "logits", "kd+ce"],
+                      ["logits+jacobian+ce", "logits+jacobian", "kd+jacobian+ce",
+                       "kd+vjp+ce", "kd+jvp+ce"]]  # CE searches nothing
+    with pytest.raises(ValueError, match="needs 'kd\\+ce'"):
+        _search.to_train(config, "kd+jacobian+ce", methods, terms, {"methods": {}})
+    search = {"methods": {"kd+ce": {"chosen": {"kd.weight": 3.0}},
+                          "logits": {"chosen": {"logits.weight": 0.03}}}}
+    runs = _search.to_train(config, "kd+jacobian+ce", methods, terms, search)
+    assert runs == [{"kd.weight": 3.0, "jacobian.weight": w} for w in (1.0, 3.0, 10.0)]
+    assert [r["logits.weight"] for r in _search.to_train(
+        config, "logits+jacobian", methods, terms, search)] == [0.03] * 3
+    assert len(_search.to_train(config, "kd+ce", methods, terms, search)) == 3
+    # Every method chooses among 3: 8 searched methods x 3 candidates per seed, not 54.
+    assert sum(len(_search.candidates(config, terms(m))) for m in methods) == 54
+    # The driver's plan of a round: 3 runs per method and seed, at the base's choice.
+    from experiments import _study
+    plan = _study.search_plan(limited_data.STUDY, config, ["kd+jacobian+ce"], search)
+    assert len(plan) == 3 * config.search.seeds
+    assert {w["kd.weight"] for _, w in plan.values()} == {3.0}
+    assert len(_study.search_plan(limited_data.STUDY, config, ["kd+jacobian+ce"])) == \
+        9 * config.search.seeds  # without choices: every run a work directory may hold
