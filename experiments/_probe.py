@@ -10,7 +10,7 @@ multinomial logistic regression (scikit-learn, inputs standardised on that subse
 * ``features``: the teacher's penultimate vector, the input of its classifier ``head``
   (a global-pooled last block for the VGGs and ResNets);
 * ``outputs``: the teacher's source logits (what LwF distils);
-* ``pixels``: the raw (normalised) pixels, a floor;
+* ``pixels``: the raw (normalised) pixels, the reference without a teacher;
 
 and scored on the target validation and test splits (accuracy, %). The teacher runs in
 inference mode on un-augmented images. The fits of one teacher are cached in a JSON file
@@ -198,7 +198,7 @@ def run(teacher: models.Split, target: _data.PreparedData, sizes: Sequence[Any],
 
 LABELS = {"features": "teacher features ({d}-d input of its classifier)",
           "outputs": "teacher outputs ({d} source logits, what LwF distils)",
-          "pixels": "raw pixels ({d} values, the reference floor)"}
+          "pixels": "raw pixels ({d} values, no teacher)"}
 
 
 def rows(probe: Mapping[str, Any], sizes: Sequence[Any], seeds: Sequence[int]
@@ -222,29 +222,44 @@ def _at(probe_rows, name: str, n, split: str = "test") -> dict[str, Any] | None:
                  and r["examples_per_class"] == n and r["split"] == split), None)
 
 
+def _sizes(sizes: Sequence[Any]) -> str:
+    names = [f"{n}/class" for n in sizes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def reading(probe_rows: Sequence[Mapping[str, Any]],
             scratch: Mapping[Any, float] | None = None) -> str:
-    """One sentence read from the numbers: outputs vs features (and pixels, and the
-    student trained from scratch, ``scratch``: ``{size: test accuracy}``), per size."""
+    """One sentence read from the numbers (test means): whether the teacher's outputs
+    carry less or more about the target than its features, at which sizes, with the
+    numbers, raw pixels' and those of the student trained from scratch (``scratch``:
+    ``{size: test accuracy}``, when given)."""
     sizes = list(dict.fromkeys(r["examples_per_class"] for r in probe_rows))
-    parts = []
+    means = {}
     for n in sizes:
-        f, o, p = (_at(probe_rows, name, n) for name in INPUTS)
-        if not all(r and r.get("num_seeds") for r in (f, o, p)):
-            continue
-        gap = o["mean"] - f["mean"]
-        text = (f"at {n}/class the outputs probe is {abs(gap):.1f} points "
-                f"{'below' if gap < 0 else 'above'} the features probe "
-                f"({o['mean']:.1f} vs {f['mean']:.1f} %) and "
-                f"{'below' if o['mean'] < p['mean'] else 'above'} raw pixels "
-                f"({p['mean']:.1f} %)")
-        if scratch and scratch.get(n) is not None:
-            text += (f", {'below' if o['mean'] < scratch[n] else 'above'} the student "
-                     f"trained from scratch ({scratch[n]:.1f} %)")
-        parts.append(text)
-    if not parts:
+        found = [_at(probe_rows, name, n) for name in INPUTS]
+        if all(r and r.get("num_seeds") for r in found):
+            means[n] = [r["mean"] for r in found]
+    if not means:
         return ""
-    return "Reading (test accuracy, means over seeds): " + "; ".join(parts) + "."
+    less = [n for n, (f, o, _) in means.items() if o < f]
+    more = [n for n in means if n not in less]
+    if not more:
+        verdict = "less about the target classes than its features at every size"
+    elif not less:
+        verdict = "at least as much about the target classes as its features at every size"
+    else:
+        verdict = (f"less about the target classes than its features at {_sizes(less)}, "
+                   f"at least as much at {_sizes(more)}")
+    text = (f"Reading (test accuracy, means over seeds): the teacher's outputs carry "
+            f"{verdict} (outputs vs features: "
+            + ", ".join(f"{o:.1f} vs {f:.1f} % at {n}/class" for n, (f, o, _) in means.items())
+            + "); raw pixels: "
+            + ", ".join(f"{p:.1f} %" for _, _, p in means.values()))
+    known = [n for n in means if scratch and scratch.get(n) is not None]
+    if known:
+        text += ("; the student trained from scratch: "
+                 + ", ".join(f"{scratch[n]:.1f} %" for n in known))
+    return text + "."
 
 
 def markdown(probe_rows: Sequence[Mapping[str, Any]] | None,
@@ -256,7 +271,8 @@ def markdown(probe_rows: Sequence[Mapping[str, Any]] | None,
     lines = ["", "### What the teacher knows about the target task (linear probe)", "",
              "Multinomial logistic regression (standardised inputs, C = "
              f"{C:g}, L-BFGS) fitted on each cell's target training subset, on the "
-             "teacher's penultimate features, on its source logits, and on raw pixels; "
+             "teacher's penultimate features, on its source logits, and on raw pixels (no "
+             "teacher); "
              "target test accuracy (%), mean ± std over seeds.", "",
              _report.table(test, col_key="examples_per_class",
                            col_title="probe input \\ examples/class")]

@@ -185,14 +185,19 @@ def test_probe_reads_features_before_the_head():
 
 
 def test_probe_reading_follows_the_numbers():
-    def row(name, mean):
-        return {"method": f"probe:{name}", "examples_per_class": 5, "split": "test",
-                "mean": mean, "std": 0.0, "num_seeds": 2}
-    low = [row("features", 80.0), row("outputs", 50.0), row("pixels", 60.0)]
-    text = _probe.reading(low, {5: 70.0})
-    assert ("outputs probe is 30.0 points below the features probe (50.0 vs 80.0 %) and "
-            "below raw pixels (60.0 %), below the student trained from scratch (70.0 %)"
-            in text)
-    high = [row("features", 80.0), row("outputs", 85.0), row("pixels", 60.0)]
-    assert "5.0 points above the features probe" in _probe.reading(high)
-    assert "above raw pixels" in _probe.reading(high)
+    def rows(n, features, outputs, pixels):
+        return [{"method": f"probe:{name}", "examples_per_class": n, "split": "test",
+                 "mean": mean, "std": 0.0, "num_seeds": 2}
+                for name, mean in zip(_probe.INPUTS, (features, outputs, pixels))]
+    low = rows(5, 80.0, 50.0, 60.0) + rows("all", 90.0, 70.0, 95.0)
+    assert _probe.reading(low, {5: 70.0, "all": 85.0}) == (
+        "Reading (test accuracy, means over seeds): the teacher's outputs carry less about "
+        "the target classes than its features at every size (outputs vs features: 50.0 vs "
+        "80.0 % at 5/class, 70.0 vs 90.0 % at all/class); raw pixels: 60.0 %, 95.0 %; the "
+        "student trained from scratch: 70.0 %, 85.0 %.")
+    mixed = rows(5, 80.0, 50.0, 60.0) + rows(10, 80.0, 85.0, 60.0)
+    assert ("less about the target classes than its features at 5/class, at least as "
+            "much at 10/class" in _probe.reading(mixed))
+    assert "at least as much about the target classes as its features at every size" in (
+        _probe.reading(rows(5, 80.0, 85.0, 60.0)))
+    assert _probe.reading([]) == ""
