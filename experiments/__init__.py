@@ -19,6 +19,7 @@ What they share, one concept per module (none imports a study):
 * ``_sweep``: cells (method x size x seed) and the loop that runs them;
 * ``_search``: loss weights chosen on validation before a sweep;
 * ``_budget``: training steps that grow with the data;
+* ``_probe``: a linear probe of a teacher's features and outputs on another task (study 3);
 * ``_report`` / ``_plots``: results files, tables and paired gains / figures.
 
 Configuration lives in ``experiments/configs/`` (one ``get_config(arg)`` file per config,

@@ -208,7 +208,8 @@ CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma"
 # The lists of rows of a section that go to results.csv, and their ``kind``.
 CSV_KINDS = (("rows", "accuracy"), ("paired_gains", "paired_gain"),
              ("other_rows", "accuracy"), ("other_gains", "paired_gain"),
-             ("sensitivity", "sensitivity"), ("other_sensitivity", "sensitivity"))
+             ("sensitivity", "sensitivity"), ("other_sensitivity", "sensitivity"),
+             ("teacher_probe", "teacher_probe"))
 
 
 def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:

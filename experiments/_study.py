@@ -89,6 +89,8 @@ class Study:
         teacher (its cells then depend on the teacher whatever their objective).
       budget_label: ``(train_key, examples_per_class)`` -> the budget's name in
         results.md.
+      extra: ``(session, outcome)`` -> more entries of the section (e.g. a probe of the
+        teacher), or None.
     """
     name: str
     terms: Callable[[str], Sequence[str]]
@@ -108,6 +110,7 @@ class Study:
     train_key: Callable[[str], str] = lambda method: "train"
     starts_from_teacher: Callable[[str], bool] = lambda method: False
     budget_label: Callable[[str, Any], str] = lambda key, n: str(n)
+    extra: Callable[[Session, Outcome], dict[str, Any]] | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -443,6 +446,7 @@ def summarize(session: Session, outcome: Outcome) -> dict[str, Any]:
         "paired_gains": _report.paired_gains(results, study.pairs, methods=config.methods,
                                              sizes=sizes, seeds=_sweep.seeds(config),
                                              label=study.label),
+        **(study.extra(session, outcome) if study.extra is not None else {}),
     }
 
 

@@ -18,11 +18,15 @@ taps of equal size are matched too. Rows, as in the paper:
     python -m experiments.transfer --config=transfer_folder --workdir runs/mit_indoor
 
 Outputs: the ``transfer`` section of ``results.{json,csv,md}``, ``transfer_accuracy.png``
-and ``transfer_gain.png`` in the work directory. See docs/experiments.md.
+and ``transfer_gain.png`` in the work directory. The section's ``teacher_probe`` rows say
+what the teacher knows about the target task: the target accuracy of a linear probe on
+its features, on its outputs (what LwF distils) and on raw pixels (``_probe``; the fits
+are cached in ``<workdir>/teacher_probe.json``). See docs/experiments.md.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +35,8 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _cli, _data, _fit, _plots, _report, _search, _study, _sweep
+from experiments import (_cli, _data, _fit, _plots, _probe, _report, _search, _study,
+                         _sweep, _workdir)
 from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
@@ -207,7 +212,15 @@ def make_student(config: ConfigDict, data: _study.StudyData, method: str, seed: 
 REPORT = dict(what="Target test accuracy", gains_title="Gain from each added term")
 
 
+def _scratch(s: dict[str, Any]) -> dict[Any, float]:
+    """The student trained from scratch (``no_transfer``, last step): {size: accuracy}."""
+    return {r["examples_per_class"]: r["mean"] for r in s.get("rows") or []
+            if r["method"] == "no_transfer" and r["checkpoint"] == "last"}
+
+
 def markdown(s: dict[str, Any]) -> str:
+    appendix = (_probe.markdown(s.get("teacher_probe"), _scratch(s))
+                + _search.markdown(s.get("weight_search"), label))
     return _report.accuracy_section(
         s, title="Study 3: transfer learning (LwF as distillation)",
         intro=f"Source: `{s['source']}`, target: `{s['target']}`; teacher "
@@ -216,13 +229,14 @@ def markdown(s: dict[str, Any]) -> str:
               "test accuracy (%), mean ± std over seeds.",
         paper_note="The paper's numbers (MIT Indoor 67) are not beside ours: the setting "
                    "differs.", notes=_report.budget_notes(s),
-        appendix=_search.markdown(s.get("weight_search"), label), **REPORT)
+        appendix=appendix, **REPORT)
 
 
 def console(s: dict[str, Any]) -> str:
     if "rows" not in s:
         return ""
     return "\n".join(_report.main_tables(s, **REPORT)
+                     + _probe.markdown(s.get("teacher_probe"), _scratch(s))
                      + _search.markdown(s.get("weight_search"), label)).strip()
 
 
@@ -265,6 +279,32 @@ def check(config: ConfigDict) -> None:
     parse_aliases(config.student_tap_aliases)
 
 
+# The config keys of the target images (with the teacher's, which include the source
+# data: the target is normalised with the source's statistics).
+TARGET_KEYS = ("target_dataset", "target_classes")
+
+
+def teacher_probe(session: _study.Session, outcome: _study.Outcome) -> dict[str, Any]:
+    """The section's ``teacher_probe`` rows (``_probe``): on each size and seed's target
+    subset, a linear probe of the teacher's features, its outputs, and raw pixels.
+
+    Cached in ``<workdir>/teacher_probe.json`` under the teacher (its directory, recorded
+    run config and final accuracies) and the target data.
+    """
+    del outcome
+    config = session.config
+    t_dir = _study.teacher_dir(config, session.workdir)
+    identity = {"teacher_dir": os.path.abspath(t_dir), "teacher_run": _workdir.recorded(t_dir),
+                "teacher_last": session.teacher_result["last"],
+                "data": {**_study.teacher_config(STUDY, config),
+                         **{k: config[k] for k in TARGET_KEYS}}}
+    sizes, seeds = _sweep.sizes(config), _sweep.seeds(config)
+    probe = _probe.run(session.teacher, session.data.student, sizes, seeds,
+                       mesh=session.mesh, identity=identity,
+                       cache=os.path.join(session.workdir, _probe.PROBE_FILE))
+    return {"teacher_probe": _probe.rows(probe, sizes, seeds)}
+
+
 STUDY = _study.Study(
     name="transfer", terms=method_terms, objective=build_objective, label=label,
     prepare=prepare, make_student=make_student, teacher_keys=TEACHER_KEYS,
@@ -278,7 +318,8 @@ STUDY = _study.Study(
     train_key=lambda method: "finetune_train" if method == "finetune" else "train",
     starts_from_teacher=lambda method: method == "finetune",
     budget_label=lambda key, n: (f"{'finetune' if key == 'finetune_train' else 'students'} "
-                                 f"n={n}"))
+                                 f"n={n}"),
+    extra=teacher_probe)
 
 
 def cells(config: ConfigDict) -> list[_sweep.Cell]:
