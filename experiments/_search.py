@@ -230,6 +230,43 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
     return out
 
 
+def add_gains(search: dict[str, Any] | None, pairs: Sequence[tuple[str, str]],
+              results: Mapping[_sweep.Cell, Mapping[str, Any]]) -> None:
+    """Adds to each candidate of a method ``with`` of a pair ``(without, with)`` its paired
+    test gain over ``without`` at ``without``'s chosen values (last step, points; per
+    search seed, the mean over the search's sizes), as ``row["gains"][without]``.
+
+    So a reader sees the gain at every candidate, and at each of tied ones. ``results``
+    holds the search's runs and the study's cells (``without`` unsearched, e.g. ``ce``,
+    is read from its cells at the search's sizes and seeds); a pair whose runs are not
+    all there is left out.
+    """
+    methods = (search or {}).get("methods") or {}
+    sizes_ = list((search or {}).get("sizes") or ())
+    seeds_ = list((search or {}).get("seeds") or ())
+
+    def cell(method: str, weights: Mapping[str, Any] | None, n, s) -> _sweep.Cell:
+        return (search_cell(method, weights, n, s) if weights is not None
+                else _sweep.Cell(method, n, s))
+
+    for without, with_ in pairs:
+        if with_ not in methods:
+            continue
+        base = methods[without]["chosen"] if without in methods else None
+        bases = {(n, s): cell(without, base, n, s) for n in sizes_ for s in seeds_}
+        if not all(c in results for c in bases.values()):
+            continue
+        for row in methods[with_]["candidates"]:
+            mine = {(n, s): cell(with_, row["weights"], n, s) for n in sizes_ for s in seeds_}
+            if not all(c in results for c in mine.values()):
+                continue
+            values = [float(np.mean([100.0 * (results[mine[n, s]]["last"]["test"]
+                                              - results[bases[n, s]]["last"]["test"])
+                                     for n in sizes_])) for s in seeds_]
+            row.setdefault("gains", {})[without] = {
+                "mean": float(np.mean(values)), "std": _spread(values), "values": values}
+
+
 def rows(search: dict[str, Any] | None, label: Callable[[str], str] = str
          ) -> list[dict[str, Any]]:
     """The search as stats rows (``results.csv``): per method, candidate and split."""
@@ -299,9 +336,12 @@ def markdown(search: dict[str, Any] | None, label: Callable[[str], str]) -> list
            f"own candidates (trained with the base's choice only). Accuracy "
            f"is the mean ± std over the search seeds (of the mean over sizes); test "
            f"accuracy is shown so a reader sees whether a conclusion depends on the choice, "
-           f"and chose nothing.", "",
+           f"and chose nothing; so is the paired test gain (last step, points, mean ± std "
+           f"over the search seeds) over the method it is compared with, at that "
+           f"method's choice.", "",
            "| method | weights | " + " | ".join(f"val. n={n}" for n in sizes_)
-           + " | validation | test |", "|---|---|" + "---|" * (len(sizes_) + 2)]
+           + " | validation | test | paired test gain |",
+           "|---|---|" + "---|" * (len(sizes_) + 3)]
     notes = []
     for method, entry in search["methods"].items():
         for row in entry["candidates"]:
@@ -312,17 +352,25 @@ def markdown(search: dict[str, Any] | None, label: Callable[[str], str]) -> list
             vals = [float(np.mean(row["validation"][n])) for n in sizes_]
             test = (f"{row['test_mean']:.2f} ± {row['test_std']:.2f}"
                     if "test_mean" in row else "-")
+            gains = "; ".join(f"{g['mean']:+.2f} ± {g['std']:.2f} vs {label(other)}"
+                              for other, g in (row.get("gains") or {}).items()) or "-"
             out.append(f"| {label(method)} | {mark}{name}{mark} | "
                        + " | ".join(f"{v:.2f}" for v in vals)
                        + f" | {mark}{row['mean']:.2f} ± {row.get('std', 0.0):.2f}{mark}"
-                       + f" | {test} |")
+                       + f" | {test} | {gains} |")
         if entry.get("base"):
             notes.append(f"{label(method)}: with {label(entry['base'])}'s "
                          f"{candidate_name(entry['fixed'])}.")
         if entry.get("tie"):
+            tied = [r for r in entry["candidates"]
+                    if candidate_name(r["weights"]) in entry["tie"]]
+            at = "; ".join(f"{candidate_name(r['weights'])}: {g['mean']:+.2f} ± {g['std']:.2f}"
+                           f" vs {label(other)}" for r in tied
+                           for other, g in (r.get("gains") or {}).items())
             notes.append(f"{label(method)}: the best candidates tie within their spread "
                          f"over the search seeds ({', '.join(entry['tie'])}): the choice "
-                         f"among them is not decided by validation.")
+                         f"among them is not decided by validation"
+                         + (f"; the paired test gain at each: {at}." if at else "."))
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     return out

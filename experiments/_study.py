@@ -424,6 +424,8 @@ def sweep(session: Session) -> Outcome:
         return trainer.fit(run_dir, cell.method, cell.examples_per_class, cell.seed, weights)
 
     results = _sweep.run_sweep(s.selected, run_cell, workdir=s.workdir, desc=s.study.name)
+    _search.add_gains(search, s.study.pairs, {**searched, **results})
+    _workdir.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
     keys = list(dict.fromkeys(s.study.train_key(c.method) for c in s.selected))
     budget = {s.study.budget_label(key, n): trainer.train_cfg(key, n).num_steps
               for key in keys for n in dict.fromkeys(c.examples_per_class for c in s.selected)}

@@ -216,3 +216,47 @@ def test_the_search_runs_bases_first_and_trains_added_terms_at_the_bases_choice_
     assert {w["kd.weight"] for _, w in plan.values()} == {3.0}
     assert len(_study.search_plan(limited_data.STUDY, config, ["kd+jacobian+ce"])) == \
         9 * config.search.seeds  # without choices: every run a work directory may hold
+
+
+def test_every_candidate_shows_its_paired_test_gain_and_tied_ones_say_it():
+    config = _cli_config()
+    config.methods = ("ce", "kd+ce", "kd+jacobian+ce")
+    config.search.sizes = (10,)
+    config.search.seeds = 3
+    config.search.kd.weight = (1.0,)
+    config.search.jacobian.weight = (1.0, 3.0)
+    terms = limited_data.method_terms
+
+    def put(results, cell, val, test):
+        results[cell] = {"best": {"validation": val, "test": 0.0},
+                         "last": {"validation": val, "test": test}}
+
+    results = {}
+    for s, t in enumerate((0.60, 0.62, 0.64)):
+        put(results, _search.search_cell("kd+ce", {"kd.weight": 1.0}, 10, s), 0.5, t)
+        # Jacobian 1 and 3 tie on validation (70 ± 10 vs 69 ± 1); their test gains differ.
+        put(results, _search.search_cell("kd+jacobian+ce", {"kd.weight": 1.0,
+                                                            "jacobian.weight": 1.0}, 10, s),
+            (0.60, 0.70, 0.80)[s], t + 0.01 * (s + 1))
+        put(results, _search.search_cell("kd+jacobian+ce", {"kd.weight": 1.0,
+                                                            "jacobian.weight": 3.0}, 10, s),
+            (0.68, 0.69, 0.70)[s], t - 0.02)
+    from experiments import _sweep
+    search = _search.choose(config, config.methods, terms, results)
+    pairs = (("kd+ce", "kd+jacobian+ce"), ("ce", "kd+ce"))
+    _search.add_gains(search, pairs, results)  # ce's cells are missing: that pair is skipped
+    rows = search["methods"]["kd+jacobian+ce"]["candidates"]
+    assert [r["gains"]["kd+ce"]["values"] for r in rows] == [
+        pytest.approx([1.0, 2.0, 3.0]), pytest.approx([-2.0, -2.0, -2.0])]
+    assert rows[0]["gains"]["kd+ce"]["std"] == pytest.approx(1.0)
+    assert "gains" not in search["methods"]["kd+ce"]["candidates"][0]
+    text = "\n".join(_search.markdown(search, str))
+    assert "| +2.00 ± 1.00 vs kd+ce |" in text and "| -2.00 ± 0.00 vs kd+ce |" in text
+    assert ("the paired test gain at each: jacobian.weight1-kd.weight1: +2.00 ± 1.00 vs "
+            "kd+ce; jacobian.weight3-kd.weight1: -2.00 ± 0.00 vs kd+ce.") in text
+    # An unsearched method is read from the study's cells at the search's sizes and seeds.
+    for s in range(3):
+        put(results, _sweep.Cell("ce", 10, s), 0.4, 0.55)
+    _search.add_gains(search, pairs, results)
+    assert search["methods"]["kd+ce"]["candidates"][0]["gains"]["ce"]["mean"] == \
+        pytest.approx(7.0)
