@@ -260,3 +260,23 @@ def test_every_candidate_shows_its_paired_test_gain_and_tied_ones_say_it():
     _search.add_gains(search, pairs, results)
     assert search["methods"]["kd+ce"]["candidates"][0]["gains"]["ce"]["mean"] == \
         pytest.approx(7.0)
+
+
+def test_study_2_students_each_choose_among_three_at_kd_ces_choice():
+    config = _cli.load_config("noise_robustness_fashion")
+    terms = limited_data.method_terms
+    methods = list(config.methods)
+    for method in methods:  # every row builds, with Proposition 1's unnormalised terms
+        objective = limited_data.build_objective(method, config.loss)
+        assert len(objective.terms) == len(terms(method))
+    assert config.loss.jacobian_raw.normalize is False
+    assert config.loss.jacobian_all.outputs == "all" and not config.loss.jacobian_all.normalize
+    assert config.loss.noisy.kind == "squared" and config.loss.noisy_kl.kind == "kl"
+    rounds = _search.levels(config, methods, terms)
+    assert rounds == [["kd+ce"], methods[2:]]  # CE searches nothing
+    search = {"methods": {"kd+ce": {"chosen": {"kd.weight": 1.0}}}}
+    for method in methods[2:]:
+        assert _search.base_method(method, methods, terms, config) == "kd+ce"
+        assert len(_search.to_train(config, method, methods, terms, search)) == 3
+    assert [w["noisy.sigma"] for w in _search.to_train(
+        config, "kd+noisy+ce", methods, terms, search)] == [0.15, 0.3, 0.6]
