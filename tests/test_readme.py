@@ -27,7 +27,7 @@ SECOND = 'pip install -e ".[test]" && python -m flake8 && python -m pytest'
 # Import name -> distribution name, for the third-party modules experiments/ imports.
 DISTRIBUTIONS = {"absl": "absl-py", "ml_collections": "ml_collections",
                  "matplotlib": "matplotlib", "tqdm": "tqdm", "numpy": "numpy", "jax": "jax",
-                 "flax": "flax", "optax": "optax"}
+                 "flax": "flax", "optax": "optax", "sklearn": "scikit-learn"}
 
 
 def test_the_two_commands_and_ci():
