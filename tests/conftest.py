@@ -27,3 +27,15 @@ def x64():
     """Runs the test with 64-bit types enabled (for round-off-limited tolerances)."""
     with jax.enable_x64(True):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules with end-to-end runs (marked ``slow``) first, each module kept whole.
+
+    Under pytest-xdist the longest tests then start at once on their own workers while
+    the others take the rest, instead of finishing the run alone; whole modules keep
+    their module-scoped fixtures set up once.
+    """
+    del config
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
