@@ -363,15 +363,17 @@ class Trainer:
         config, splits = s.config, s.data.student.splits
         cfg = self.train_cfg(s.study.train_key(method), examples_per_class)
         step = self.step(method, weights, examples_per_class)
+        train_set = _data.subset(splits.train, examples_per_class, seed)
         feed = None
         if self.targets is not None and _targets.serves(self.targets.options, step.objective):
             stream = (examples_per_class, seed, cfg.batch_size, config.augment, config.flip)
-            feed = functools.partial(self.targets.feed, stream)
+            feed = functools.partial(self.targets.feed, stream, seed=seed,
+                                     batch_size=cfg.batch_size, num_examples=len(train_set))
         return _fit.fit(
             run_dir,
             student=s.study.make_student(config, s.data, method, seed, s.teacher),
             step=step, train_cfg=cfg, feed=feed,
-            train_set=_data.subset(splits.train, examples_per_class, seed),
+            train_set=train_set,
             validation=splits.validation, test=splits.test, seed=seed,
             augment=config.augment, flip=config.flip, pad_value=s.data.student.background,
             progress=os.path.relpath(run_dir, s.workdir) if config.run_progress else False,

@@ -2,14 +2,17 @@
 
 Every cell of one size and seed trains on the same stream of batches: the subset, the
 shuffling and the augmentation draws all come from ``(examples_per_class, seed)``. A
-distillation student's step spends most of its work on the teacher (its logits and the
-input gradients of its top-1 output), which is the same for every method on that stream.
+distillation student's step spends most of its work on the teacher (its logits, the
+input gradients of its top-1 output, its products with a projection's random probes),
+which is the same for every method on that stream: the probes too, as a projection term
+draws them from the seed, the step and its position in the method.
 :class:`SharedTargets` computes the teacher's targets of a batch once
 (:func:`jaxkd.training.make_targets_step`), keeps them by the batch's position in the
 stream, and attaches them to the batch (``batch["teacher_targets"]``) for every method
 whose objective can be fed them; the train step then does not run the teacher.
 
-The targets of a position are a deterministic function of the teacher and the batch, so
+The targets of a position are a deterministic function of the teacher, the batch and its
+step, so
 a resumed cell, which recomputes the ones it no longer holds, gets the same numbers.
 Only the current stream's targets are kept (the sweep runs one size and seed at a time),
 and at most ``max_bytes`` of them; beyond, they are computed per method as they are
@@ -33,13 +36,26 @@ MAX_BYTES = 1 << 30
 def stream_options(objectives: list[training.Objective]) -> dict[str, Any] | None:
     """The targets' options that serve the most of ``objectives``: the input gradients
     of the first objective that needs them (every method of a study shares one
-    ``loss.<term>`` config, so they agree), else the logits alone; None when no objective
-    can be fed targets."""
+    ``loss.<term>`` config, so they agree), the projections of every objective whose
+    probes agree with the first one's (kinds, count, distribution and term position),
+    else the logits alone; None when no objective can be fed targets."""
     options = [o.targets_options() for o in objectives]
     options = [o for o in options if o is not None]
     if not options:
         return None
-    return next((o for o in options if o["outputs"] is not None), options[0])
+    stream = {k: v for k, v in next((o for o in options if o["outputs"] is not None),
+                                    options[0]).items() if k in ("outputs", "k")}
+    probing = [o for o in options if o.get("projections")]
+    if probing:
+        probes = {k: probing[0][k] for k in PROBE_KEYS}
+        kinds = {kind for o in probing if {k: o[k] for k in PROBE_KEYS} == probes
+                 for kind in o["projections"]}
+        stream.update(probes, projections=tuple(sorted(kinds)))
+    return stream
+
+
+# What projections' targets must agree on besides their kinds.
+PROBE_KEYS = ("num_probes", "distribution", "projection_term")
 
 
 def serves(stream: Mapping[str, Any] | None, objective: training.Objective) -> bool:
@@ -47,11 +63,23 @@ def serves(stream: Mapping[str, Any] | None, objective: training.Objective) -> b
     wanted = objective.targets_options()
     if stream is None or wanted is None:
         return False
-    return wanted["outputs"] is None or wanted == dict(stream)
+    if wanted["outputs"] is not None and (wanted["outputs"], wanted["k"]) != (
+            stream["outputs"], stream["k"]):
+        return False
+    if wanted.get("projections"):
+        return (set(wanted["projections"]) <= set(stream.get("projections", ()))
+                and all(wanted[k] == stream[k] for k in PROBE_KEYS))
+    return True
 
 
 class SharedTargets:
-    """The teacher's targets of the current stream's batches, by position."""
+    """The teacher's targets of the current stream's batches, by position.
+
+    With projections in ``options``, the probes of the batch at step ``t`` are drawn
+    from the train step's key of that step, ``fold_in(key(seed), t)`` (the students'
+    ``training.train`` seed is the stream's), so a student fed them uses the very probes
+    it would have drawn; ``t`` follows from the stream's position (:func:`step_of`).
+    """
 
     def __init__(self, teacher: models.Split, mesh: Any, options: Mapping[str, Any], *,
                  max_bytes: int = MAX_BYTES):
@@ -64,24 +92,44 @@ class SharedTargets:
         self._bytes = 0
         self.computed = 0  # targets computed (for the tests: once per batch of a stream)
 
-    def feed(self, stream: Hashable, batches: Iterator[Mapping[str, Any]]) -> "WithTargets":
-        """``batches`` (restorable, of the stream named ``stream``) with their targets."""
+    def feed(self, stream: Hashable, batches: Iterator[Mapping[str, Any]], *, seed: int,
+             batch_size: int, num_examples: int) -> "WithTargets":
+        """``batches`` (restorable, of the stream named ``stream``: batches of
+        ``batch_size`` of ``num_examples`` examples, for students trained with ``seed``)
+        with their targets."""
         if stream != self._stream:
             self._stream, self._held, self._bytes = stream, {}, 0
+        self._seed, self._shape = seed, dict(batch_size=batch_size, num_examples=num_examples)
         return WithTargets(batches, self._targets)
 
-    def _targets(self, position: str, batch: Mapping[str, Any]) -> losses.TeacherTargets:
-        if position in self._held:
-            return self._held[position]
+    def _targets(self, position: Mapping[str, Any], batch: Mapping[str, Any]
+                 ) -> losses.TeacherTargets:
+        name = json.dumps(position, sort_keys=True)
+        if name in self._held:
+            return self._held[name]
         placed = data.shard_batch({"image": batch["image"], "label": batch["label"]},
                                   self._sharding)
-        targets = self._step(placed)
+        key = None
+        if self.options.get("projections"):
+            key = jax.random.fold_in(jax.random.key(self._seed),
+                                     step_of(position, **self._shape))
+        targets = self._step(placed, key)
         self.computed += 1
         size = sum(leaf.nbytes for leaf in jax.tree.leaves(targets))
         if self._bytes + size <= self._max_bytes:
-            self._held[position] = targets
+            self._held[name] = targets
             self._bytes += size
         return targets
+
+
+def step_of(position: Mapping[str, Any], *, batch_size: int, num_examples: int) -> int:
+    """The batches a training :class:`jaxkd.data.BatchIterator` (``drop_remainder``) of
+    ``num_examples`` has yielded at ``position`` (``{"epoch", "index"}``, ``index`` the
+    examples of the epoch already yielded): the train step the next batch is for. At an
+    epoch's end (fewer than ``batch_size`` examples left) the count is the next epoch's
+    start, as it should be: the next batch is that epoch's first."""
+    return (int(position["epoch"]) * (num_examples // batch_size)
+            + int(position["index"]) // batch_size)
 
 
 class WithTargets:
@@ -94,7 +142,7 @@ class WithTargets:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        position = json.dumps(self._batches.get_state(), sort_keys=True)
+        position = self._batches.get_state()
         batch = next(self._batches)
         return {**batch, training.TARGETS_KEY: self._targets(position, batch)}
 

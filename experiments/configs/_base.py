@@ -220,8 +220,9 @@ HELP = {
                  "differ) or 'retrain' (delete the runs that differ and train them again)",
     "run_progress": "a progress bar per cell too (the sweep and the teacher always have one)",
     "tensorboard": "TensorBoard event files in every run directory (needs tensorboardX)",
-    "share_teacher_targets": "compute the teacher's logits and input gradients of a batch "
-                             "once for every student of its size and seed (False: each "
+    "share_teacher_targets": "compute the teacher's logits, input gradients and probe "
+                             "products of a batch once for every student of its size and "
+                             "seed (False: each "
                              "student's step runs the teacher; the same runs up to float "
                              "round-off, for timing)",
 }

@@ -88,11 +88,13 @@ class Term:
       weight: its weight in the total loss.
       fn: ``(inputs: TermInputs, key) -> [batch_size]`` per-example values.
       needs_teacher: whether ``fn`` reads the teacher fields.
-      targets: the :func:`jaxkd.losses.teacher_targets` options (``outputs``, ``k``) of
-        the precomputed targets ``fn`` can be fed instead of the teacher: ``{}`` when it
-        reads only ``teacher_logits``, ``{"outputs": ..., "k": ...}`` when it reads input
-        gradients through :attr:`TermInputs.teacher`; None (the default) when it needs
-        the teacher itself (its feature maps, random probes, noisy inputs).
+      targets: the :func:`jaxkd.losses.teacher_targets` options of the precomputed
+        targets ``fn`` can be fed instead of the teacher: ``{}`` when it reads only
+        ``teacher_logits``, ``{"outputs": ..., "k": ...}`` when it reads input gradients
+        through :attr:`TermInputs.teacher`, ``{"projection": "vjp" | "jvp",
+        "num_probes": ..., "distribution": ...}`` when it reads a projection's probes
+        (drawn from the term's own key, see :meth:`Objective.targets_options`); None
+        (the default) when it needs the teacher itself (its feature maps, noisy inputs).
     """
     name: str
     weight: float
@@ -125,25 +127,41 @@ class Objective:
         return any(t.needs_teacher for t in self.terms)
 
     def targets_options(self) -> dict[str, Any] | None:
-        """The ``outputs`` and ``k`` of the :func:`jaxkd.losses.teacher_targets` that can
+        """The options of the :func:`jaxkd.training.make_targets_step` whose targets can
         stand for the teacher in every term, or None when none can.
+
+        ``{"outputs", "k"}``: the input gradients the Jacobian terms read (``outputs``
+        None when the terms read only the teacher's logits). With projection terms, also
+        ``projections`` (their kinds), ``num_probes``, ``distribution`` and
+        ``projection_term``: a term draws its probes from ``fold_in(step_key, i)``, ``i``
+        its position in the objective, so targets computed with that key give the very
+        probes the term would draw (one position for all the projection terms).
 
         None when the objective has no teacher term, or one of them needs the teacher
         itself (``Term.targets`` is None), or two need input gradients of different
-        outputs. ``outputs`` is None when the terms read only the teacher's logits.
+        outputs, or two projection terms differ in position or probes.
         """
         if not self.needs_teacher:
             return None
-        wanted = [t.targets for t in self.terms if t.needs_teacher]
-        if any(w is None for w in wanted):
+        wanted = [(i, t.targets) for i, t in enumerate(self.terms) if t.needs_teacher]
+        if any(w is None for _, w in wanted):
             return None
         # k matters only for top_k: every other mode's targets serve any k.
         grads = {(w["outputs"], w.get("k", 1) if w["outputs"] == "top_k" else 1)
-                 for w in wanted if w.get("outputs")}
-        if len(grads) > 1:
+                 for _, w in wanted if w.get("outputs")}
+        probes = {(i, w["num_probes"], w["distribution"])
+                  for i, w in wanted if w.get("projection")}
+        if len(grads) > 1 or len(probes) > 1:
             return None
         outputs, k = grads.pop() if grads else (None, 1)
-        return {"outputs": outputs, "k": k}
+        options: dict[str, Any] = {"outputs": outputs, "k": k}
+        if probes:
+            (index, num_probes, distribution), = probes
+            options.update(
+                projections=tuple(sorted({w["projection"] for _, w in wanted
+                                          if w.get("projection")})),
+                num_probes=num_probes, distribution=distribution, projection_term=index)
+        return options
 
     def check_targets(self, targets: Any) -> None:
         """Raises ``ValueError`` unless this objective can be fed ``targets`` (a
@@ -166,6 +184,16 @@ class Objective:
                 f"{where} holds targets of outputs={targets.outputs!r} (k={targets.k}); "
                 f"{self!r} needs outputs={options['outputs']!r} (k={options['k']}): "
                 f"compute them with objective.targets_options().")
+        wanted = options.get("projections", ())
+        if wanted and (not set(wanted) <= set(targets.projections)
+                       or targets.num_probes != options["num_probes"]
+                       or targets.distribution != options["distribution"]):
+            raise ValueError(
+                f"{where} holds projections {targets.projections} with num_probes="
+                f"{targets.num_probes}, distribution={targets.distribution!r}; {self!r} "
+                f"needs {wanted} with num_probes={options['num_probes']}, distribution="
+                f"{options['distribution']!r}: compute them with "
+                f"objective.targets_options().")
 
     def terms_needing_teacher(self) -> list[str]:
         """The teacher terms that cannot be fed precomputed targets."""
@@ -259,22 +287,47 @@ def vjp_projection(weight: float = 1.0, *, num_probes: int = 1,
                    distribution: str = "rademacher", remat_chunks: int | None = None,
                    name: str = "vjp") -> Term:
     """Output-space random projection of ``||J_T - J_S||_F^2`` (:func:`vjp_projection_loss`)."""
-    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
-        return losses.vjp_projection_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
-                                          key=key, num_probes=num_probes,
-                                          distribution=distribution, remat_chunks=remat_chunks)
-    return Term(name, weight, fn)
+    return _projection_term(losses.vjp_projection_loss, "vjp", weight, num_probes,
+                            distribution, remat_chunks, name)
 
 
 def jvp_projection(weight: float = 1.0, *, num_probes: int = 1,
                    distribution: str = "rademacher", remat_chunks: int | None = None,
                    name: str = "jvp") -> Term:
     """Input-space random projection of ``||J_T - J_S||_F^2`` (:func:`jvp_projection_loss`)."""
+    return _projection_term(losses.jvp_projection_loss, "jvp", weight, num_probes,
+                            distribution, remat_chunks, name)
+
+
+def _key_data(key: jax.Array) -> jax.Array:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
+
+
+def _projection_term(loss: Callable[..., jax.Array], projection: str, weight: float,
+                     num_probes: int, distribution: str, remat_chunks: int | None,
+                     name: str) -> Term:
+    """A projection term: probes drawn from the term's key, or read from the targets.
+
+    Fed targets, the loss takes the probes the targets hold; an example whose targets
+    were drawn with another key than this term's (``make_targets_step`` given the wrong
+    step key or term position) gets ``NaN``, which the training loop's non-finite guard
+    reports, rather than a silently different probe.
+    """
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
-        return losses.jvp_projection_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
-                                          key=key, num_probes=num_probes,
-                                          distribution=distribution, remat_chunks=remat_chunks)
-    return Term(name, weight, fn)
+        options = dict(num_probes=num_probes, distribution=distribution,
+                       remat_chunks=remat_chunks)
+        targets = inputs.teacher_targets
+        if targets is None:
+            return loss(inputs.student_fn, inputs.teacher_fn, inputs.x, key=key, **options)
+        values = loss(inputs.student_fn, targets, inputs.x, key=None, **options)
+        stored = targets.key_data.reshape(targets.key_data.shape[0], -1)
+        same = jnp.all(stored == _key_data(key).reshape(1, -1), axis=1)
+        return jnp.where(same, values, jnp.nan)
+    return Term(name, weight, fn, targets={"projection": projection,
+                                           "num_probes": num_probes,
+                                           "distribution": distribution})
 
 
 def noisy_distillation(weight: float = 1.0, *, sigma: float, num_samples: int = 1,

@@ -206,9 +206,11 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
 
 
 def make_targets_step(teacher: nnx.Module | models.Split, mesh: Mesh | None = None, *,
-                      outputs: str | None = None, k: int = 1
-                      ) -> Callable[[Batch], losses.TeacherTargets]:
-    """Builds the jitted ``targets_step(batch) -> TeacherTargets`` of ``teacher``.
+                      outputs: str | None = None, k: int = 1,
+                      projections: tuple[str, ...] = (), num_probes: int = 1,
+                      distribution: str = "rademacher", projection_term: int = 0
+                      ) -> Callable[..., losses.TeacherTargets]:
+    """Builds the jitted ``targets_step(batch, key=None) -> TeacherTargets`` of ``teacher``.
 
     ``jaxkd.losses.teacher_targets`` of the teacher (inference mode) on ``batch["image"]``
     (with ``batch["label"]`` for ``outputs="label"``), computed with the shardings of the
@@ -217,25 +219,49 @@ def make_targets_step(teacher: nnx.Module | models.Split, mesh: Mesh | None = No
     options: ``make_targets_step(teacher, mesh, **objective.targets_options())``.
     Computing the targets of a batch once and feeding them to several students saves
     every student step its teacher passes.
+
+    With ``projections``, ``key`` is required: the train step's key of the step the
+    batch is for, ``fold_in(state.key, state.step)`` (``fold_in(jax.random.key(seed),
+    step)`` under :func:`train` with ``seed``). The probes are drawn from
+    ``fold_in(key, projection_term)``, the key the objective gives its projection term,
+    so a step fed these targets uses the probes it would have drawn; a step fed probes of
+    another key gives ``NaN`` (reported by the training loop's non-finite guard).
     """
     mesh = data_mesh() if mesh is None else mesh
     graphdef, teacher_vars = _teacher_parts(teacher)
     if graphdef is None:
         raise ValueError("make_targets_step needs a teacher (a module or a models.Split).")
     teacher_vars = replicate(teacher_vars, mesh)
-    jitted = _jitted_targets_step(graphdef, mesh, outputs, k)
-    return lambda batch: jitted(teacher_vars, batch["image"], batch["label"])
+    projections = tuple(projections)
+    jitted = _jitted_targets_step(graphdef, mesh, outputs, k, projections, num_probes,
+                                  distribution, projection_term)
+
+    def targets_step(batch: Batch, key: jax.Array | None = None) -> losses.TeacherTargets:
+        if bool(projections) != (key is not None):
+            raise ValueError(
+                f"targets_step: `key` is required with projections {projections} (the "
+                f"train step's key of the batch's step) and refused without them; got "
+                f"{'no key' if key is None else 'a key'}.")
+        return jitted(teacher_vars, batch["image"], batch["label"], key)
+    return targets_step
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_targets_step(graphdef: nnx.GraphDef, mesh: Mesh, outputs: str | None, k: int):
-    def targets(teacher_vars, x, labels):
+def _jitted_targets_step(graphdef: nnx.GraphDef, mesh: Mesh, outputs: str | None, k: int,
+                         projections: tuple[str, ...], num_probes: int, distribution: str,
+                         projection_term: int):
+    def targets(teacher_vars, x, labels, key):
         t_params, t_rest = jax.lax.stop_gradient(teacher_vars)
+        probes = {}
+        if projections:
+            probes = dict(projections=projections, num_probes=num_probes,
+                          distribution=distribution,
+                          key=jax.random.fold_in(key, projection_term))
         return losses.teacher_targets(models.logits_fn(graphdef, t_params, t_rest), x,
                                       labels=labels if outputs == "label" else None,
-                                      outputs=outputs, k=k)
+                                      outputs=outputs, k=k, **probes)
     return jax.jit(targets, in_shardings=(replicated(mesh), data_sharding(mesh),
-                                          data_sharding(mesh)),
+                                          data_sharding(mesh), replicated(mesh)),
                    out_shardings=data_sharding(mesh))
 
 

@@ -125,8 +125,8 @@ def test_objective_validation():
     with pytest.raises(ValueError, match="unique"):
         training.Objective(training.cross_entropy(), training.cross_entropy())
     with pytest.raises(ValueError, match="teacher"):
-        training.make_train_step(training.Objective(training.vjp_projection()),
-                                 optax.sgd(0.1))
+        training.make_train_step(
+            training.Objective(training.noisy_distillation(sigma=0.1)), optax.sgd(0.1))
     # An objective that can be fed teacher targets builds without the teacher; a batch
     # without targets is then refused at its first step.
     mesh, optimizer = training.data_mesh(1), optax.sgd(0.1)

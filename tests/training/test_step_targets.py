@@ -15,6 +15,13 @@ OBJECTIVES = {
     "ce+logits+jm": lambda: training.Objective(training.cross_entropy(),
                                                training.logit_matching(),
                                                training.jacobian_matching(1.0)),
+    # Projection terms read probes drawn from their own key: targets drawn with the step's
+    # key at the term's position give the very probes, hence the same step.
+    "kd+vjp+ce": lambda: training.Objective(training.distillation(temperature=2.0),
+                                            training.vjp_projection(0.5),
+                                            training.cross_entropy()),
+    "ce+jvp": lambda: training.Objective(training.cross_entropy(),
+                                         training.jvp_projection(0.5, num_probes=2)),
 }
 
 
@@ -33,9 +40,12 @@ def test_step_fed_targets_equals_step_running_the_teacher_with_fewer_flops(name)
     step = training.make_train_step(objective, optimizer, mesh, teacher=teacher)
     x, y = h.images(h.BATCH)
     batch = data.shard_batch({"image": x, "label": y}, data.data_sharding(mesh))
-    targets = training.make_targets_step(teacher, mesh, **objective.targets_options())(batch)
+    options = objective.targets_options()
+    # The step's key: fold_in(state.key, state.step), state.step = 0 here.
+    key = jax.random.fold_in(state.key, 0) if options.get("projections") else None
+    targets = training.make_targets_step(teacher, mesh, **options)(batch, key)
     fed = {**batch, training.TARGETS_KEY: targets}
-    assert (targets.gradients is None) == (name == "ce+kd")
+    assert (targets.gradients is None) == (name != "ce+logits+jm")
 
     def copy(s):  # the step donates its state
         return jax.tree.map(jnp.copy, s)
@@ -82,9 +92,39 @@ def test_targets_options_say_which_targets_serve_every_term():
         "outputs": None, "k": 1}
     assert t.Objective(t.logit_matching(), t.jacobian_matching(outputs="top_k", k=2)
                        ).targets_options() == {"outputs": "top_k", "k": 2}
-    assert t.Objective(t.distillation(), t.vjp_projection()).targets_options() is None
+    assert t.Objective(t.distillation(), t.vjp_projection(), t.jvp_projection()
+                       ).targets_options() is None  # two positions: two keys
+    assert t.Objective(t.distillation(), t.jacobian_matching(), t.vjp_projection(),
+                       ).targets_options() == {
+        "outputs": "teacher_top1", "k": 1, "projections": ("vjp",), "num_probes": 1,
+        "distribution": "rademacher", "projection_term": 2}
     assert t.Objective(t.jacobian_matching(), t.jacobian_matching(outputs="all", name="b")
                        ).targets_options() is None
+    assert t.Objective(t.distillation(), t.noisy_distillation(sigma=0.1)
+                       ).targets_options() is None
+
+
+def test_targets_drawn_with_another_key_give_nan_not_other_probes():
+    """The train step cannot compare traced keys before it runs: an example whose probes
+    come from another key gets NaN, which train()'s non-finite guard reports."""
+    objective, mesh = OBJECTIVES["kd+vjp+ce"](), training.data_mesh(1)
+    optimizer = optax.sgd(0.05)
+    state = jax.device_put(training.init_train_state(h.student(), optimizer,
+                                                     key=jax.random.key(0)),
+                           training.replicated(mesh))
+    teacher = h.teacher()
+    x, y = h.images(h.BATCH)
+    batch = data.shard_batch({"image": x, "label": y}, data.data_sharding(mesh))
+    to_targets = training.make_targets_step(teacher, mesh, **objective.targets_options())
+    step = training.make_train_step(objective, optimizer, mesh)
+    wrong = to_targets(batch, jax.random.fold_in(state.key, 1))  # step 1's, fed at step 0
+    _, metrics = step(jax.tree.map(jnp.copy, state), {**batch, "teacher_targets": wrong})
+    assert np.isnan(float(metrics["loss/vjp"])) and np.isfinite(float(metrics["loss/kd"]))
+    with pytest.raises(ValueError, match="`key` is required with projections"):
+        to_targets(batch)
+    with pytest.raises(ValueError, match="needs \\('vjp',\\) with num_probes=1"):
+        step(state, {**batch, "teacher_targets": training.make_targets_step(teacher, mesh)(
+            batch)})
 
 
 def test_targets_the_objective_cannot_use_are_refused():
@@ -95,12 +135,13 @@ def test_targets_the_objective_cannot_use_are_refused():
     state = jax.device_put(training.init_train_state(h.student(), optimizer,
                                                      key=jax.random.key(0)),
                            training.replicated(mesh))
-    vjp = training.Objective(training.distillation(), training.vjp_projection())
+    noisy = training.Objective(training.distillation(),
+                               training.noisy_distillation(sigma=0.1))
     with pytest.raises(ValueError, match="teacher is None"):
-        training.make_train_step(vjp, optimizer, mesh)
+        training.make_train_step(noisy, optimizer, mesh)
     logits_only = training.make_targets_step(teacher, mesh)(batch)
-    step = training.make_train_step(vjp, optimizer, mesh, teacher=teacher)
-    with pytest.raises(ValueError, match=r"cannot be fed teacher targets.*\['vjp'\]"):
+    step = training.make_train_step(noisy, optimizer, mesh, teacher=teacher)
+    with pytest.raises(ValueError, match=r"cannot be fed teacher targets.*\['noisy_kd'\]"):
         step(state, {**batch, "teacher_targets": logits_only})
     jm = training.Objective(training.jacobian_matching())
     step = training.make_train_step(jm, optimizer, mesh, teacher=teacher)
