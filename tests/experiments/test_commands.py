@@ -64,17 +64,59 @@ def smoke_argv(command: str, fashion_dir: str = "") -> tuple[str, list[str]]:
     return study, [f"--config={spec}:smoke", *out]
 
 
+def directories(command: str) -> set[str]:
+    """The work directories ``command`` reads or writes: its ``--workdir`` (or its study's
+    default) and the one holding a ``teacher_dir`` it reuses."""
+    words = shlex.split(command)
+    study = STUDIES[words[2].removeprefix("experiments.")]
+    found = {study.DEFAULT_WORKDIR}
+    for word in words[3:]:
+        if word.startswith("--workdir="):
+            found = {word.partition("=")[2]}
+    for i, word in enumerate(words):
+        if word == "--workdir" and i + 1 < len(words):
+            found = {words[i + 1]}
+    for word in words:
+        if word.startswith("--config.teacher_dir="):
+            found.add(os.path.dirname(word.partition("=")[2].rstrip("/")))
+    return {os.path.normpath(d) for d in found}
+
+
+def command_groups() -> dict[str, list[str]]:
+    """The documented commands in groups that share no work directory, each group in
+    source order (a command may read what an earlier one of its group wrote), named by
+    its first command's work directory. The groups run as separate tests, so that the
+    suite's workers share them out."""
+    groups: list[tuple[set[str], list[str]]] = []
+    for command in documented_commands():
+        dirs = directories(command)
+        joined = [g for g in groups if g[0] & dirs]
+        merged = (set(dirs).union(*(g[0] for g in joined)),
+                  [c for g in joined for c in g[1]] + [command])
+        groups = [g for g in groups if g not in joined] + [merged]
+    order = documented_commands()
+    return {sorted(dirs)[0]: sorted(commands, key=order.index) for dirs, commands in groups}
+
+
 def test_the_commands_are_found():
     commands = documented_commands()
     assert README_COMMAND in commands
     assert any("--config=transfer_folder" in c and "teacher_dir" in c for c in commands)
     assert all(shlex.split(c)[2].removeprefix("experiments.") in STUDIES for c in commands)
+    groups = command_groups()
+    assert sorted(c for g in groups.values() for c in g) == sorted(commands)
+    # A reader of a teacher runs after, and with, the command that trains it.
+    together = next(g for g in groups.values() if README_COMMAND in g)
+    assert "python -m experiments.noise_robustness --workdir runs/limited_data" in together
+    folder = next(g for g in groups.values() if any("runs/mit_indoor_2" in c for c in g))
+    assert any("teacher_only" in c for c in folder)
 
 
-def test_every_documented_command_runs_in_smoke_mode(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("group", sorted(command_groups()))
+def test_every_documented_command_runs_in_smoke_mode(group, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative work directories land in the scratch directory
     fashion_dir = write_fashion(tmp_path / "data")  # the suite needs no system dataset
-    for command in documented_commands():
+    for command in command_groups()[group]:
         study, argv = smoke_argv(command, fashion_dir)
         STUDIES[study].main(argv)
         out = capsys.readouterr().out.strip().splitlines()
