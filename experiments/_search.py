@@ -158,8 +158,15 @@ def to_train(config: ConfigDict, method: str, methods: Sequence[str], terms: Ter
         return tried
     if base not in (search.get("methods") or {}):
         raise ValueError(f"the search of {method!r} needs {base!r}'s choice first.")
-    fixed = {k: v for k, v in chosen(search, base).items() if tried and k in tried[0]}
+    fixed = base_values(tried, chosen(search, base))
     return [w for w in tried if all(w[k] == v for k, v in fixed.items())]
+
+
+def base_values(tried: Sequence[dict[str, Any]], base_choice: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The values of ``base_choice`` (the base method's chosen weights) that a method
+    whose candidates are ``tried`` keeps: those of the arguments its candidates share."""
+    return {k: v for k, v in base_choice.items() if tried and k in tried[0]}
 
 
 def _per_seed(results, method, weights, sizes_, seeds_, split: str):
@@ -198,8 +205,8 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
         if not tried:
             continue
         base = base_method(method, methods, terms, config)
-        fixed = {k: v for k, v in out["methods"][base]["chosen"].items()
-                 if k in tried[0]} if base in out["methods"] else {}
+        fixed = (base_values(tried, out["methods"][base]["chosen"])
+                 if base in out["methods"] else {})
         rows = []
         for weights in tried:
             if not all(search_cell(method, weights, n, s) in results
