@@ -12,8 +12,8 @@ stream, and attaches them to the batch (``batch["teacher_targets"]``) for every 
 whose objective can be fed them; the train step then does not run the teacher.
 
 The targets of a position are a deterministic function of the teacher, the batch and its
-step, so
-a resumed cell, which recomputes the ones it no longer holds, gets the same numbers.
+step, so a resumed cell, which recomputes the ones it no longer holds, gets the same
+numbers.
 Only the current stream's targets are kept (the sweep runs one size and seed at a time),
 and at most ``max_bytes`` of them; beyond, they are computed per method as they are
 needed.

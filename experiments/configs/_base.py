@@ -222,9 +222,8 @@ HELP = {
     "tensorboard": "TensorBoard event files in every run directory (needs tensorboardX)",
     "share_teacher_targets": "compute the teacher's logits, input gradients and probe "
                              "products of a batch once for every student of its size and "
-                             "seed (False: each "
-                             "student's step runs the teacher; the same runs up to float "
-                             "round-off, for timing)",
+                             "seed (False: each student's step runs the teacher; the same "
+                             "runs up to float round-off, for timing)",
 }
 MODEL_HELP = {
     "name": "model of jaxkd.models.create: mlp, small_cnn, vgg4, vgg9, wrn, resnet18, "
