@@ -85,7 +85,8 @@ def vjp_projection_loss(student_fn: Fn,
         same ``num_probes`` and ``distribution`` (their probes are used).
       x: ``[batch_size, ...]`` floating inputs.
       key: a ``jax.random.key`` for the probes (fold in the step when training); required
-        with ``teacher_fn``, None with targets (a concrete key must be the targets').
+        with ``teacher_fn``; with targets None, or the targets' key (a concrete other key
+        raises, a traced one makes the rows NaN).
       num_probes: probes per example ``k >= 1``.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"`` (``k <= K``).
       remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
@@ -114,7 +115,8 @@ def vjp_projection_loss(student_fn: Fn,
     if isinstance(teacher_fn, _targets.TeacherTargets):
         x, v, g_t = _from_targets("vjp", student_fn, teacher_fn, x, key, num_probes,
                                   distribution, remat_chunks)
-        return _student_only(student_part, (x, v, g_t), remat_chunks)
+        loss = _student_only(student_part, (x, v, g_t), remat_chunks)
+        return _targets.nan_unless_same_key(teacher_fn, key, loss)
     x, student_out, teacher_out = _check_common(student_fn, teacher_fn, x, key, num_probes,
                                                 remat_chunks)
     # Probes in float32 (or wider) whatever the networks' dtype, cast to each network's
@@ -154,8 +156,9 @@ def jvp_projection_loss(student_fn: Fn,
         :class:`TeacherTargets` on ``x`` computed with ``projections=("jvp",)`` and the
         same ``num_probes`` and ``distribution`` (their probes are used).
       x: ``[batch_size, ...]`` floating inputs.
-      key: a ``jax.random.key`` for the probes; required with ``teacher_fn``, None with
-        targets (a concrete key must be the targets').
+      key: a ``jax.random.key`` for the probes; required with ``teacher_fn``; with
+        targets None, or the targets' key (a concrete other key raises, a traced one makes
+        the rows NaN).
       num_probes: probes per example ``k >= 1``.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"`` (``k <= D``).
       remat_chunks: ``None`` or ``n >= 1``: rematerialise in ``n`` slices of the batch
@@ -179,7 +182,8 @@ def jvp_projection_loss(student_fn: Fn,
     if isinstance(teacher_fn, _targets.TeacherTargets):
         x, u, t_u = _from_targets("jvp", student_fn, teacher_fn, x, key, num_probes,
                                   distribution, remat_chunks)
-        return _student_only(student_part, (x, u, t_u), remat_chunks)
+        loss = _student_only(student_part, (x, u, t_u), remat_chunks)
+        return _targets.nan_unless_same_key(teacher_fn, key, loss)
     x, _, _ = _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks)
     u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)
 

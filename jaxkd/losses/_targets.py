@@ -239,8 +239,9 @@ def teacher_targets(teacher_fn: Fn,
     ``"top_k"``; ``labels`` for ``"label"``, which the loss may omit: given and
     concrete they must equal the targets', traced ones that differ give NaN rows);
     ``num_probes`` and ``distribution`` for the projections; ``p`` for attention. A
-    projection loss takes its probes from the targets: call it with ``key=None``; a
-    concrete ``key`` that differs from the targets' is an error. The noise expansions take
+    projection loss takes its probes from the targets: call it with ``key=None`` or the
+    targets' key; a concrete ``key`` that differs is an error, a traced one (inside
+    ``jit``) makes the loss NaN in every row. The noise expansions take
     targets of ``outputs="all"`` with ``curvature="none"`` (their Laplacian terms need the
     teacher's Hessian traces); :func:`noisy_distillation_loss` needs the teacher at noisy
     inputs: both refuse what they cannot use with a ``TypeError`` that says why.
@@ -426,6 +427,18 @@ def for_projection(targets: TeacherTargets, which: str, x: jax.Array, key: Any,
                              f"from them: pass key=None.")
     return (jax.lax.stop_gradient(_batch_first(probes)),
             jax.lax.stop_gradient(_batch_first(products)))
+
+
+def nan_unless_same_key(targets: TeacherTargets, key: Any, loss: jax.Array) -> jax.Array:
+    """``loss`` (per example), NaN in the rows whose probes ``targets`` drew with another
+    key than ``key`` (None: the targets' own). A concrete mismatch has already raised
+    (:func:`for_projection`); this catches a traced one, e.g. a train step's key, which
+    cannot be compared before the program runs."""
+    if key is None:
+        return loss
+    stored = targets.key_data.reshape(targets.key_data.shape[0], -1)
+    same = jnp.all(stored == _key_data(key).reshape(1, -1), axis=1)
+    return jnp.where(same, loss, jnp.nan)
 
 
 def for_attention(targets: TeacherTargets, x: jax.Array, p: float,

@@ -299,32 +299,21 @@ def jvp_projection(weight: float = 1.0, *, num_probes: int = 1,
                             distribution, remat_chunks, name)
 
 
-def _key_data(key: jax.Array) -> jax.Array:
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key)
-    return key
-
-
 def _projection_term(loss: Callable[..., jax.Array], projection: str, weight: float,
                      num_probes: int, distribution: str, remat_chunks: int | None,
                      name: str) -> Term:
     """A projection term: probes drawn from the term's key, or read from the targets.
 
-    Fed targets, the loss takes the probes the targets hold; an example whose targets
-    were drawn with another key than this term's (``make_targets_step`` given the wrong
-    step key or term position) gets ``NaN``, which the training loop's non-finite guard
-    reports, rather than a silently different probe.
+    Fed targets, the loss takes the probes the targets hold, given the term's key: targets
+    drawn with another key (``make_targets_step`` given the wrong step key or term
+    position) make the loss ``NaN`` (the loss's check of a traced key), which the
+    training loop's non-finite guard reports, rather than a silently different probe.
     """
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         options = dict(num_probes=num_probes, distribution=distribution,
                        remat_chunks=remat_chunks)
-        targets = inputs.teacher_targets
-        if targets is None:
-            return loss(inputs.student_fn, inputs.teacher_fn, inputs.x, key=key, **options)
-        values = loss(inputs.student_fn, targets, inputs.x, key=None, **options)
-        stored = targets.key_data.reshape(targets.key_data.shape[0], -1)
-        same = jnp.all(stored == _key_data(key).reshape(1, -1), axis=1)
-        return jnp.where(same, values, jnp.nan)
+        # Fed targets, the loss reads their probes and checks they were drawn with `key`.
+        return loss(inputs.student_fn, inputs.teacher, inputs.x, key=key, **options)
     return Term(name, weight, fn, targets={"projection": projection,
                                            "num_probes": num_probes,
                                            "distribution": distribution})

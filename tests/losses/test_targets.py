@@ -208,6 +208,15 @@ def test_the_same_key_as_the_targets_is_accepted():
                                                                   num_probes=2))
 
 
+def test_a_traced_key_that_differs_from_the_targets_gives_nan_rows():
+    """As for traced labels: inside jit the key cannot be compared before the program
+    runs, so every row drawn with another key is NaN (a train step's guard reports it)."""
+    def loss(key):
+        return losses.vjp_projection_loss(STUDENT, VJP2, X, num_probes=2, key=key)
+    assert_round_off(jax.jit(loss)(KEY), loss(None))  # the targets' key: their value
+    assert np.isnan(jax.jit(loss)(jax.random.key(12))).all()
+
+
 ALL = losses.teacher_targets(TEACHER, X, outputs="all")
 
 
