@@ -10,13 +10,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from experiments.configs._base import ConfigError
 from jaxkd import data
+
+
+# The keys that shape every study's images (the study adds its datasets and classes).
+DATA_KEYS = ("data_dir", "image_size", "validation_fraction", "augment", "flip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,12 @@ class PreparedData:
     def background(self) -> np.ndarray:
         """``[C]`` a black raw pixel after normalisation: the padding of random crops."""
         return data.background_value(self.mean, self.std)
+
+
+class StudyData(NamedTuple):
+    """The teacher's data and the students' (the same object in studies 1 and 2)."""
+    teacher: PreparedData
+    student: PreparedData
 
 
 def _normalized(dataset: data.Dataset, mean, std) -> data.Dataset:

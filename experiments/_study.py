@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from flax import nnx
 from ml_collections import ConfigDict
@@ -43,20 +43,13 @@ from experiments import (_budget, _data, _fit, _report, _runtime, _search, _swee
 from experiments.configs import _base
 from jaxkd import models, training
 
-# The keys that shape every study's images (the study adds its datasets and classes).
-DATA_KEYS = ("data_dir", "image_size", "validation_fraction", "augment", "flip")
+DATA_KEYS, StudyData = _data.DATA_KEYS, _data.StudyData
 # The keys of the teacher's own training: a reused teacher_dir may differ in them.
 TEACHER_TRAINING = ("teacher_train", "teacher_seed")
 # How random crops pad: with the data's black, normalised (``PreparedData.background``).
 # Recorded in the run config of every run that augments, so that runs trained with the
 # earlier padding (the normalised zero, a grey frame) are refused as changed, not mixed in.
 AUGMENT_PADDING = "background"
-
-
-class StudyData(NamedTuple):
-    """The teacher's data and the students' (the same object in study 1)."""
-    teacher: _data.PreparedData
-    student: _data.PreparedData
 
 
 def _nothing(config: ConfigDict) -> None:
@@ -91,6 +84,10 @@ class Study:
         results.md.
       extra: ``(session, outcome)`` -> more entries of the section (e.g. a probe of the
         teacher), or None.
+      select: config -> the cells this study trains or reuses (every cell by default).
+      evaluate: ``(session, outcome)`` -> ``(section, seconds)``: what the driver runs
+        after the cells, in place of the accuracy summary (study 2's measures under
+        noise, and the seconds they took), or None.
     """
     name: str
     terms: Callable[[str], Sequence[str]]
@@ -111,6 +108,8 @@ class Study:
     starts_from_teacher: Callable[[str], bool] = lambda method: False
     budget_label: Callable[[str, Any], str] = lambda key, n: str(n)
     extra: Callable[[Session, Outcome], dict[str, Any]] | None = None
+    select: Callable[[ConfigDict], list[_sweep.Cell]] = _sweep.cells
+    evaluate: Callable[[Session, Outcome], tuple[dict[str, Any], float]] | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -256,7 +255,7 @@ def cells(study: Study, config: ConfigDict) -> list[_sweep.Cell]:
     for method in config.methods:
         study.terms(method)  # fail before training anything
     study.check(config)
-    return _sweep.cells(config)
+    return study.select(config)
 
 
 def check(study: Study, config: ConfigDict) -> None:
@@ -300,7 +299,7 @@ def start(study: Study, config: ConfigDict, workdir: str,
 
     Called within :func:`opened` (the config checked, the work directory locked).
     """
-    selected = _sweep.cells(config) if selected is None else list(selected)
+    selected = study.select(config) if selected is None else list(selected)
     runs = run_configs(study, config, workdir, selected)
     check_runs(config, workdir, runs)
     mesh = _runtime.start(config)
@@ -474,6 +473,8 @@ def run(study: Study, config: ConfigDict, workdir: str, *, command: str | None =
         if config.teacher_only:
             return teacher_only(session)
         outcome = sweep(session)
-        return _report.finish(study, workdir, summarize(session, outcome), config=config,
-                              started=t0, command=command, total_seconds=outcome.seconds,
+        section, seconds = (study.evaluate(session, outcome) if study.evaluate is not None
+                            else (summarize(session, outcome), 0.0))
+        return _report.finish(study, workdir, section, config=config, started=t0,
+                              command=command, total_seconds=outcome.seconds + seconds,
                               num_cells=len(outcome.results))

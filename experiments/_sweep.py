@@ -52,17 +52,18 @@ def cell_dir(workdir: str, cell: Cell) -> str:
 
 
 def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
-              workdir: str, desc: str) -> dict[Cell, dict[str, Any]]:
+              workdir: str | None, desc: str) -> dict[Cell, dict[str, Any]]:
     """Runs ``run(cell)`` for every cell with a progress bar (plain lines when not on a
     terminal); finished cells are skipped.
 
     A cell is finished when ``workdir/cells/<cell.name>/result.json`` exists; ``run``
-    must write it (``_fit.fit`` does). The bar counts only the cells left, so its rate
-    and ETA are those of this invocation.
+    must write it (``_fit.fit`` does); with ``workdir=None`` none is skipped. The bar
+    counts only the cells left, so its rate and ETA are those of this invocation.
     """
     from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
     results = {}
-    todo = [c for c in selected if not _workdir.is_done(cell_dir(workdir, c))]
+    todo = [c for c in selected
+            if workdir is None or not _workdir.is_done(cell_dir(workdir, c))]
     reused = len(selected) - len(todo)
     label = f"{desc} ({reused} finished before)" if reused else desc
     with progress_bar(len(todo), desc=label, unit="cell", disable=not todo) as bar:
