@@ -4,7 +4,7 @@
 validation split as ``eval_data`` and a checkpoint at every evaluation, then reads the
 validation curve back, restores the best-on-validation checkpoint and evaluates it and
 the last state on the test split (the test split never chooses anything). ``result.json``
-marks the run finished; then only its last checkpoint is kept (``_workdir.prune``). The
+marks the run finished; then only its last checkpoint is kept (``_runs.prune``). The
 run's *run config* (``_study``: what determines its result), given by the caller, goes
 into its ``config.json`` when it starts and its ``result.json`` when it ends.
 """
@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _data, _workdir
+from experiments import _data, _runs
 from experiments.configs._base import ConfigError
 from jaxkd import data, models, training
 
@@ -72,18 +72,18 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
     then reports the test accuracy of the last state and of the best-on-validation
     checkpoint (ties go to the earlier step), and ``seconds``, this run's wall time
     (training and evaluation). A finished ``run_dir`` is returned as it is; one whose
-    ``result.json`` cannot be read is computed again (``_workdir.discard_damaged_result``).
-    ``describe`` and ``run_config`` (under ``_workdir.RUN_CONFIG``) are recorded with it.
+    ``result.json`` cannot be read is computed again (``_runs.discard_damaged_result``).
+    ``describe`` and ``run_config`` (under ``_runs.RUN_CONFIG``) are recorded with it.
     ``feed`` wraps the (restorable) train batches, e.g. to attach the teacher's targets
     (``_targets.SharedTargets.feed``); it must keep ``get_state`` / ``set_state``.
     ``pad_value`` fills the random crops' padding (``PreparedData.background``).
     """
-    result = _workdir.read_result(run_dir)
+    result = _runs.read_result(run_dir)
     if result is not None:
         return result
-    _workdir.discard_damaged_result(run_dir)
+    _runs.discard_damaged_result(run_dir)
     describe = {**dict(describe or {}),
-                **({_workdir.RUN_CONFIG: _workdir.canonical(dict(run_config))}
+                **({_runs.RUN_CONFIG: _runs.canonical(dict(run_config))}
                    if run_config is not None else {})}
     num_steps, mesh = train_cfg.num_steps, step.mesh
     devices = mesh.shape[training.DATA_AXIS]
@@ -122,15 +122,15 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         "devices": devices,
         **describe,
     }
-    _workdir.write_json(_workdir.result_path(run_dir), result)
-    _workdir.prune(run_dir, keep_step=num_steps)
+    _runs.write_json(_runs.result_path(run_dir), result)
+    _runs.prune(run_dir, keep_step=num_steps)
     return result
 
 
 def restore_state(run_dir: str, template: training.TrainState,
                   step: int | None = None) -> training.TrainState:
     """The checkpointed state of ``run_dir`` (its latest step by default)."""
-    with training.Checkpointer(_workdir.checkpoint_dir(run_dir)) as ckpt:
+    with training.Checkpointer(_runs.checkpoint_dir(run_dir)) as ckpt:
         state, _ = ckpt.restore(template, step=step)
     return state
 

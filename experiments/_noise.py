@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import _data, _report, _workdir
+from experiments import _data, _report, _runs
 from jaxkd import data, models, training
 
 NOISE_FILE = "noise.json"
@@ -169,7 +169,7 @@ def _read_cache(path: str) -> dict[str, Any]:
     missing, bad, or written by an earlier version (whose draws were another setting)."""
     empty = {"version": CACHE_VERSION, "evals": {}, "seconds": 0.0}
     try:
-        cached = _workdir.read_json(path)
+        cached = _runs.read_json(path)
         if not isinstance(cached, dict):
             raise ValueError("not a JSON object")
         if cached.get("version") != CACHE_VERSION:  # one noise draw, no clipping
@@ -199,7 +199,7 @@ def gradient_key(examples: int, teacher: str = "") -> str:
 def teacher_id(teacher_dir: str) -> str:
     """A short hash of the teacher's directory and recorded run config: caches of noise
     measures made with another teacher are not reused."""
-    run = _workdir.recorded(teacher_dir)
+    run = _runs.recorded(teacher_dir)
     text = json.dumps({"dir": os.path.abspath(teacher_dir), "run": run}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -280,7 +280,7 @@ class Evaluator:
                 top1, reference = teacher()
                 evals[g_key] = gradient_stats(self._gradients(state, top1), reference)
             cached["seconds"] += time.perf_counter() - t0
-            _workdir.write_json(path, _report.json_safe(cached))
+            _runs.write_json(path, _report.json_safe(cached))
         out: dict[str, Any] = {"accuracy": {}, "draws": {}, "drift": {}, "spread": {},
                                "seconds": cached["seconds"]}
         for reading in self.readings:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import _data, _report, _workdir
+from experiments import _data, _report, _runs
 from jaxkd import data, models, sharding
 
 PROBE_FILE = "teacher_probe.json"
@@ -135,7 +135,7 @@ def _read_cache(path: str | None, identity: Any) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        cached = _workdir.read_json(path)
+        cached = _runs.read_json(path)
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
@@ -158,8 +158,8 @@ def run(teacher: models.Split, target: _data.PreparedData, sizes: Sequence[Any],
     rewritten. Identical subsets (``"all"`` for every seed) are fitted once.
     """
     t0 = time.perf_counter()
-    identity = _workdir.canonical({"version": CACHE_VERSION, "C": C, "max_iter": MAX_ITER,
-                                   **dict(identity or {})})
+    identity = _runs.canonical({"version": CACHE_VERSION, "C": C, "max_iter": MAX_ITER,
+                                **dict(identity or {})})
     fits = _read_cache(cache, identity)
     splits = target.splits
     subsets = {(n, s): positions(splits.train, _data.subset(splits.train, n, s))
@@ -191,7 +191,7 @@ def run(teacher: models.Split, target: _data.PreparedData, sizes: Sequence[Any],
         fits["_"] = {"dims": {name: int(np.prod(inputs["test"][name].shape[1:]))
                               for name in INPUTS}}
         if cache is not None:
-            _workdir.write_json(cache, {"identity": identity, "fits": fits})
+            _runs.write_json(cache, {"identity": identity, "fits": fits})
     return {"fits": {_key(*w): fits[_key(*w)] for w in wanted},
             "dims": fits["_"]["dims"], "seconds": time.perf_counter() - t0}
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import _sweep, _workdir
+from experiments import _runs
 
 SEARCH_DIR = "weight_search"
 SEARCH_FILE = "weight_search.json"
@@ -97,8 +97,8 @@ def candidate_name(weights: Mapping[str, Any]) -> str:
 
 
 def search_cell(method: str, weights: Mapping[str, Any], examples_per_class, seed: int
-                ) -> _sweep.Cell:
-    return _sweep.Cell(f"{method}@{candidate_name(weights)}", examples_per_class, seed)
+                ) -> _runs.Cell:
+    return _runs.Cell(f"{method}@{candidate_name(weights)}", examples_per_class, seed)
 
 
 def loss_with(loss: ConfigDict, weights: Mapping[str, Any]) -> ConfigDict:
@@ -183,7 +183,7 @@ def _spread(values: Sequence[float]) -> float:
 
 
 def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
-           results: dict[_sweep.Cell, dict[str, Any]]) -> dict[str, Any]:
+           results: dict[_runs.Cell, dict[str, Any]]) -> dict[str, Any]:
     """Per method, the candidate of best mean best-step validation accuracy.
 
     The mean is over the search's sizes and seeds; a tie goes to the candidate listed
@@ -238,7 +238,7 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
 
 
 def add_gains(search: dict[str, Any] | None, pairs: Sequence[tuple[str, str]],
-              results: Mapping[_sweep.Cell, Mapping[str, Any]]) -> None:
+              results: Mapping[_runs.Cell, Mapping[str, Any]]) -> None:
     """Adds to each candidate of a method ``with`` of a pair ``(without, with)`` its paired
     test gain over ``without`` at ``without``'s chosen values (last step, points; per
     search seed, the mean over the search's sizes), as ``row["gains"][without]``.
@@ -252,9 +252,9 @@ def add_gains(search: dict[str, Any] | None, pairs: Sequence[tuple[str, str]],
     sizes_ = list((search or {}).get("sizes") or ())
     seeds_ = list((search or {}).get("seeds") or ())
 
-    def cell(method: str, weights: Mapping[str, Any] | None, n, s) -> _sweep.Cell:
+    def cell(method: str, weights: Mapping[str, Any] | None, n, s) -> _runs.Cell:
         return (search_cell(method, weights, n, s) if weights is not None
-                else _sweep.Cell(method, n, s))
+                else _runs.Cell(method, n, s))
 
     for without, with_ in pairs:
         if with_ not in methods:
@@ -296,7 +296,7 @@ def chosen(search: dict[str, Any] | None, method: str) -> dict[str, float]:
     return dict(((search or {}).get("methods") or {}).get(method, {}).get("chosen", {}))
 
 
-def reuse_run(config: ConfigDict, workdir: str, cell: _sweep.Cell,
+def reuse_run(config: ConfigDict, workdir: str, cell: _runs.Cell,
               weights: Mapping[str, Any], run_config: Mapping[str, Any] | None) -> None:
     """Copies the search's run of ``cell`` with the chosen ``weights`` as the cell's run.
 
@@ -307,21 +307,21 @@ def reuse_run(config: ConfigDict, workdir: str, cell: _sweep.Cell,
     if not weights or cell.examples_per_class not in sizes(config) \
             or cell.seed not in seeds(config):
         return
-    source = _sweep.cell_dir(os.path.join(workdir, SEARCH_DIR),
-                             search_cell(cell.method, weights, cell.examples_per_class,
-                                         cell.seed))
-    target = _sweep.cell_dir(workdir, cell)
-    if _workdir.is_done(source) and not os.path.exists(target):
+    source = _runs.cell_dir(os.path.join(workdir, SEARCH_DIR),
+                            search_cell(cell.method, weights, cell.examples_per_class,
+                                        cell.seed))
+    target = _runs.cell_dir(workdir, cell)
+    if _runs.is_done(source) and not os.path.exists(target):
         shutil.copytree(source, target + ".tmp", dirs_exist_ok=True)
-        result = _workdir.read_json(_workdir.result_path(target + ".tmp"))
+        result = _runs.read_json(_runs.result_path(target + ".tmp"))
         result["reused_from"] = os.path.relpath(source, workdir)  # its time counts once
         if run_config is not None:  # the cell's own: a re-run checks it
-            result[_workdir.RUN_CONFIG] = _workdir.canonical(dict(run_config))
-        _workdir.write_json(_workdir.result_path(target + ".tmp"), result)
+            result[_runs.RUN_CONFIG] = _runs.canonical(dict(run_config))
+        _runs.write_json(_runs.result_path(target + ".tmp"), result)
         os.replace(target + ".tmp", target)
 
 
-def seconds(search: dict[str, Any] | None, results: dict[_sweep.Cell, dict[str, Any]]
+def seconds(search: dict[str, Any] | None, results: dict[_runs.Cell, dict[str, Any]]
             ) -> float:
     """The search's and the cells' recorded time, a run copied from the search once."""
     return (float((search or {}).get("seconds", 0.0))

@@ -38,8 +38,8 @@ from typing import Any
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import (_budget, _data, _fit, _report, _runtime, _search, _sweep, _targets,
-                         _workdir)
+from experiments import (_budget, _data, _fit, _report, _runs, _runtime, _search, _sweep,
+                         _targets, _workdir)
 from experiments.configs import _base
 from jaxkd import models, training
 
@@ -133,7 +133,7 @@ def _padding(config: ConfigDict) -> dict[str, Any]:
 def teacher_config(study: Study, config: ConfigDict) -> dict[str, Any]:
     """The teacher's run config: the config keys ``study.teacher_keys`` (and how its
     crops pad, when it augments)."""
-    return _workdir.canonical({**_pick(config, study.teacher_keys), **_padding(config)})
+    return _runs.canonical({**_pick(config, study.teacher_keys), **_padding(config)})
 
 
 def depends_on_teacher(study: Study, config: ConfigDict, method: str) -> bool:
@@ -163,7 +163,7 @@ def cell_config(study: Study, config: ConfigDict, cell: _sweep.Cell,
                                   else teacher_config(study, config))
     out.update(method=cell.method, examples_per_class=cell.examples_per_class,
                seed=cell.seed)
-    return _workdir.canonical(out)
+    return _runs.canonical(out)
 
 
 def search_plan(study: Study, config: ConfigDict, methods: Sequence[str],
@@ -191,21 +191,21 @@ def run_configs(study: Study, config: ConfigDict, workdir: str,
     run config; only the keys of ``teacher_keys`` but its training must match.
 
     Raises:
-      _workdir.ConfigChanged: that teacher was made with another network or data.
+      _runs.ConfigChanged: that teacher was made with another network or data.
     """
     t_dir = teacher_dir(config, workdir)
     identity = teacher_config(study, config)
     runs = {t_dir: identity}
-    if config.teacher_dir and _workdir.is_done(t_dir):
-        old = _workdir.recorded(t_dir)
+    if config.teacher_dir and _runs.is_done(t_dir):
+        old = _runs.recorded(t_dir)
         if old is not None:
             keys = [k for k in study.teacher_keys if k not in TEACHER_TRAINING]
             mine = {k: identity[k] for k in keys if k in identity}
             theirs = {k: old[k] for k in keys if k in old}
             if mine != theirs:
-                raise _workdir.ConfigChanged(
+                raise _runs.ConfigChanged(
                     f"teacher_dir {t_dir} holds a teacher made with another network or data: "
-                    f"{'; '.join(_workdir.differences(theirs, mine))}. Give the teacher_dir of "
+                    f"{'; '.join(_runs.differences(theirs, mine))}. Give the teacher_dir of "
                     f"a matching teacher, or set --config.teacher_dir='' to train one.")
             identity = old
         else:
@@ -229,14 +229,14 @@ def check_runs(config: ConfigDict, workdir: str, runs: Mapping[str, Mapping[str,
     deletes them with ``on_change=retrain`` (they train again).
 
     Raises:
-      _workdir.ConfigChanged: runs made with another config (names the keys, old -> new).
+      _runs.ConfigChanged: runs made with another config (names the keys, old -> new).
     """
-    changes = _workdir.changed(workdir, runs)
+    changes = _runs.changed(workdir, runs)
     if changes and config.on_change != "retrain":
-        raise _workdir.ConfigChanged(_workdir.describe_changes(workdir, changes))
+        raise _runs.ConfigChanged(_runs.describe_changes(workdir, changes))
     t_dir = teacher_dir(config, workdir)
     if config.teacher_dir and t_dir in changes:
-        raise _workdir.ConfigChanged(
+        raise _runs.ConfigChanged(
             f"teacher_dir {t_dir} (another work directory's teacher, unfinished) was started "
             f"with another config: {'; '.join(changes[t_dir])}; on_change=retrain deletes "
             f"only this work directory's runs. Give another teacher_dir or delete it.")
@@ -416,7 +416,7 @@ def sweep(session: Session) -> Outcome:
         search = _search.choose(s.config, [m for m in methods if m in done],
                                 s.study.terms, searched)
     search["seconds"] = sum(float(r["seconds"]) for r in searched.values())
-    _workdir.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
+    _runs.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
 
     def run_cell(cell: _sweep.Cell) -> dict[str, Any]:
         weights = _search.chosen(search, cell.method)
@@ -426,7 +426,7 @@ def sweep(session: Session) -> Outcome:
 
     results = _sweep.run_sweep(s.selected, run_cell, workdir=s.workdir, desc=s.study.name)
     _search.add_gains(search, s.study.pairs, {**searched, **results})
-    _workdir.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
+    _runs.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
     keys = list(dict.fromkeys(s.study.train_key(c.method) for c in s.selected))
     budget = {s.study.budget_label(key, n): trainer.train_cfg(key, n).num_steps
               for key in keys for n in dict.fromkeys(c.examples_per_class for c in s.selected)}

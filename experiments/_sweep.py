@@ -9,27 +9,13 @@ The study driver (``_study``) builds what a cell trains; the weight search
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
 
-from experiments import _workdir
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One point of a sweep: a method at a data size and a seed."""
-    method: str
-    examples_per_class: int | str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return (f"{self.method.replace('+', '-')}/n{self.examples_per_class}/"
-                f"seed{self.seed}")
+from experiments import _runs
+from experiments._runs import Cell, cell_dir  # noqa: F401  (the sweep's names)
 
 
 def seeds(config: ConfigDict) -> list[int]:
@@ -47,10 +33,6 @@ def cells(config: ConfigDict) -> list[Cell]:
             for m in config.methods]
 
 
-def cell_dir(workdir: str, cell: Cell) -> str:
-    return os.path.join(workdir, "cells", cell.name)
-
-
 def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
               workdir: str | None, desc: str) -> dict[Cell, dict[str, Any]]:
     """Runs ``run(cell)`` for every cell with a progress bar (plain lines when not on a
@@ -63,7 +45,7 @@ def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *
     from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
     results = {}
     todo = [c for c in selected
-            if workdir is None or not _workdir.is_done(cell_dir(workdir, c))]
+            if workdir is None or not _runs.is_done(cell_dir(workdir, c))]
     reused = len(selected) - len(todo)
     label = f"{desc} ({reused} finished before)" if reused else desc
     with progress_bar(len(todo), desc=label, unit="cell", disable=not todo) as bar:

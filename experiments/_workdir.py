@@ -1,42 +1,12 @@
-"""The work directory of a study: its layout, its lock, what each run recorded, JSON files.
+"""A study's work directory: where it lives and its lock (one run at a time).
 
-    <workdir>/
-      .lock                          who runs here now (pid, host, start, command)
-      results.{json,csv,md}, *.png   the report (``_report``)
-      teacher/                       the teacher's run directory
-      cells/<method>/n<k>/seed<s>/   one run directory per cell
-      weight_search.json             the loss-weight search's choice (``_search``)
-      weight_search/cells/<method>@<weights>/n<k>/seed<s>/   one run per candidate
-
-A run directory is what :func:`jaxkd.training.train` writes (``checkpoints/``,
-``metrics.jsonl``, ``config.json``) plus ``result.json``, which marks it finished. A
-finished run keeps only its last checkpoint (study 2 and a reused teacher restore it)
-and its metrics; :func:`prune` deletes the rest.
-
-**Run configs.** Each run records the config that determines its result (its *run
-config*, ``_study.teacher_config`` / ``_study.cell_config``) in ``config.json`` when it
-starts and in ``result.json`` when it ends. Before anything trains, a study compares
-every run it would reuse with the run config the current config gives it
-(:func:`changed`); a run made with another config is refused (naming the keys that
-differ, old -> new) or, with ``--config.on_change=retrain``, deleted and trained again.
-
-**One run at a time.** :func:`locked` / :func:`locked_study` take ``<workdir>/.lock`` with
-``fcntl.flock``: the operating system releases it when the process ends, however it
-ends, so a killed run never blocks the next; a second run fails at once naming the
-process that holds it. (``flock`` needs a local file system; on NFS it may not lock.)
-A ``teacher_dir`` of another work directory is locked the same way while a study uses it
-(:func:`locked_study`), and must exist unless the study is ``teacher_only`` (it creates it).
-
-**Nothing outside.** A study writes, truncates and deletes only inside its work directory
-and the ``teacher_dir`` it was given. The lock file is opened without following a
-symbolic link, and a link is refused; when a directory is locked, every symbolic link in
-it that points outside it (a ``checkpoints`` link to another disk, say, where orbax would
-write and prune) is refused, naming the link and its target, before anything is written.
-
-Every file is written with :func:`jaxkd.training.atomic_write_text` (temporary file,
-fsync, rename): a kill or a full disk leaves the previous file or the new one. A
-``result.json`` that cannot be read anyway (a damaged disk, an edit) counts as not
-finished: the run is recomputed (:func:`read_result`).
+``<workdir>/.lock`` is taken with ``fcntl.flock``: the operating system releases it when
+the process ends, however it ends, so a killed run never blocks the next; a second run
+fails at once naming the holder (``flock`` needs a local file system). A ``teacher_dir``
+of another work directory is locked the same way while a study uses it. A study writes
+only inside its work directory and that ``teacher_dir``: the lock file is opened without
+following a symbolic link, and a link in a locked directory that points outside it is
+refused before anything is written. What the runs inside record: ``_runs``.
 """
 
 from __future__ import annotations
@@ -45,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import stat
 import sys
@@ -54,13 +23,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from experiments.configs._base import ConfigError
-from jaxkd import training
 
-RESULT_FILE = "result.json"
-CHECKPOINTS = "checkpoints"
-RUN_CONFIG = "run_config"  # the key of the run config in config.json and result.json
 LOCK_FILE = ".lock"
-NOT_RECORDED = "(not recorded: made before runs recorded their config)"
 
 
 class WorkdirError(RuntimeError):
@@ -76,14 +40,8 @@ class LinkOutside(WorkdirError):
     """A symbolic link in a work directory points outside it; the message names it."""
 
 
-class ConfigChanged(ConfigError):
-    """Runs of the work directory were made with another config; the message says which
-    keys differ (old -> new) and how to proceed."""
-
-
 # ----------------------------------------------------------------------------------------
 # The directory itself.
-
 
 def check(workdir: str, *, what: str = "--workdir") -> str:
     """``workdir`` if it can be a work directory.
@@ -303,186 +261,3 @@ def locked_study(workdir: str, config: Mapping[str, Any], *,
     finally:
         for path in new:
             release(path)
-
-
-# ----------------------------------------------------------------------------------------
-# JSON files and results.
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes ``value`` atomically (:func:`jaxkd.training.atomic_write_json`)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    training.atomic_write_json(path, value, indent=2, sort_keys=True, default=str)
-
-
-def result_path(run_dir: str) -> str:
-    return os.path.join(run_dir, RESULT_FILE)
-
-
-def read_result(run_dir: str) -> dict[str, Any] | None:
-    """The finished run's ``result.json``; None when it is missing or cannot be read (a
-    damaged file counts as not finished: the run is recomputed)."""
-    try:
-        result = read_json(result_path(run_dir))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(result, dict) or not all(
-            isinstance(result.get(k), dict) and "test" in result[k] for k in ("last", "best")):
-        return None
-    return result
-
-
-def is_done(run_dir: str) -> bool:
-    """Whether ``run_dir`` holds a finished run (a readable ``result.json``)."""
-    return read_result(run_dir) is not None
-
-
-def checkpoint_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, CHECKPOINTS)
-
-
-def checkpoint_steps(run_dir: str) -> list[int]:
-    ckpt = checkpoint_dir(run_dir)
-    if not os.path.isdir(ckpt):
-        return []
-    return sorted(int(name) for name in os.listdir(ckpt) if name.isdigit())
-
-
-def prune(run_dir: str, keep_step: int) -> None:
-    """Deletes every checkpoint of a finished run but ``keep_step``'s.
-
-    Only after ``result.json`` is written: until then a killed run resumes from any of
-    its checkpoints. Metrics (``metrics.jsonl``, TensorBoard files) stay.
-    """
-    if not is_done(run_dir):
-        raise RuntimeError(f"{run_dir} is not finished (no {RESULT_FILE}); nothing pruned.")
-    for step in checkpoint_steps(run_dir):
-        if step != keep_step:
-            shutil.rmtree(os.path.join(checkpoint_dir(run_dir), str(step)))
-
-
-def discard_damaged_result(run_dir: str) -> None:
-    """Makes a run whose ``result.json`` exists but cannot be read computable again.
-
-    It resumes from its checkpoints if every evaluated step still has one; a pruned run
-    (only its last checkpoint left) starts over, which gives the same numbers (equal
-    seeds, equal steps). The damaged file is kept as ``result.json.damaged``.
-    """
-    path = result_path(run_dir)
-    if not os.path.exists(path) or is_done(run_dir):
-        return
-    print(f"note: {path} cannot be read; computing the run again.", file=sys.stderr)
-    os.replace(path, path + ".damaged")
-    try:
-        evaluated = {int(r["step"]) for r in training.read_metrics(run_dir, "eval")}
-    except (OSError, ValueError, KeyError):
-        evaluated = None
-    if evaluated is None or not evaluated <= set(checkpoint_steps(run_dir)):
-        shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(run_dir, training.METRICS_FILE))
-
-
-# ----------------------------------------------------------------------------------------
-# Run configs.
-
-def canonical(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples as lists, keys as strings)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def started(run_dir: str) -> bool:
-    """Whether ``run_dir`` holds anything a run would reuse (a result or a checkpoint)."""
-    return os.path.exists(result_path(run_dir)) or bool(checkpoint_steps(run_dir))
-
-
-def recorded(run_dir: str) -> dict[str, Any] | None:
-    """The run config ``run_dir`` recorded (result.json, else config.json), or None."""
-    return _recorded(run_dir)[0]
-
-
-def _recorded(run_dir: str) -> tuple[dict[str, Any] | None, str]:
-    """``(run config, "")``, or ``(None, why it is not there)``: the ``config.json`` the
-    run wrote when it started is missing or damaged, or predates run configs."""
-    result = read_result(run_dir)
-    if isinstance(result, dict) and isinstance(result.get(RUN_CONFIG), dict):
-        return result[RUN_CONFIG], ""
-    path = os.path.join(run_dir, "config.json")
-    try:
-        source = read_json(path)
-    except FileNotFoundError:
-        return None, f"(its config.json, written when a run starts, is missing: {path})"
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        return None, f"(its config.json is damaged, {path}: {reason[:80]})"
-    if isinstance(source, dict) and isinstance(source.get(RUN_CONFIG), dict):
-        return source[RUN_CONFIG], ""
-    if not isinstance(source, dict):
-        return None, f"(its config.json is damaged, {path}: not a JSON object)"
-    return None, NOT_RECORDED
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: value}
-
-
-def differences(old: Mapping[str, Any] | None, new: Mapping[str, Any], *,
-                missing: str = NOT_RECORDED) -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs (absent: ``-``);
-    ``[missing]`` (why nothing was recorded) when ``old`` is None."""
-    if old is None:
-        return [missing]
-    a, b = _flat(canonical(dict(old))), _flat(canonical(dict(new)))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key, "-") != b.get(key, "-"):
-            out.append(f"{key}: {_short(a.get(key, '-'))} -> {_short(b.get(key, '-'))}")
-    return out
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) or value == "-" else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def changed(workdir: str, runs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
-    """``{run_dir: differences}`` of the started runs whose recorded config is not the
-    one given (``runs`` maps run directories to their expected run configs)."""
-    out = {}
-    for run_dir, run_config in runs.items():
-        if started(run_dir):
-            old, why = _recorded(run_dir)
-            if old is None or canonical(old) != canonical(dict(run_config)):
-                out[run_dir] = differences(old, run_config, missing=why)
-    return out
-
-
-def describe_changes(workdir: str, changes: Mapping[str, list[str]], *,
-                     limit: int = 6) -> str:
-    """One line: the runs that differ grouped by what differs, and how to proceed."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for run_dir, diffs in changes.items():
-        groups.setdefault(tuple(diffs), []).append(os.path.relpath(run_dir, workdir))
-    parts = []
-    for diffs, names in groups.items():
-        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-        keys = "; ".join(diffs[:limit]) + (f"; ... {len(diffs) - limit} more keys"
-                                           if len(diffs) > limit else "")
-        parts.append(f"{names[0]}{more}: {keys}")
-    unreadable = all(len(d) == 1 and d[0].startswith("(its config.json") for d in groups)
-    head = ("holds runs whose recorded config cannot be read, so they cannot be checked "
-            "against this config" if unreadable else "holds runs made with another config")
-    return (f"work directory {workdir} {head}: "
-            + " | ".join(parts) + ". Give a new --workdir, or add --config.on_change=retrain "
-            "to delete these runs and train them again.")

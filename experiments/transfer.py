@@ -36,7 +36,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from experiments import (_cli, _data, _fit, _plots, _probe, _report, _search, _study,
-                         _sweep, _workdir)
+                         _runs, _sweep)
 from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
@@ -294,7 +294,7 @@ def teacher_probe(session: _study.Session, outcome: _study.Outcome) -> dict[str,
     del outcome
     config = session.config
     t_dir = _study.teacher_dir(config, session.workdir)
-    identity = {"teacher_dir": os.path.abspath(t_dir), "teacher_run": _workdir.recorded(t_dir),
+    identity = {"teacher_dir": os.path.abspath(t_dir), "teacher_run": _runs.recorded(t_dir),
                 "teacher_last": session.teacher_result["last"],
                 "data": {**_study.teacher_config(STUDY, config),
                          **{k: config[k] for k in TARGET_KEYS}}}

@@ -4,7 +4,7 @@ current config says."""
 import jax
 import numpy as np
 
-from experiments import _data, _fit, _workdir
+from experiments import _data, _fit, _runs
 from experiments.configs import _base
 from jaxkd import training
 
@@ -34,4 +34,4 @@ def test_teacher_dir_restores_the_teachers_own_last_step(tmp_path):
                          num_classes=prepared.num_classes, seed=0), says_two, mesh))
     accuracy = _fit.evaluate(state, _data.eval_batches(test.images, test.labels, 500), mesh)
     assert accuracy == result["last"]["test"]
-    assert _workdir.is_done(run_dir)
+    assert _runs.is_done(run_dir)

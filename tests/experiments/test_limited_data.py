@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ml_collections import ConfigDict
 
-from experiments import _data, _search, _study, _sweep, _workdir, limited_data
+from experiments import _data, _runs, _search, _study, _sweep, limited_data
 from experiments import noise_robustness
 from jaxkd import training
 from tests.experiments.conftest import write_fashion
@@ -56,19 +56,19 @@ def _stage_killed_after_the_first_cells_training(s: Scenario, monkeypatch) -> st
     """Killed after the first cell's training, before its result.json: its checkpoints
     (every 6 steps) are all there."""
     config, workdir, first, written = s.config, s.workdir, s.first, s.written
-    real_write = _workdir.write_json
+    real_write = _runs.write_json
 
     def write_then_die(path, value):
-        if os.fspath(path) == _workdir.result_path(first):
+        if os.fspath(path) == _runs.result_path(first):
             written["result"] = value
             raise Killed
         real_write(path, value)
 
-    monkeypatch.setattr(_workdir, "write_json", write_then_die)
+    monkeypatch.setattr(_runs, "write_json", write_then_die)
     with pytest.raises(Killed):
         limited_data.run(config, workdir)
-    monkeypatch.setattr(_workdir, "write_json", real_write)
-    assert _steps(first) == [6, 12] and not _workdir.is_done(first)
+    monkeypatch.setattr(_runs, "write_json", real_write)
+    assert _steps(first) == [6, 12] and not _runs.is_done(first)
     metrics_after_kill = Path(first, training.METRICS_FILE).read_text()
     return metrics_after_kill
 
@@ -83,7 +83,7 @@ def _stage_killed_in_the_middle_of_the_second_cell(s: Scenario, monkeypatch,
     def batches_that_die(dataset, **kw):
         it = real_batches(dataset, **kw)
         # The second cell is the one that starts after the first has finished.
-        if not _workdir.is_done(first) or os.path.exists(os.path.join(second, "checkpoints")):
+        if not _runs.is_done(first) or os.path.exists(os.path.join(second, "checkpoints")):
             return it
 
         class Dying:
@@ -111,7 +111,7 @@ def _stage_killed_in_the_middle_of_the_second_cell(s: Scenario, monkeypatch,
     monkeypatch.setattr(_data, "train_batches", real_batches)
     # The first cell was finished from its last checkpoint, with no step run again (a
     # retrained step would log a new record), to the numbers it had computed.
-    result = json.loads(Path(_workdir.result_path(first)).read_text())
+    result = json.loads(Path(_runs.result_path(first)).read_text())
     assert result["last"] == written["result"]["last"]
     assert result["best"] == written["result"]["best"]
     assert Path(first, training.METRICS_FILE).read_text() == metrics_after_kill
@@ -155,7 +155,7 @@ def _stage_the_full_run_resumes_and_reports(s: Scenario) -> None:
                                                                        "metrics.jsonl"))
     assert _steps(os.path.join(workdir, "teacher")) == [10]
     # The study's time is the sum of what each run recorded.
-    recorded = [json.loads(Path(_workdir.result_path(_sweep.cell_dir(workdir, c)))
+    recorded = [json.loads(Path(_runs.result_path(_sweep.cell_dir(workdir, c)))
                            .read_text())["seconds"] for c in limited_data.cells(config)]
     teacher = json.loads(Path(workdir, "teacher", "result.json").read_text())["seconds"]
     assert summary["total_seconds"] == pytest.approx(sum(recorded) + teacher)
@@ -167,9 +167,9 @@ def _stage_a_rerun_trains_nothing_and_keeps_the_time(s: Scenario) -> None:
     """A re-run trains nothing and keeps the study's time."""
     config, workdir, first, summary = s.config, s.workdir, s.first, s.summary
     rows = summary["rows"]
-    before = os.path.getmtime(_workdir.result_path(first))
+    before = os.path.getmtime(_runs.result_path(first))
     again = limited_data.run(config, workdir)
-    assert os.path.getmtime(_workdir.result_path(first)) == before
+    assert os.path.getmtime(_runs.result_path(first)) == before
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in rows]
     assert again["total_seconds"] == summary["total_seconds"]
     again_md = Path(workdir, "results.md").read_text()
@@ -181,9 +181,9 @@ def _stage_noise_robustness_reuses_the_students(s: Scenario) -> None:
     """Study 2 reuses study 1's students from the same work directory."""
     config, workdir, first = s.config, s.workdir, s.first
     rows = s.summary["rows"]
-    before = os.path.getmtime(_workdir.result_path(first))
+    before = os.path.getmtime(_runs.result_path(first))
     noise = noise_robustness.run(config, workdir)
-    assert os.path.getmtime(_workdir.result_path(first)) == before
+    assert os.path.getmtime(_runs.result_path(first)) == before
     assert {r["sigma"] for r in noise["rows"]} == {0.0, 0.5}
     clean = [r for r in noise["rows"] if r["sigma"] == 0.0 and r["method"] == "logits+ce"
              and r["examples_per_class"] == 5]
@@ -196,7 +196,7 @@ def _stage_noise_robustness_reuses_the_students(s: Scenario) -> None:
 
 
 def _result(run_dir: str) -> dict:
-    return json.loads(Path(_workdir.result_path(run_dir)).read_text())
+    return json.loads(Path(_runs.result_path(run_dir)).read_text())
 
 
 def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
@@ -253,18 +253,18 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     search_dir = os.path.join(workdir, _search.SEARCH_DIR)
     first = _sweep.cell_dir(search_dir, _search.search_cell(
         "kd+jacobian+ce", {"jacobian.weight": 1.0}, 2, 0))
-    assert _result(first)[_workdir.RUN_CONFIG]["search_weights"] == {"jacobian.weight": 1.0}
+    assert _result(first)[_runs.RUN_CONFIG]["search_weights"] == {"jacobian.weight": 1.0}
     assert limited_data.run(config, workdir)["rows"] == summary["rows"]
     # A changed training key: the search's runs are refused too, or deleted to retrain.
     changed = ConfigDict(config.to_dict())
     changed.train.learning_rate = 0.5
     runs = {first: {**_study.cell_config(limited_data.STUDY, changed,
                                          _sweep.Cell("kd+jacobian+ce", 2, 0),
-                                         _workdir.recorded(os.path.join(workdir, "teacher")),
+                                         _runs.recorded(os.path.join(workdir, "teacher")),
                                          search=False),
                     "search_weights": {"jacobian.weight": 1.0}}}
-    assert _workdir.recorded(first) == {**runs[first], "train": config.train.to_dict()}
-    with pytest.raises(_workdir.ConfigChanged, match="train.learning_rate"):
+    assert _runs.recorded(first) == {**runs[first], "train": config.train.to_dict()}
+    with pytest.raises(_runs.ConfigChanged, match="train.learning_rate"):
         _study.check_runs(changed, search_dir, runs)
     assert os.path.exists(first)
     changed.on_change = "retrain"
@@ -292,5 +292,5 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     config.search.jacobian.weight = (3.0,)
     assert limited_data.run(config, other)["teacher"]["last"] == teacher["last"]
     config.teacher_dir = ""
-    assert _study.teacher_config(limited_data.STUDY, config) == _workdir.recorded(
+    assert _study.teacher_config(limited_data.STUDY, config) == _runs.recorded(
         os.path.join(workdir, "teacher"))

@@ -169,15 +169,15 @@ def test_noise_caches_name_the_teacher_they_were_measured_against(tmp_path):
     """A student's cosine with the teacher's gradient, and the teacher's own measures,
     are cached under the teacher's identity: a retrained or another teacher is measured
     afresh, never read from the old one's cache."""
-    from experiments import _workdir
+    from experiments import _runs
     first, other = tmp_path / "teacher", tmp_path / "elsewhere"
     for d in (first, other):
         d.mkdir()
-        _workdir.write_json(d / "config.json", {_workdir.RUN_CONFIG: {"teacher_seed": 0}})
+        _runs.write_json(d / "config.json", {_runs.RUN_CONFIG: {"teacher_seed": 0}})
     tid = noise_robustness.teacher_id(str(first))
     assert tid == noise_robustness.teacher_id(str(first))
     assert tid != noise_robustness.teacher_id(str(other))  # another directory
-    _workdir.write_json(first / "config.json", {_workdir.RUN_CONFIG: {"teacher_seed": 1}})
+    _runs.write_json(first / "config.json", {_runs.RUN_CONFIG: {"teacher_seed": 1}})
     assert tid != noise_robustness.teacher_id(str(first))  # retrained with another config
     assert noise_robustness.gradient_key(100, tid) != noise_robustness.gradient_key(100, "")
 

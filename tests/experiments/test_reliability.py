@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import _cli, _workdir, limited_data
+from experiments import _cli, _runs, _workdir, limited_data
 from experiments.configs import _base
 from experiments.configs._base import ConfigError
 from jaxkd import training
@@ -265,12 +265,12 @@ def test_a_one_class_image_folder_is_one_line(tmp_path):
 def test_a_damaged_or_deleted_run_config_is_said_so(tmp_path, damage):
     workdir = str(tmp_path)
     run_dir = os.path.join(workdir, "cells", "ce", "n5", "seed0")
-    os.makedirs(os.path.join(run_dir, _workdir.CHECKPOINTS, "4"))  # a started run
+    os.makedirs(os.path.join(run_dir, _runs.CHECKPOINTS, "4"))  # a started run
     config_json = os.path.join(run_dir, "config.json")
     if damage == "damaged":
         Path(config_json).write_text('{"run_config": {"seed"')
-    changes = _workdir.changed(workdir, {run_dir: {"seed": 0}})
-    text = _workdir.describe_changes(workdir, changes)
+    changes = _runs.changed(workdir, {run_dir: {"seed": 0}})
+    text = _runs.describe_changes(workdir, changes)
     why = (f"its config.json is damaged, {config_json}: Expecting" if damage == "damaged"
            else f"its config.json, written when a run starts, is missing: {config_json}")
     assert text.startswith(f"work directory {workdir} holds runs whose recorded config "
@@ -281,8 +281,8 @@ def test_a_damaged_or_deleted_run_config_is_said_so(tmp_path, damage):
     assert "made before runs recorded" not in text
     # A config.json without a run config is an old run's: said as before.
     Path(config_json).write_text(json.dumps({"role": "cell"}))
-    assert _workdir.changed(workdir, {run_dir: {"seed": 0}}) == {
-        run_dir: [_workdir.NOT_RECORDED]}
+    assert _runs.changed(workdir, {run_dir: {"seed": 0}}) == {
+        run_dir: [_runs.NOT_RECORDED]}
 
 
 def test_orbax_background_noise_is_dropped_and_debug_keeps_it(tmp_path, monkeypatch):

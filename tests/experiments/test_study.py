@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import _data, _study, _sweep, _workdir, limited_data, transfer
+from experiments import _data, _runs, _study, _sweep, _workdir, limited_data, transfer
 from jaxkd import training
 from tests.experiments.conftest import Trained
 
@@ -48,7 +48,7 @@ def no_training(nothing_trains):
 
 
 def _result(workdir, cell):
-    return json.loads(Path(_workdir.result_path(_sweep.cell_dir(workdir, cell))).read_text())
+    return json.loads(Path(_runs.result_path(_sweep.cell_dir(workdir, cell))).read_text())
 
 
 @pytest.mark.slow
@@ -74,10 +74,10 @@ def test_each_run_records_its_config(finished):
 @pytest.mark.slow
 def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_training):
     # The "all" cell half done: a checkpoint, no result.json (killed before it).
-    os.remove(_workdir.result_path(_sweep.cell_dir(workdir, ALL)))
+    os.remove(_runs.result_path(_sweep.cell_dir(workdir, ALL)))
     results_before = Path(workdir, "results.json").read_text()
 
-    with pytest.raises(_workdir.ConfigChanged) as e:
+    with pytest.raises(_runs.ConfigChanged) as e:
         limited_data.run(_config(smoke, **{"train.learning_rate": 1.0}), workdir)
     message = str(e.value)
     assert "cells/logits-ce/n5/seed0 (and 1 more): train.learning_rate: 0.003 -> 1.0" \
@@ -86,23 +86,23 @@ def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_t
     assert "Give a new --workdir, or add --config.on_change=retrain" in message
     assert "\n" not in message
 
-    changes = _workdir.changed(workdir, {
+    changes = _runs.changed(workdir, {
         _sweep.cell_dir(workdir, c): _study.cell_config(
             limited_data.STUDY, _config(smoke, **{"train.num_steps": 24}), c,
-            _workdir.recorded(os.path.join(workdir, "teacher"))) for c in (SMALL, ALL)})
+            _runs.recorded(os.path.join(workdir, "teacher"))) for c in (SMALL, ALL)})
     assert changes[_sweep.cell_dir(workdir, ALL)] == ["train.num_steps: 12 -> 24"]
 
-    with pytest.raises(_workdir.ConfigChanged,
+    with pytest.raises(_runs.ConfigChanged,
                        match=r"teacher: teacher_train.num_steps: 10 -> 20 \| cells/logits-ce/"
                              r"n5/seed0 \(and 1 more\): teacher_run.teacher_train.num_steps: "
                              r"10 -> 20"):
         limited_data.run(_config(smoke, **{"teacher_train.num_steps": 20}), workdir)
-    with pytest.raises(_workdir.ConfigChanged, match=r"student.hidden: \[64\] -> \[32\]"):
+    with pytest.raises(_runs.ConfigChanged, match=r"student.hidden: \[64\] -> \[32\]"):
         limited_data.run(_config(smoke, **{"student.hidden": (32,)}), workdir)
-    with pytest.raises(_workdir.ConfigChanged, match=r"teacher: validation_fraction: "
-                                                     r"0.1 -> 0.2"):
+    with pytest.raises(_runs.ConfigChanged, match=r"teacher: validation_fraction: "
+                                                  r"0.1 -> 0.2"):
         limited_data.run(_config(smoke, validation_fraction=0.2), workdir)
-    with pytest.raises(_workdir.ConfigChanged, match=r"teacher_run.teacher_seed: 0 -> 1"):
+    with pytest.raises(_runs.ConfigChanged, match=r"teacher_run.teacher_seed: 0 -> 1"):
         limited_data.run(_config(smoke, teacher_seed=1), workdir)
     # The report was not touched: it still shows the config of its numbers.
     assert Path(workdir, "results.json").read_text() == results_before
@@ -121,12 +121,12 @@ def test_presentation_keys_change_freely(smoke, workdir, monkeypatch):
 @pytest.mark.slow
 def test_a_run_without_a_recorded_config_is_refused(smoke, workdir, no_training):
     run_dir = _sweep.cell_dir(workdir, SMALL)
-    for path in (_workdir.result_path(run_dir), os.path.join(run_dir, "config.json")):
+    for path in (_runs.result_path(run_dir), os.path.join(run_dir, "config.json")):
         record = json.loads(Path(path).read_text())
         del record["run_config"]  # as an older version wrote them
         Path(path).write_text(json.dumps(record))
-    with pytest.raises(_workdir.ConfigChanged, match=r"cells/logits-ce/n5/seed0: \(not "
-                                                     r"recorded"):
+    with pytest.raises(_runs.ConfigChanged, match=r"cells/logits-ce/n5/seed0: \(not "
+                                                  r"recorded"):
         limited_data.run(_config(smoke), workdir)
 
 
@@ -153,7 +153,7 @@ def test_a_damaged_result_json_is_computed_again(smoke, workdir, monkeypatch):
     """A finished (pruned) cell whose result.json was cut short trains again from the
     start, to the same numbers (equal seeds, equal steps); nothing else trains."""
     run_dir = _sweep.cell_dir(workdir, SMALL)
-    path = Path(_workdir.result_path(run_dir))
+    path = Path(_runs.result_path(run_dir))
     original = json.loads(path.read_text())
     path.write_text(path.read_text()[:40])  # truncated
     trained = []
@@ -202,7 +202,7 @@ def test_runs_that_augment_record_how_crops_pad(smoke):
     for run in (teacher, cell):
         assert run["augment_padding"] == _study.AUGMENT_PADDING == "background"
         earlier = {k: v for k, v in run.items() if k != "augment_padding"}
-        assert _workdir.differences(earlier, run) == [
+        assert _runs.differences(earlier, run) == [
             """augment_padding: "-" -> 'background'"""]
     config.augment = False
     assert "augment_padding" not in _study.teacher_config(limited_data.STUDY, config)

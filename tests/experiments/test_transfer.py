@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import _data, _fit, _probe, _study, _sweep, _workdir, transfer
+from experiments import _data, _fit, _probe, _runs, _study, _sweep, transfer
 from jaxkd import data, models, training
 from tests.experiments.conftest import write_fashion
 
@@ -125,7 +125,7 @@ def test_transfer_fashion_smoke(smoke, tmp_path):
         "lwf+attention+attention_jacobian": {"attention_jacobian.weight": 1.0,
                                              "attention.weight": 10.0}}
     for method, entry in search["methods"].items():
-        main = json.loads(Path(_workdir.result_path(_sweep.cell_dir(
+        main = json.loads(Path(_runs.result_path(_sweep.cell_dir(
             workdir, _sweep.Cell(method, 2, 0)))).read_text())
         assert main["loss_weights"] == entry["chosen"] and "reused_from" in main
     assert "Loss weights chosen on validation" in Path(workdir, "results.md").read_text()

@@ -1,7 +1,6 @@
 """experiments._workdir: one run per work directory (a lock held by a real second
-process), atomic JSON, a damaged result.json computed again."""
+process)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -63,41 +62,3 @@ def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path):
     proc = _holder(workdir)  # released: another process gets it
     proc.kill()
     proc.communicate()
-
-
-def test_write_json_syncs_before_it_renames(tmp_path, monkeypatch):
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace",
-                        lambda a, b: (events.append("replace"), real_replace(a, b)))
-    path = tmp_path / "run" / "result.json"
-    _workdir.write_json(path, {"last": {"test": 0.5}})
-    assert json.loads(path.read_text()) == {"last": {"test": 0.5}}
-    assert events[:2] == ["fsync", "replace"]  # the data is on disk before the name
-
-
-def _fake_run(tmp_path, steps, evaluated, result="{"):
-    run_dir = tmp_path / "run"
-    for step in steps:
-        (run_dir / "checkpoints" / str(step)).mkdir(parents=True)
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"split": "eval", "step": s, "accuracy": 0.5}) + "\n" for s in evaluated))
-    (run_dir / "result.json").write_text(result)
-    return str(run_dir)
-
-
-def test_a_damaged_result_resumes_when_every_evaluated_step_has_its_checkpoint(tmp_path):
-    run_dir = _fake_run(tmp_path, [6, 12], [6, 12])
-    assert not _workdir.is_done(run_dir)
-    _workdir.discard_damaged_result(run_dir)
-    assert _workdir.checkpoint_steps(run_dir) == [6, 12]  # resumes: nothing is redone
-    assert os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
-    assert not os.path.exists(_workdir.result_path(run_dir))
-
-
-def test_a_damaged_result_of_a_pruned_run_starts_over(tmp_path):
-    run_dir = _fake_run(tmp_path, [12], [6, 12], result='{"last": {"test": 0.5}}')
-    _workdir.discard_damaged_result(run_dir)
-    assert _workdir.checkpoint_steps(run_dir) == []
-    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
