@@ -23,7 +23,7 @@ def seeds(config: ConfigDict) -> list[int]:
 
 
 def sizes(config: ConfigDict) -> list[int | str]:
-    """The examples-per-class values of the sweep (validated by ``_base.validate``)."""
+    """The examples-per-class values of the sweep (validated by ``_checks.validate``)."""
     return list(config.examples_per_class)
 
 

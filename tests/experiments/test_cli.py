@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from experiments import _cli, _workdir, limited_data
-from experiments.configs import _base
+from experiments.configs import _base, _checks
 from experiments.configs._base import ConfigError
 from jaxkd import training
 
@@ -79,7 +79,7 @@ def test_every_key_of_every_config_has_words_and_passes_validation(name, mode):
     config = _cli.load_config(f"{name}:{mode}" if mode else name)
     missing = [k for k in _base.flat_keys(config) if not _base.describe(k)]
     assert not missing, f"{name}:{mode} keys without a description: {missing}"
-    _base.validate(config)
+    _checks.validate(config)
 
 
 def test_help_prints_every_key_with_its_meaning(capsys):
@@ -119,15 +119,15 @@ def test_validation_names_the_bad_key():
     config.train.num_evals = 500
     with pytest.raises(ConfigError, match=r"'train.num_evals' = 500: expected at most "
                                           r"num_steps \(300\)"):
-        _base.validate(config)
+        _checks.validate(config)
     config = _cli.load_config("limited_data_digits")
     config.examples_per_class = (5, 0)
     with pytest.raises(ConfigError, match="'examples_per_class'"):
-        _base.validate(config)
+        _checks.validate(config)
     config = _cli.load_config("limited_data_digits")
     config.student.name = "vgg5"
     with pytest.raises(ConfigError, match="'student.name' = 'vgg5'"):
-        _base.validate(config)
+        _checks.validate(config)
 
 
 def test_main_exits_with_the_message_not_a_traceback():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from experiments import _cli, _runs, _workdir, limited_data
-from experiments.configs import _base
+from experiments.configs import _checks
 from experiments.configs._base import ConfigError
 from jaxkd import training
 
@@ -340,7 +340,7 @@ def test_the_empty_tuple_syntax_the_message_gives_works(tmp_path):
     config, _ = _cli.parse(argv, study="limited_data", default_config="limited_data_fashion",
                            default_workdir="unused")
     with pytest.raises(ConfigError) as e:
-        _base.validate(config)
+        _checks.validate(config)
     assert str(e.value).endswith("On the command line, () (every size) is "
                                  "--config.noise_examples_per_class= with nothing after the "
                                  "'='.")
@@ -348,7 +348,7 @@ def test_the_empty_tuple_syntax_the_message_gives_works(tmp_path):
                            study="limited_data", default_config="limited_data_fashion",
                            default_workdir="unused")
     assert tuple(config.noise_examples_per_class) == ()
-    _base.validate(config)
+    _checks.validate(config)
 
 
 def test_the_sweep_writes_lines_not_redraws_when_not_a_terminal(tmp_path, capsys):

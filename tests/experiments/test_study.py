@@ -234,9 +234,9 @@ def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smok
 def test_the_config_is_validated_and_the_workdir_locked_once(smoke, tmp_path, monkeypatch,
                                                              nothing_trains):
     """The command line parses; the driver validates and locks, once each."""
-    from experiments.configs import _base
+    from experiments.configs import _checks
     calls = {"validate": 0, "acquire": 0}
-    real_validate, real_acquire = _base.validate, _workdir.acquire
+    real_validate, real_acquire = _checks.validate, _workdir.acquire
 
     def counting(name, real):
         def call(*args, **kwargs):
@@ -244,7 +244,7 @@ def test_the_config_is_validated_and_the_workdir_locked_once(smoke, tmp_path, mo
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(_base, "validate", counting("validate", real_validate))
+    monkeypatch.setattr(_checks, "validate", counting("validate", real_validate))
     monkeypatch.setattr(_workdir, "acquire", counting("acquire", real_acquire))
     with pytest.raises(Trained):  # the teacher is the first thing that trains (--debug: raised)
         limited_data.main(["--workdir", str(tmp_path), "--config=limited_data_digits:smoke",
