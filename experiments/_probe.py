@@ -1,21 +1,13 @@
 """A linear probe of a teacher on another task: what its features and its outputs know.
 
-Study 3 (``transfer``) distils a source-task teacher's *outputs* into a student that
-learns a target task. Whether that can help depends on how much the outputs say about
-the target classes. The probe measures it: for each size and seed of the sweep, on the
-same target training subset the students of that cell get (``_data.subset``), a
-multinomial logistic regression (scikit-learn, inputs standardised on that subset, fixed
-``C``, L-BFGS: deterministic) is fitted on
-
-* ``features``: the teacher's penultimate vector, the input of its classifier ``head``
-  (a global-pooled last block for the VGGs and ResNets);
-* ``outputs``: the teacher's source logits (what LwF distils);
-* ``pixels``: the raw (normalised) pixels, the reference without a teacher;
-
-and scored on the target validation and test splits (accuracy, %). The teacher runs in
-inference mode on un-augmented images. The fits of one teacher are cached in a JSON file
-(``teacher_probe.json`` of the work directory) under an identity of the teacher, the
-data and the probe, so that a finished re-run does not fit them again.
+Study 3 distils a source-task teacher's *outputs* into a target-task student; the probe
+measures what they say about the target classes. Per size and seed, on the target
+subset of that cell (``_data.subset``), a multinomial logistic regression (scikit-learn,
+standardised inputs, fixed ``C``, L-BFGS: deterministic) is fitted on the teacher's
+``features`` (the input of its classifier ``head``), its ``outputs`` (the source logits
+LwF distils) and the ``pixels`` (no teacher), and scored on the target validation and
+test splits. The fits are cached in ``<workdir>/teacher_probe.json`` under an identity
+of the teacher, the data and the probe.
 """
 
 from __future__ import annotations

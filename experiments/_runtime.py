@@ -1,22 +1,12 @@
 """Where a study runs: host devices per CPU core, the data mesh, the compilation cache.
 
-**The compilation cache is the user's own.** JAX's persistent cache holds compiled
-native code that is loaded and run without any check of where it came from (its file
-names are hashes of the program, flags and devices, not signatures). So it lives where
-only its user can write: ``$XDG_CACHE_HOME/jaxkd/jax_cache`` (default
-``~/.cache/jaxkd/jax_cache``), created with mode 0700, never inside a work directory
-(which may come from someone else). Before using it, :func:`private_cache_dir` checks
-that the directory and every directory above it are owned by this user or root and
-that none is writable by others (unless sticky, as ``/tmp``); otherwise the run goes
-on without a cache and says so in one line. A cache directory the user set themselves
-(``jax.config.jax_compilation_cache_dir`` / ``$JAX_COMPILATION_CACHE_DIR``) is left as it
-is: their choice.
-
-On a CPU, XLA runs one program on one core unless it is given several host devices;
-:func:`start_devices` gives it one per core (``num_cpu_devices = 0``) before JAX's
-backend starts, so the experiments train data-parallel over every core, as they would
-over the GPUs of a GPU host. Only the study's entry point calls it: the library never
-changes JAX's devices.
+The compilation cache is the user's own: ``$XDG_CACHE_HOME/jaxkd/jax_cache`` (default
+``~/.cache/jaxkd/jax_cache``), mode 0700, never inside a work directory, and used only
+when it and every directory above it are owned by this user or root and writable by no
+one else (:func:`private_cache_dir`; docs/experiments.md, "Trust"); a cache directory
+the user set is left as it is. On a CPU, :func:`start_devices` gives XLA one host
+device per core before JAX's backend starts, so the studies train data-parallel over
+every core; only a study's entry point calls it, never the library.
 """
 
 from __future__ import annotations

@@ -1,28 +1,14 @@
 """Loss weights chosen on validation before a sweep (studies 1 and 3).
 
-``config.search`` holds the search: ``search.sizes`` and ``search.seeds`` (seeds
-``0..k-1``), and ``search.<term>.<argument>``, candidates for ``loss.<term>.<argument>``
-(``search.jacobian.weight = (1.0, 3.0, 10.0)``; ``()``: not searched). Before the sweep,
-each method with a searched term is trained with its candidates (the product of the
-candidates, for several searched arguments) at the search's sizes and seeds, in
-``<workdir>/weight_search/cells/<method>@<weights>/n<k>/seed<s>/``. Per method the
-candidate of best mean best-step **validation** accuracy (over the search's sizes and
-seeds) wins (a tie goes to the first listed). Every method is tuned the same way: one
-that adds terms to another method of the sweep (``kd+jacobian+ce`` to ``kd+ce``) keeps
-that method's chosen values and chooses among its own candidates only, so with equally
-long candidate lists every method chooses among as many. The search runs in rounds
-(:func:`levels`): the methods without a base first, then the others, each training only
-its candidates with the base's chosen values (:func:`to_train`). ``<workdir>/weight_search.json``
-and the study's ``results.md`` show every candidate's validation and test accuracy (mean
-± std over the search seeds), the choice, and whether the best candidates tie within
-their spread; every cell of that method trains with the choice. The test split chooses
-nothing.
-
-The search's run with the chosen weights *is* that method's cell at the search's sizes
-and seeds (same seed, subset, initial weights, budget and loss), so :func:`reuse_run`
-copies it into ``cells/`` instead of training it again (``reused_from`` in its result;
-the study's time counts it once). ``search.sizes = ()`` turns the search off: the
-``loss.*`` values as set. The study driver (``_study``) trains the runs.
+``search.<term>.<argument>`` holds candidates for ``loss.<term>.<argument>``; each
+method with a searched term trains every candidate (the product, for several arguments)
+at ``search.sizes`` and seeds ``0..search.seeds-1`` under ``<workdir>/weight_search/``,
+and the candidate of best mean best-step **validation** accuracy wins (a tie: the first
+listed). A method that adds terms to another keeps that method's choice and chooses
+among its own candidates only, in rounds (:func:`levels`, :func:`to_train`). The run
+with the chosen weights *is* the method's cell at the search's sizes and seeds, so
+:func:`reuse_run` copies it instead of training it again. The test split chooses
+nothing (docs/experiments.md, "The weight search").
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """The teacher's targets of a data stream, computed once for all the students that read it.
 
-Every cell of one size and seed trains on the same stream of batches: the subset, the
-shuffling and the augmentation draws all come from ``(examples_per_class, seed)``. A
-distillation student's step spends most of its work on the teacher (its logits, the
-input gradients of its top-1 output, its products with a projection's random probes),
-which is the same for every method on that stream: the probes too, as a projection term
-draws them from the seed, the step and its position in the method.
-:class:`SharedTargets` computes the teacher's targets of a batch once
-(:func:`jaxkd.training.make_targets_step`), keeps them by the batch's position in the
-stream, and attaches them to the batch (``batch["teacher_targets"]``) for every method
-whose objective can be fed them; the train step then does not run the teacher.
-
-The targets of a position are a deterministic function of the teacher, the batch and its
-step, so a resumed cell, which recomputes the ones it no longer holds, gets the same
-numbers.
-Only the current stream's targets are kept (the sweep runs one size and seed at a time),
-and at most ``max_bytes`` of them; beyond, they are computed per method as they are
-needed.
+Every cell of one size and seed trains on the same stream of batches (subset, shuffling
+and augmentation come from ``(examples_per_class, seed)``), and the teacher's part of a
+distillation step (its logits, input gradients, probe products: the probes too are
+drawn from the seed and step) is the same for every method on it. :class:`SharedTargets`
+computes a batch's targets once (:func:`jaxkd.training.make_targets_step`), keyed by
+the batch's position in the stream, and attaches them (``batch["teacher_targets"]``)
+for every method whose objective can be fed them. They are a deterministic function of
+the teacher, the batch and its step, so a resumed cell gets the same numbers. Only the
+current stream's are kept, at most ``max_bytes``; beyond, each method computes its own.
 """
 
 from __future__ import annotations
