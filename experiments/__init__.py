@@ -9,9 +9,9 @@ Studies, each a :class:`_plan.Study` of the driver (none imports another):
 What they share, one concept per module: ``_cli`` the command line; ``_plan`` a study's
 declaration, its runs' identity and checks; ``_study`` the driver; ``_methods`` the
 method table of studies 1 and 2; ``_noise`` study 2's measures; ``_runtime`` devices,
-mesh, caches; ``_workdir`` the work directory and its lock; ``_runs`` the runs in it and
-their records; ``_data`` the data; ``_fit`` one network's training; ``_sweep`` the loop
-over cells; ``_search`` the weight search; ``_budget`` the growing budget; ``_targets``
+mesh, caches; ``_workdir`` the work directory and its lock; ``_runs`` the cells and runs
+in it, their records and the loop over them; ``_data`` the data; ``_fit`` one network's
+training; ``_search`` the weight search; ``_budget`` the growing budget; ``_targets``
 the teacher's shared targets; ``_probe`` study 3's linear probe; ``_report`` /
 ``_plots`` results files and figures. ``configs/``: one ``get_config(arg)`` file per
 config, over ``configs/_base`` (the schema and the words) and ``configs/_checks``.

@@ -23,7 +23,7 @@ from typing import Any
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _data, _runs, _search, _sweep
+from experiments import _data, _runs, _search
 from experiments.configs import _checks
 from jaxkd import training
 
@@ -92,7 +92,7 @@ class Study:
     starts_from_teacher: Callable[[str], bool] = lambda method: False
     budget_label: Callable[[str, Any], str] = lambda key, n: str(n)
     extra: Callable[[Any, Any], dict[str, Any]] | None = None
-    select: Callable[[ConfigDict], list[_runs.Cell]] = _sweep.cells
+    select: Callable[[ConfigDict], list[_runs.Cell]] = _runs.cells
     evaluate: Callable[[Any, Any], tuple[dict[str, Any], float]] | None = None
 
 

@@ -1,4 +1,5 @@
-"""The runs of a work directory: where each lives, what it recorded, its JSON files.
+"""The runs of a work directory: the sweep's cells, where each lives, the loop that runs
+them, what each recorded, its JSON files.
 
     <workdir>/
       .lock                          who runs here now (``_workdir``)
@@ -25,8 +26,10 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from ml_collections import ConfigDict
 
 from experiments.configs._base import ConfigError
 from jaxkd import training
@@ -57,6 +60,46 @@ def cell_dir(workdir: str, cell: Cell) -> str:
 class ConfigChanged(ConfigError):
     """Runs of the work directory were made with another config; the message says which
     keys differ (old -> new) and how to proceed."""
+
+
+def seeds(config: ConfigDict) -> list[int]:
+    return list(range(config.num_seeds))
+
+
+def sizes(config: ConfigDict) -> list[int | str]:
+    """The examples-per-class values of the sweep (validated by ``_checks.validate``)."""
+    return list(config.examples_per_class)
+
+
+def cells(config: ConfigDict) -> list[Cell]:
+    """Seed-major order: an interrupted sweep has every method for the first seeds."""
+    return [Cell(m, n, s) for s in seeds(config) for n in sizes(config)
+            for m in config.methods]
+
+
+def run_sweep(selected: Sequence[Cell], run: Callable[[Cell], dict[str, Any]], *,
+              workdir: str | None, desc: str) -> dict[Cell, dict[str, Any]]:
+    """Runs ``run(cell)`` for every cell with a progress bar (plain lines when not on a
+    terminal); finished cells are skipped.
+
+    A cell is finished when ``workdir/cells/<cell.name>/result.json`` exists; ``run``
+    must write it (``_fit.fit`` does); with ``workdir=None`` none is skipped. The bar
+    counts only the cells left, so its rate and ETA are those of this invocation.
+    """
+    from jaxkd.training._progress import progress_bar  # tqdm, or lines in a log
+    results = {}
+    todo = [c for c in selected
+            if workdir is None or not is_done(cell_dir(workdir, c))]
+    reused = len(selected) - len(todo)
+    label = f"{desc} ({reused} finished before)" if reused else desc
+    with progress_bar(len(todo), desc=label, unit="cell", disable=not todo) as bar:
+        for cell in selected:
+            if cell in todo:
+                bar.set_postfix_str(cell.name)
+            results[cell] = run(cell)
+            if cell in todo:
+                bar.update(1)
+    return results
 
 
 # ----------------------------------------------------------------------------------------

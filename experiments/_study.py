@@ -8,7 +8,7 @@ the rest, the same way for every study:
    (``_plan.check``), then the work directory locked;
 2. :func:`start`: every run the study would reuse compared with what the work directory
    recorded (``on_change``), then the mesh, the data and the teacher;
-3. :func:`sweep`: the weight search (``_search``) and every cell (``_sweep``), each
+3. :func:`sweep`: the weight search (``_search``) and every cell (``_runs``), each
    distinct train step built once (:class:`Trainer`);
 4. :func:`run`: all of it, the study's ``evaluate`` if it has one, and the report.
 """
@@ -26,7 +26,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from experiments import (_budget, _data, _fit, _plan, _report, _runs, _runtime, _search,
-                         _sweep, _targets, _workdir)
+                         _targets, _workdir)
 from experiments._plan import (DATA_KEYS, AUGMENT_PADDING, Study, StudyData,  # noqa: F401
                                cell_config, cells, check, check_runs, run_configs,
                                search_plan, teacher_config, teacher_dir)
@@ -51,7 +51,7 @@ class Session:
     study: Study
     config: ConfigDict
     workdir: str
-    selected: list[_sweep.Cell]
+    selected: list[_runs.Cell]
     runs: dict[str, dict[str, Any]]
     mesh: Any
     data: StudyData
@@ -60,7 +60,7 @@ class Session:
 
 
 def start(study: Study, config: ConfigDict, workdir: str,
-          selected: Sequence[_sweep.Cell] | None = None) -> Session:
+          selected: Sequence[_runs.Cell] | None = None) -> Session:
     """Compares the runs with the config, then the mesh, the data and the teacher.
 
     Called within :func:`opened` (the config checked, the work directory locked).
@@ -152,7 +152,7 @@ class Trainer:
 @dataclasses.dataclass
 class Outcome:
     """What a sweep produced: every cell's result, the search, the budget, the time."""
-    results: dict[_sweep.Cell, dict[str, Any]]
+    results: dict[_runs.Cell, dict[str, Any]]
     search: dict[str, Any]
     budget: dict[str, int]
     seconds: float
@@ -165,32 +165,32 @@ def sweep(session: Session) -> Outcome:
     search_dir = os.path.join(s.workdir, _search.SEARCH_DIR)
     # Bases first: a method that adds terms to another trains its own candidates only
     # at the values its base chose (one round per depth of that chain).
-    searched: dict[_sweep.Cell, dict[str, Any]] = {}
+    searched: dict[_runs.Cell, dict[str, Any]] = {}
     search: dict[str, Any] = {"methods": {}}
     done: list[str] = []
     for level in _search.levels(s.config, methods, s.study.terms):
         plan = _plan.search_plan(s.study, s.config, level, search)
 
-        def run_search(cell: _sweep.Cell, plan=plan) -> dict[str, Any]:
+        def run_search(cell: _runs.Cell, plan=plan) -> dict[str, Any]:
             method, weights = plan[cell]
-            return trainer.fit(_sweep.cell_dir(search_dir, cell), method,
+            return trainer.fit(_runs.cell_dir(search_dir, cell), method,
                                cell.examples_per_class, cell.seed, weights)
 
-        searched.update(_sweep.run_sweep(list(plan), run_search, workdir=search_dir,
-                                         desc="weight search"))
+        searched.update(_runs.run_sweep(list(plan), run_search, workdir=search_dir,
+                                        desc="weight search"))
         done += level
         search = _search.choose(s.config, [m for m in methods if m in done],
                                 s.study.terms, searched)
     search["seconds"] = sum(float(r["seconds"]) for r in searched.values())
     _runs.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
 
-    def run_cell(cell: _sweep.Cell) -> dict[str, Any]:
+    def run_cell(cell: _runs.Cell) -> dict[str, Any]:
         weights = _search.chosen(search, cell.method)
-        run_dir = _sweep.cell_dir(s.workdir, cell)
+        run_dir = _runs.cell_dir(s.workdir, cell)
         _search.reuse_run(s.config, s.workdir, cell, weights, s.runs.get(run_dir))
         return trainer.fit(run_dir, cell.method, cell.examples_per_class, cell.seed, weights)
 
-    results = _sweep.run_sweep(s.selected, run_cell, workdir=s.workdir, desc=s.study.name)
+    results = _runs.run_sweep(s.selected, run_cell, workdir=s.workdir, desc=s.study.name)
     _search.add_gains(search, s.study.pairs, {**searched, **results})
     _runs.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
     keys = list(dict.fromkeys(s.study.train_key(c.method) for c in s.selected))
@@ -204,7 +204,7 @@ def summarize(session: Session, outcome: Outcome) -> dict[str, Any]:
     """The study's section of results.json: its own entries, then one row per method x
     size x checkpoint and the paired gains."""
     study, config = session.study, session.config
-    sizes, results = _sweep.sizes(config), outcome.results
+    sizes, results = _runs.sizes(config), outcome.results
     return {
         **study.summary(config),
         "teacher_test_accuracy": 100.0 * session.teacher_result["last"]["test"],
@@ -213,7 +213,7 @@ def summarize(session: Session, outcome: Outcome) -> dict[str, Any]:
         "rows": _report.accuracy_rows(results, config.methods, sizes, study.label,
                                       lambda m, n: study.paper(config, m, n)),
         "paired_gains": _report.paired_gains(results, study.pairs, methods=config.methods,
-                                             sizes=sizes, seeds=_sweep.seeds(config),
+                                             sizes=sizes, seeds=_runs.seeds(config),
                                              label=study.label),
         **(study.extra(session, outcome) if study.extra is not None else {}),
     }

@@ -23,7 +23,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from experiments import _cli, _methods, _plots, _report, _search, _study, _sweep
+from experiments import _cli, _methods, _plots, _report, _runs, _search, _study
 from experiments._methods import (CELL_KEYS, JACOBIAN_PAIRS, PAPER, PAPER_LABELS,  # noqa: F401
                                   PAPER_SIZES, TEACHER_KEYS, TERMS, build_objective,
                                   make_student, method_label, method_terms, paper_number,
@@ -86,7 +86,7 @@ STUDY = _study.Study(
     markdown=markdown, plots=plots, console=console)
 
 
-def cells(config: ConfigDict) -> list[_sweep.Cell]:
+def cells(config: ConfigDict) -> list[_runs.Cell]:
     """The sweep's cells (the methods checked against the method table)."""
     return _study.cells(STUDY, config)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from experiments import _cli, _fit, _methods, _noise, _plots, _report, _study, _sweep
+from experiments import _cli, _fit, _methods, _noise, _plots, _report, _runs, _study
 from experiments._noise import (CACHE_VERSION, CLIPPED, NOISE_FILE, UNCLIPPED,  # noqa: F401
                                 Evaluator, class_gradients, drift_and_spread, eval_key,
                                 gradient_key, gradient_stats, logits, noisy_images,
@@ -36,7 +36,7 @@ DEFAULT_CONFIG = "limited_data_digits"
 DEFAULT_WORKDIR = "runs/limited_data"
 
 
-def noisy_gains(per_cell: dict[_sweep.Cell, dict[str, Any]], methods: Sequence[str],
+def noisy_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[str],
                 sizes: Sequence[Any], sigmas: Sequence[float], seeds: Sequence[int], *,
                 reading: str = _noise.CLIPPED) -> list[dict[str, Any]]:
     """Noisy accuracy of ``with`` minus ``without`` (``_methods.JACOBIAN_PAIRS``) per
@@ -50,10 +50,10 @@ def noisy_gains(per_cell: dict[_sweep.Cell, dict[str, Any]], methods: Sequence[s
         for n in sizes:
             for sigma in sigmas:
                 def acc(method, seed):
-                    return per_cell[_sweep.Cell(method, n, seed)]["accuracy"][reading][sigma]
+                    return per_cell[_runs.Cell(method, n, seed)]["accuracy"][reading][sigma]
                 diffs = [100.0 * (acc(with_, s) - acc(without, s))
-                         for s in seeds if _sweep.Cell(with_, n, s) in per_cell
-                         and _sweep.Cell(without, n, s) in per_cell]
+                         for s in seeds if _runs.Cell(with_, n, s) in per_cell
+                         and _runs.Cell(without, n, s) in per_cell]
                 rows.append({"method": f"{with_} - {without}", "with": with_,
                              "label": f"{_methods.method_label(with_)} vs "
                                       f"{_methods.method_label(without)}",
@@ -110,10 +110,10 @@ def _label(method: str) -> str:
         _methods.method_label(method))
 
 
-def select(config: ConfigDict) -> list[_sweep.Cell]:
+def select(config: ConfigDict) -> list[_runs.Cell]:
     """Study 1's cells at the sizes to evaluate (``noise_examples_per_class``)."""
-    sizes = list(config.noise_examples_per_class) or _sweep.sizes(config)
-    return [c for c in _sweep.cells(config) if c.examples_per_class in sizes]
+    sizes = list(config.noise_examples_per_class) or _runs.sizes(config)
+    return [c for c in _runs.cells(config) if c.examples_per_class in sizes]
 
 
 def evaluate(session: _study.Session, outcome: _study.Outcome
@@ -148,24 +148,24 @@ def evaluate(session: _study.Session, outcome: _study.Outcome
         template = _fit.template_state(
             _methods.make_student(config, session.data, cell.method, cell.seed),
             config.train, mesh)
-        return _fit.restore_state(_sweep.cell_dir(workdir, cell), template)
+        return _fit.restore_state(_runs.cell_dir(workdir, cell), template)
 
-    per_cell = _sweep.run_sweep(
+    per_cell = _runs.run_sweep(
         session.selected, lambda cell: evaluator.measure(
-            _sweep.cell_dir(workdir, cell), functools.partial(student_state, cell),
+            _runs.cell_dir(workdir, cell), functools.partial(student_state, cell),
             cell.seed, teacher=teacher_reference), workdir=None, desc="noise")
     # Cached in this work directory, even when the teacher is another run's, under the
     # teacher's identity: another teacher is measured afresh.
     teacher_measures = {
         seed: evaluator.measure(os.path.join(workdir, "teacher_noise", tid, f"seed{seed}"),
                                 teacher_state, seed, teacher=teacher_reference)
-        for seed in _sweep.seeds(config)}
+        for seed in _runs.seeds(config)}
     measured = {"teacher": [{"examples_per_class": n, "measure": m} for n in sizes
                             for m in teacher_measures.values()]}
     for method in config.methods:
         measured[method] = [{"examples_per_class": c.examples_per_class, "measure": m}
                             for c, m in per_cell.items() if c.method == method]
-    seeds = _sweep.seeds(config)
+    seeds = _runs.seeds(config)
 
     def tables(reading: str, prefix: str = "") -> dict[str, Any]:
         return {f"{prefix}rows": accuracy_rows(measured, sizes, sigmas, reading),
@@ -308,7 +308,7 @@ STUDY = _study.Study(
 REPORT = STUDY
 
 
-def cells(config: ConfigDict) -> list[_sweep.Cell]:
+def cells(config: ConfigDict) -> list[_runs.Cell]:
     """The cells study 2 trains or reuses (the methods checked against the table)."""
     return _study.cells(STUDY, config)
 

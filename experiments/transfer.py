@@ -36,7 +36,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from experiments import (_cli, _data, _fit, _plots, _probe, _report, _search, _study,
-                         _runs, _sweep)
+                         _runs)
 from experiments.configs._base import ConfigError
 from jaxkd import losses, models, training
 
@@ -298,7 +298,7 @@ def teacher_probe(session: _study.Session, outcome: _study.Outcome) -> dict[str,
                 "teacher_last": session.teacher_result["last"],
                 "data": {**_study.teacher_config(STUDY, config),
                          **{k: config[k] for k in TARGET_KEYS}}}
-    sizes, seeds = _sweep.sizes(config), _sweep.seeds(config)
+    sizes, seeds = _runs.sizes(config), _runs.seeds(config)
     probe = _probe.run(session.teacher, session.data.student, sizes, seeds,
                        mesh=session.mesh, identity=identity,
                        cache=os.path.join(session.workdir, _probe.PROBE_FILE))
@@ -322,7 +322,7 @@ STUDY = _study.Study(
     extra=teacher_probe)
 
 
-def cells(config: ConfigDict) -> list[_sweep.Cell]:
+def cells(config: ConfigDict) -> list[_runs.Cell]:
     """The sweep's cells (the methods checked against the method table)."""
     return _study.cells(STUDY, config)
 

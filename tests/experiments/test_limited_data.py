@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ml_collections import ConfigDict
 
-from experiments import _data, _runs, _search, _study, _sweep, limited_data
+from experiments import _data, _runs, _search, _study, limited_data
 from experiments import noise_robustness
 from jaxkd import training
 from tests.experiments.conftest import write_fashion
@@ -43,8 +43,8 @@ def test_limited_data_then_noise_robustness(smoke, tmp_path, monkeypatch):
     config = smoke("limited_data_digits")  # 2 methods x {5, all} x 1 seed, 12 steps
     workdir = str(tmp_path)
     s = Scenario(config, workdir,
-                 first=_sweep.cell_dir(workdir, _sweep.Cell("logits+ce", 5, 0)),
-                 second=_sweep.cell_dir(workdir, _sweep.Cell("logits+jacobian+ce", 5, 0)))
+                 first=_runs.cell_dir(workdir, _runs.Cell("logits+ce", 5, 0)),
+                 second=_runs.cell_dir(workdir, _runs.Cell("logits+jacobian+ce", 5, 0)))
     metrics_after_kill = _stage_killed_after_the_first_cells_training(s, monkeypatch)
     _stage_killed_in_the_middle_of_the_second_cell(s, monkeypatch, metrics_after_kill)
     _stage_the_full_run_resumes_and_reports(s)
@@ -150,12 +150,12 @@ def _stage_the_full_run_resumes_and_reports(s: Scenario) -> None:
         assert abs(g["mean"] - (with_j[key] - without[key])) < 1e-9
     # Every finished run keeps its last checkpoint only; metrics stay.
     for cell in limited_data.cells(config):
-        run_dir = _sweep.cell_dir(workdir, cell)
+        run_dir = _runs.cell_dir(workdir, cell)
         assert _steps(run_dir) == [12] and os.path.exists(os.path.join(run_dir,
                                                                        "metrics.jsonl"))
     assert _steps(os.path.join(workdir, "teacher")) == [10]
     # The study's time is the sum of what each run recorded.
-    recorded = [json.loads(Path(_runs.result_path(_sweep.cell_dir(workdir, c)))
+    recorded = [json.loads(Path(_runs.result_path(_runs.cell_dir(workdir, c)))
                            .read_text())["seconds"] for c in limited_data.cells(config)]
     teacher = json.loads(Path(workdir, "teacher", "result.json").read_text())["seconds"]
     assert summary["total_seconds"] == pytest.approx(sum(recorded) + teacher)
@@ -209,7 +209,7 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     # all 160 training images would take 2 epochs = 32 steps, capped at 14.
     assert summary["budget"] == {"2": 12, "all": 14}
     for cell in limited_data.cells(config):
-        result = _result(_sweep.cell_dir(workdir, cell))
+        result = _result(_runs.cell_dir(workdir, cell))
         assert result["last"]["step"] == result["num_steps"] == summary["budget"][
             str(cell.examples_per_class)]
 
@@ -224,25 +224,25 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
         assert [row["weights"] for row in entry["candidates"]] == candidates
         validation = []
         for weights in candidates:
-            run_dir = _sweep.cell_dir(os.path.join(workdir, _search.SEARCH_DIR),
-                                      _search.search_cell(method, weights, 2, 0))
+            run_dir = _runs.cell_dir(os.path.join(workdir, _search.SEARCH_DIR),
+                                     _search.search_cell(method, weights, 2, 0))
             result = _result(run_dir)
             assert result["loss_weights"] == weights
             validation.append(100.0 * result["best"]["validation"])
         best = max(range(len(candidates)), key=lambda i: (validation[i], -i))
         assert entry["chosen"] == candidates[best]
         # The main cell of seed 0 at the searched size is the search's run, copied.
-        main = _result(_sweep.cell_dir(workdir, _sweep.Cell(method, 2, 0)))
+        main = _result(_runs.cell_dir(workdir, _runs.Cell(method, 2, 0)))
         assert main["loss_weights"] == entry["chosen"] and "reused_from" in main
         # The other size trained with the chosen weights too.
-        assert _result(_sweep.cell_dir(workdir, _sweep.Cell(method, "all", 0)))[
+        assert _result(_runs.cell_dir(workdir, _runs.Cell(method, "all", 0)))[
             "loss_weights"] == entry["chosen"]
     markdown = Path(workdir, "results.md").read_text()
     assert "Loss weights chosen on validation" in markdown
     assert "Training steps per cell, by examples per class: 2: 12, all: 14." in markdown
 
     # The study's time counts a reused run once.
-    cells = {c: _result(_sweep.cell_dir(workdir, c)) for c in limited_data.cells(config)}
+    cells = {c: _result(_runs.cell_dir(workdir, c)) for c in limited_data.cells(config)}
     teacher = _result(os.path.join(workdir, "teacher"))
     fresh = sum(r["seconds"] for r in cells.values() if "reused_from" not in r)
     assert summary["total_seconds"] == pytest.approx(teacher["seconds"] + search["seconds"]
@@ -251,7 +251,7 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     # The search's runs record their config; the same command again reuses every run
     # (a copied search run carries its cell's config, so nothing is "changed").
     search_dir = os.path.join(workdir, _search.SEARCH_DIR)
-    first = _sweep.cell_dir(search_dir, _search.search_cell(
+    first = _runs.cell_dir(search_dir, _search.search_cell(
         "kd+jacobian+ce", {"jacobian.weight": 1.0}, 2, 0))
     assert _result(first)[_runs.RUN_CONFIG]["search_weights"] == {"jacobian.weight": 1.0}
     assert limited_data.run(config, workdir)["rows"] == summary["rows"]
@@ -259,7 +259,7 @@ def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
     changed = ConfigDict(config.to_dict())
     changed.train.learning_rate = 0.5
     runs = {first: {**_study.cell_config(limited_data.STUDY, changed,
-                                         _sweep.Cell("kd+jacobian+ce", 2, 0),
+                                         _runs.Cell("kd+jacobian+ce", 2, 0),
                                          _runs.recorded(os.path.join(workdir, "teacher")),
                                          search=False),
                     "search_weights": {"jacobian.weight": 1.0}}}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import _data, noise_robustness
-from experiments._sweep import Cell
+from experiments._runs import Cell
 
 
 @pytest.fixture(scope="module")

@@ -352,9 +352,9 @@ def test_the_empty_tuple_syntax_the_message_gives_works(tmp_path):
 
 
 def test_the_sweep_writes_lines_not_redraws_when_not_a_terminal(tmp_path, capsys):
-    from experiments import _sweep
-    cells = [_sweep.Cell("ce", 5, s) for s in range(20)]
-    _sweep.run_sweep(cells, lambda cell: {}, workdir=str(tmp_path), desc="study")
+    from experiments import _runs
+    cells = [_runs.Cell("ce", 5, s) for s in range(20)]
+    _runs.run_sweep(cells, lambda cell: {}, workdir=str(tmp_path), desc="study")
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()

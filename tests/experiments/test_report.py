@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments import _report
-from experiments._sweep import Cell
+from experiments._runs import Cell
 
 # Test accuracy per (method, seed), "last" checkpoint. The seeds differ a lot from one
 # another (0.50 .. 0.70) and "with" gains 2, 3, 4 points on seeds 0, 1, 2. Paired by seed

@@ -176,13 +176,13 @@ def test_an_integer_argument_keeps_integer_candidates():
 def test_a_cells_search_identity_names_the_base_whose_choice_it_keeps(smoke):
     """The base depends on the methods run together, so it is part of the run config: a
     cell searched alone (its own KD weight) is not reused for one that keeps kd+ce's."""
-    from experiments import _study, _sweep
+    from experiments import _runs, _study
     config = smoke("limited_data_digits")
     config.unlock()
     config.search.sizes = (5,)
     config.search.kd.weight = (1.0, 3.0)
     config.search.jacobian.weight = (1.0, 3.0)
-    cell = _sweep.Cell("kd+jacobian+ce", 5, 0)
+    cell = _runs.Cell("kd+jacobian+ce", 5, 0)
     config.methods = ("kd+ce", "kd+jacobian+ce")
     together = _study.cell_config(limited_data.STUDY, config, cell, None)
     config.methods = ("kd+jacobian+ce",)
@@ -241,7 +241,7 @@ def test_every_candidate_shows_its_paired_test_gain_and_tied_ones_say_it():
         put(results, _search.search_cell("kd+jacobian+ce", {"kd.weight": 1.0,
                                                             "jacobian.weight": 3.0}, 10, s),
             (0.68, 0.69, 0.70)[s], t - 0.02)
-    from experiments import _sweep
+    from experiments import _runs
     search = _search.choose(config, config.methods, terms, results)
     pairs = (("kd+ce", "kd+jacobian+ce"), ("ce", "kd+ce"))
     _search.add_gains(search, pairs, results)  # ce's cells are missing: that pair is skipped
@@ -256,7 +256,7 @@ def test_every_candidate_shows_its_paired_test_gain_and_tied_ones_say_it():
             "kd+ce; jacobian.weight3-kd.weight1: -2.00 ± 0.00 vs kd+ce.") in text
     # An unsearched method is read from the study's cells at the search's sizes and seeds.
     for s in range(3):
-        put(results, _sweep.Cell("ce", 10, s), 0.4, 0.55)
+        put(results, _runs.Cell("ce", 10, s), 0.4, 0.55)
     _search.add_gains(search, pairs, results)
     assert search["methods"]["kd+ce"]["candidates"][0]["gains"]["ce"]["mean"] == \
         pytest.approx(7.0)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments import _data, _runs, _study, _sweep, _workdir, limited_data, transfer
+from experiments import _data, _runs, _study, _workdir, limited_data, transfer
 from jaxkd import training
 from tests.experiments.conftest import Trained
 
 METHOD = "logits+ce"
-SMALL, ALL = _sweep.Cell(METHOD, 5, 0), _sweep.Cell(METHOD, "all", 0)
+SMALL, ALL = _runs.Cell(METHOD, 5, 0), _runs.Cell(METHOD, "all", 0)
 
 
 def _config(smoke, **values):
@@ -48,7 +48,7 @@ def no_training(nothing_trains):
 
 
 def _result(workdir, cell):
-    return json.loads(Path(_runs.result_path(_sweep.cell_dir(workdir, cell))).read_text())
+    return json.loads(Path(_runs.result_path(_runs.cell_dir(workdir, cell))).read_text())
 
 
 @pytest.mark.slow
@@ -67,14 +67,14 @@ def test_each_run_records_its_config(finished):
                 "num_cpu_devices", "on_change", "num_seeds", "methods", "teacher"):
         assert key not in cell
     # A started run has it on file before its first checkpoint: config.json.
-    started = json.loads(Path(_sweep.cell_dir(workdir, ALL), "config.json").read_text())
+    started = json.loads(Path(_runs.cell_dir(workdir, ALL), "config.json").read_text())
     assert started["run_config"] == _result(workdir, ALL)["run_config"]
 
 
 @pytest.mark.slow
 def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_training):
     # The "all" cell half done: a checkpoint, no result.json (killed before it).
-    os.remove(_runs.result_path(_sweep.cell_dir(workdir, ALL)))
+    os.remove(_runs.result_path(_runs.cell_dir(workdir, ALL)))
     results_before = Path(workdir, "results.json").read_text()
 
     with pytest.raises(_runs.ConfigChanged) as e:
@@ -87,10 +87,10 @@ def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_t
     assert "\n" not in message
 
     changes = _runs.changed(workdir, {
-        _sweep.cell_dir(workdir, c): _study.cell_config(
+        _runs.cell_dir(workdir, c): _study.cell_config(
             limited_data.STUDY, _config(smoke, **{"train.num_steps": 24}), c,
             _runs.recorded(os.path.join(workdir, "teacher"))) for c in (SMALL, ALL)})
-    assert changes[_sweep.cell_dir(workdir, ALL)] == ["train.num_steps: 12 -> 24"]
+    assert changes[_runs.cell_dir(workdir, ALL)] == ["train.num_steps: 12 -> 24"]
 
     with pytest.raises(_runs.ConfigChanged,
                        match=r"teacher: teacher_train.num_steps: 10 -> 20 \| cells/logits-ce/"
@@ -120,7 +120,7 @@ def test_presentation_keys_change_freely(smoke, workdir, monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_without_a_recorded_config_is_refused(smoke, workdir, no_training):
-    run_dir = _sweep.cell_dir(workdir, SMALL)
+    run_dir = _runs.cell_dir(workdir, SMALL)
     for path in (_runs.result_path(run_dir), os.path.join(run_dir, "config.json")):
         record = json.loads(Path(path).read_text())
         del record["run_config"]  # as an older version wrote them
@@ -152,7 +152,7 @@ def test_on_change_retrain_trains_the_changed_runs_again(smoke, workdir, finishe
 def test_a_damaged_result_json_is_computed_again(smoke, workdir, monkeypatch):
     """A finished (pruned) cell whose result.json was cut short trains again from the
     start, to the same numbers (equal seeds, equal steps); nothing else trains."""
-    run_dir = _sweep.cell_dir(workdir, SMALL)
+    run_dir = _runs.cell_dir(workdir, SMALL)
     path = Path(_runs.result_path(run_dir))
     original = json.loads(path.read_text())
     path.write_text(path.read_text()[:40])  # truncated
@@ -198,7 +198,7 @@ def test_runs_that_augment_record_how_crops_pad(smoke):
     config = smoke("limited_data_digits", augment=True)
     teacher = _study.teacher_config(limited_data.STUDY, config)
     cell = _study.cell_config(limited_data.STUDY, config,
-                              _sweep.Cell(config.methods[0], 5, 0), teacher)
+                              _runs.Cell(config.methods[0], 5, 0), teacher)
     for run in (teacher, cell):
         assert run["augment_padding"] == _study.AUGMENT_PADDING == "background"
         earlier = {k: v for k, v in run.items() if k != "augment_padding"}
@@ -211,7 +211,7 @@ def test_runs_that_augment_record_how_crops_pad(smoke):
 def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smoke):
     config = smoke("transfer_digits")
     teacher = {"teacher": "T"}
-    by_method = {m: _study.cell_config(transfer.STUDY, config, _sweep.Cell(m, 5, 0), teacher)
+    by_method = {m: _study.cell_config(transfer.STUDY, config, _runs.Cell(m, 5, 0), teacher)
                  for m in ("no_transfer", "finetune", "lwf")}
     assert "teacher_run" not in by_method["no_transfer"]  # cross-entropy alone
     assert by_method["finetune"]["teacher_run"] == teacher  # starts from the teacher
@@ -222,13 +222,13 @@ def test_a_cell_depends_on_the_teacher_when_its_objective_or_its_start_does(smok
     # The search is part of a cell's identity only where it chooses the cell's weights.
     config.search.sizes = (5,)
     config.search.jacobian.weight = (1.0, 10.0)
-    searched = _study.cell_config(transfer.STUDY, config, _sweep.Cell("lwf+jacobian", 5, 0),
+    searched = _study.cell_config(transfer.STUDY, config, _runs.Cell("lwf+jacobian", 5, 0),
                                   teacher)
     assert searched["search"] == {"sizes": [5], "seeds": 1,
                                   "candidates": {"jacobian.weight": [1.0, 10.0]},
                                   "base": None}  # lwf is not among the methods run
     assert "search" not in _study.cell_config(transfer.STUDY, config,
-                                              _sweep.Cell("lwf", 5, 0), teacher)
+                                              _runs.Cell("lwf", 5, 0), teacher)
 
 
 def test_the_config_is_validated_and_the_workdir_locked_once(smoke, tmp_path, monkeypatch,

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _data, _sweep, _targets, limited_data
+from experiments import _data, _runs, _targets, limited_data
 from jaxkd import data, models, training
 from tests.training import _helpers as h
 
@@ -126,9 +126,9 @@ def test_a_study_fed_shared_targets_gives_the_numbers_of_students_running_the_te
     limited_data.run(config, str(tmp_path / "teacher"))
     assert len(made) == 1
     for method in config.methods:
-        cell = _sweep.Cell(method, 5, 0)
+        cell = _runs.Cell(method, 5, 0)
         rows = [[json.loads(line) for line in Path(
-            _sweep.cell_dir(str(tmp_path / w), cell), "metrics.jsonl").read_text().split("\n")
+            _runs.cell_dir(str(tmp_path / w), cell), "metrics.jsonl").read_text().split("\n")
             if line] for w in ("shared", "teacher")]
         assert len(rows[0]) == len(rows[1]) > 0
         for a, b in zip(*rows):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import _data, _fit, _probe, _runs, _study, _sweep, transfer
+from experiments import _data, _fit, _probe, _runs, _study, transfer
 from jaxkd import data, models, training
 from tests.experiments.conftest import write_fashion
 
@@ -38,7 +38,7 @@ def test_transfer_every_loss_term(smoke, tmp_path):
                                                      "attention_jacobian"}}
     assert set(config.methods) == set(expected)
     for method, terms in expected.items():
-        cell = _sweep.cell_dir(str(tmp_path), _sweep.Cell(method, 5, 0))
+        cell = _runs.cell_dir(str(tmp_path), _runs.Cell(method, 5, 0))
         records = training.read_metrics(cell, "train")
         assert records, method
         for record in records:
@@ -54,7 +54,7 @@ def check_teacher_probe(config, summary, workdir):
     """The probe's rows: every input x size x split over every seed, in results.csv and
     results.md; a re-run reads them from teacher_probe.json without fitting again."""
     rows = summary["teacher_probe"]
-    sizes, seeds = list(config.examples_per_class), _sweep.seeds(config)
+    sizes, seeds = list(config.examples_per_class), _runs.seeds(config)
     assert [(r["method"], r["examples_per_class"], r["split"]) for r in rows] == [
         (f"probe:{name}", n, split) for name in _probe.INPUTS for n in sizes
         for split in _probe.SPLITS]
@@ -125,8 +125,8 @@ def test_transfer_fashion_smoke(smoke, tmp_path):
         "lwf+attention+attention_jacobian": {"attention_jacobian.weight": 1.0,
                                              "attention.weight": 10.0}}
     for method, entry in search["methods"].items():
-        main = json.loads(Path(_runs.result_path(_sweep.cell_dir(
-            workdir, _sweep.Cell(method, 2, 0)))).read_text())
+        main = json.loads(Path(_runs.result_path(_runs.cell_dir(
+            workdir, _runs.Cell(method, 2, 0)))).read_text())
         assert main["loss_weights"] == entry["chosen"] and "reused_from" in main
     assert "Loss weights chosen on validation" in Path(workdir, "results.md").read_text()
     # 2 per class x 5 target classes = 10 images: the floor of 12 steps, both kinds.
