@@ -63,12 +63,16 @@ def accuracy_rows(results, methods: Sequence[str], sizes: Sequence[Any],
     return rows
 
 
-def paired_gains(results, pairs, *, methods, sizes, seeds, label) -> list[dict[str, Any]]:
-    """Test accuracy of ``with`` minus ``without`` per seed, as stats rows (points).
+def paired_gains(results, pairs, *, methods, sizes, seeds, label,
+                 columns: Sequence[Any] = ("last", "best"), column_key: str = "checkpoint",
+                 value: Callable[[Any, Any], float] = lambda r, which: r[which]["test"],
+                 **tags: Any) -> list[dict[str, Any]]:
+    """Accuracy of ``with`` minus ``without`` per seed, as stats rows (points).
 
     ``results`` maps cells (``.method``, ``.examples_per_class``, ``.seed``) to their
-    result dicts. Seeds share the subset and the student's initial weights across
-    methods, so the per-seed difference removes most of the seed-to-seed spread.
+    results; a row per pair, size and column (``value(result, column)``: by default the
+    test accuracy at the last and the best step), with ``tags``. Seeds share the subset
+    and the initial weights across methods: the difference removes most of their spread.
     """
     by_key = {(c.method, c.examples_per_class, c.seed): r for c, r in results.items()}
     rows = []
@@ -76,13 +80,14 @@ def paired_gains(results, pairs, *, methods, sizes, seeds, label) -> list[dict[s
         if without not in methods or with_ not in methods:
             continue
         for n in sizes:
-            for which in ("last", "best"):
-                diffs = [100.0 * (by_key[(with_, n, s)][which]["test"]
-                                  - by_key[(without, n, s)][which]["test"])
+            for col in columns:
+                diffs = [100.0 * (value(by_key[(with_, n, s)], col)
+                                  - value(by_key[(without, n, s)], col))
                          for s in seeds if (with_, n, s) in by_key and (without, n, s) in by_key]
                 rows.append({"method": f"{with_} - {without}", "with": with_,
                              "label": f"{label(with_)} vs {label(without)}",
-                             "examples_per_class": n, "checkpoint": which, **stats(diffs)})
+                             "examples_per_class": n, column_key: col, **tags,
+                             **stats(diffs)})
     return rows
 
 

@@ -39,27 +39,14 @@ DEFAULT_WORKDIR = "runs/limited_data"
 def noisy_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[str],
                 sizes: Sequence[Any], sigmas: Sequence[float], seeds: Sequence[int], *,
                 reading: str = _noise.CLIPPED) -> list[dict[str, Any]]:
-    """Noisy accuracy of ``with`` minus ``without`` (``_methods.JACOBIAN_PAIRS``) per
-    seed, in points, per size and sigma, for one ``reading``. A seed's students share
-    their subset, initial weights and noise draws, so the difference is the Jacobian
-    term's alone."""
-    rows = []
-    for without, with_ in _methods.JACOBIAN_PAIRS:
-        if without not in methods or with_ not in methods:
-            continue
-        for n in sizes:
-            for sigma in sigmas:
-                def acc(method, seed):
-                    return per_cell[_runs.Cell(method, n, seed)]["accuracy"][reading][sigma]
-                diffs = [100.0 * (acc(with_, s) - acc(without, s))
-                         for s in seeds if _runs.Cell(with_, n, s) in per_cell
-                         and _runs.Cell(without, n, s) in per_cell]
-                rows.append({"method": f"{with_} - {without}", "with": with_,
-                             "label": f"{_methods.method_label(with_)} vs "
-                                      f"{_methods.method_label(without)}",
-                             "examples_per_class": n, "sigma": sigma, "checkpoint": "last",
-                             "reading": reading, **_report.stats(diffs)})
-    return rows
+    """The paired gains (``_methods.JACOBIAN_PAIRS``) of accuracy under noise, in points,
+    per size and sigma, for one ``reading``: a seed's students share their subset,
+    initial weights and noise draws, so the difference is the Jacobian term's alone."""
+    return _report.paired_gains(
+        per_cell, _methods.JACOBIAN_PAIRS, methods=methods, sizes=sizes, seeds=seeds,
+        label=_methods.method_label, columns=sigmas, column_key="sigma",
+        value=lambda m, sigma: m["accuracy"][reading][sigma], checkpoint="last",
+        reading=reading)
 
 
 def accuracy_rows(measured: dict[str, list[dict[str, Any]]], sizes: Sequence[Any],
