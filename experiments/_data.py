@@ -114,6 +114,23 @@ def subset(dataset: data.Dataset, examples_per_class: int | str, seed: int) -> d
     return data.few_shot_subset(dataset, int(examples_per_class), seed=seed)
 
 
+def check_sizes(dataset: data.Dataset, sizes: Sequence[int | str], *, name: str,
+                key: str = "examples_per_class") -> None:
+    """Refuses a size of ``sizes`` that the smallest class of ``dataset`` cannot give.
+
+    Raises:
+      ConfigError: names ``key``, the size, the smallest class and its count.
+    """
+    counts = np.bincount(np.asarray(dataset.labels), minlength=dataset.num_classes)
+    fewest = int(np.argmin(counts))
+    too_many = [n for n in sizes if n != "all" and int(n) > counts[fewest]]
+    if too_many:
+        raise ConfigError(
+            f"config key {key!r}: {max(too_many, key=int)} examples per class exceeds the "
+            f"{counts[fewest]} training examples of class {fewest} of {name!r} (after the "
+            f"validation split); expected at most {counts[fewest]}, or 'all'.")
+
+
 def eval_batches(images: np.ndarray, labels: np.ndarray,
                  batch_size: int) -> list[dict[str, np.ndarray]]:
     """Re-iterable, in-order evaluation batches (the last may be smaller; evaluate pads)."""

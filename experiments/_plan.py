@@ -23,8 +23,9 @@ from typing import Any
 from flax import nnx
 from ml_collections import ConfigDict
 
-from experiments import _data, _runs, _search
+from experiments import _budget, _data, _runs, _search
 from experiments.configs import _checks
+from experiments.configs._base import ConfigError
 from jaxkd import training
 
 DATA_KEYS, StudyData = _data.DATA_KEYS, _data.StudyData
@@ -231,7 +232,7 @@ def check_runs(config: ConfigDict, workdir: str, runs: Mapping[str, Mapping[str,
 
 
 # ----------------------------------------------------------------------------------------
-# The checks before anything loads.
+# The checks: before anything loads, and those that need the data's size.
 
 
 def cells(study: Study, config: ConfigDict) -> list[_runs.Cell]:
@@ -251,3 +252,28 @@ def check(study: Study, config: ConfigDict) -> list[_runs.Cell]:
     """
     _checks.validate(config)
     return cells(study, config)
+
+
+def check_data(study: Study, config: ConfigDict, data: StudyData,
+               selected: Sequence[_runs.Cell]) -> None:
+    """Every check that needs only the config and the data's size, before the teacher
+    trains: the subsets' sizes, the batch sizes, ``k`` of a ``top_k`` Jacobian term.
+
+    Raises:
+      ConfigError: names the key, the value and what the data allows.
+    """
+    train = data.student.splits.train
+    for key, sizes in (("examples_per_class", [c.examples_per_class for c in selected]),
+                       ("search.sizes", list(config.search.sizes) if "search" in config
+                        else [])):
+        _data.check_sizes(train, sizes, name=config.get("dataset") or config.get(
+            "target_dataset", ""), key=key)
+    train_keys = list(dict.fromkeys(study.train_key(m) for m in config.methods))
+    _budget.check_batches(config, data.student.num_classes, train_keys)
+    classes = data.teacher.num_classes  # a top_k term ranks the teacher's outputs
+    for term in dict.fromkeys(t for m in config.methods for t in study.terms(m)):
+        args = config.loss[term]
+        if args.get("outputs") == "top_k" and args.get("k", 1) > classes:
+            raise ConfigError(
+                f"config key 'loss.{term}.k' = {args.k}: expected at most the teacher's "
+                f"{classes} outputs (outputs='top_k').")

@@ -70,8 +70,7 @@ def start(study: Study, config: ConfigDict, workdir: str,
     _plan.check_runs(config, workdir, runs)
     mesh = _runtime.start(config)
     data = study.prepare(config)
-    train_keys = list(dict.fromkeys(study.train_key(m) for m in config.methods))
-    _budget.check_batches(config, data.student.num_classes, train_keys)
+    _plan.check_data(study, config, data, selected)
     t_dir = _plan.teacher_dir(config, workdir)
     teacher, teacher_result = _fit.get_teacher(
         t_dir, spec=config.teacher, train_cfg=config.teacher_train, prepared=data.teacher,

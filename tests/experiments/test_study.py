@@ -251,3 +251,21 @@ def test_the_config_is_validated_and_the_workdir_locked_once(smoke, tmp_path, mo
                            "--debug"])
     assert calls == {"validate": 1, "acquire": 1}
     assert os.path.realpath(str(tmp_path)) not in _workdir._HELD  # released after the run
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["--config.examples_per_class=5,500"],
+     "error: config key 'examples_per_class': 500 examples per class exceeds the "),
+    (["--config.methods=kd+jacobian+ce", "--config.loss.jacobian.outputs=top_k",
+      "--config.loss.jacobian.k=11"],
+     "error: config key 'loss.jacobian.k' = 11: expected at most the teacher's 10 outputs"),
+], ids=["examples_per_class", "top_k"])
+def test_a_refusal_that_needs_the_datas_size_comes_before_the_teacher(
+        tmp_path, nothing_trains, overrides, message):
+    """The data loads, then every check of its size, then the teacher: no run starts."""
+    with pytest.raises(SystemExit) as e:
+        limited_data.main(["--workdir", str(tmp_path), "--config=limited_data_digits:smoke",
+                           *overrides])
+    assert str(e.value.code).startswith(message), e.value.code
+    assert "\n" not in str(e.value.code)
+    assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "teacher").exists()
