@@ -164,6 +164,9 @@ def acquire(workdir: str, *, command: str | None = None, what: str = "--workdir"
     fd = _open_lock(path, f"{name} {workdir}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not _is_file(path, fd):  # its holder released and removed it meanwhile
+            os.close(fd)
+            return acquire(workdir, command=command, what=what, allowed=allowed)
         check_links(workdir, allowed=allowed, what=name)
     except BlockingIOError:
         os.close(fd)
@@ -186,10 +189,29 @@ def acquire(workdir: str, *, command: str | None = None, what: str = "--workdir"
     return True
 
 
+def _is_file(path: str, fd: int) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not removed or replaced)."""
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+
+
 def release(workdir: str) -> None:
-    """Unlocks ``workdir`` if this process holds it (the lock file stays)."""
-    fd = _HELD.pop(os.path.realpath(workdir), None)
+    """Unlocks ``workdir`` if this process holds it, and removes its lock file.
+
+    The file is removed while still locked, so a process that opened it meanwhile finds
+    it gone once it gets the lock and takes a new one (:func:`acquire`); a killed
+    process leaves its file, which blocks nothing.
+    """
+    key = os.path.realpath(workdir)
+    fd = _HELD.pop(key, None)
     if fd is not None:
+        path = os.path.join(key, LOCK_FILE)
+        if _is_file(path, fd):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         os.close(fd)  # closing the only descriptor releases the flock
 
 

@@ -59,6 +59,8 @@ def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path):
             pass
         assert os.path.realpath(workdir) in _workdir._HELD
     assert os.path.realpath(workdir) not in _workdir._HELD
+    # A clean release removes the lock file (a kill, above, leaves it).
+    assert not os.path.exists(os.path.join(workdir, _workdir.LOCK_FILE))
     proc = _holder(workdir)  # released: another process gets it
     proc.kill()
     proc.communicate()
