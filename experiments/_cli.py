@@ -61,10 +61,19 @@ def load_config(spec: str) -> ConfigDict:
     module_spec = importlib.util.spec_from_file_location(f"_jaxkd_config_{Path(path).stem}",
                                                          path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} has no get_config().")
-    config = module.get_config(*([arg] if arg else []))
+    try:
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"config file {path!r} has no get_config().")
+        config = module.get_config(*([arg] if arg else []))
+    except ConfigError:
+        raise
+    except Exception as e:  # the file's own failure, in one line (--debug: its traceback)
+        raise ConfigError(f"config file {path!r} failed: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())}") from e
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"config file {path!r}: get_config() returned a "
+                          f"{type(config).__name__}; expected an ml_collections.ConfigDict.")
     config.lock()
     return config
 
@@ -351,6 +360,8 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
         config, workdir = parse(argv, study=study, default_config=default_config,
                                 default_workdir=default_workdir)
     except ConfigError as e:
+        if debug:
+            raise
         raise SystemExit(f"error: {e}") from None
     try:
         _workdir.check(workdir)

@@ -250,3 +250,21 @@ def test_the_nearest_key_is_the_one_a_user_most_plausibly_meant():
     with pytest.raises(ConfigError, match=r"'weight_search_sizes' is now "
                                           r"--config.search.sizes"):
         _cli.parse(["--config.weight_search_sizes=10"], **KW)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("def get_config(arg=None):\n    raise RuntimeError('no such dataset here')\n",
+     " failed: RuntimeError: no such dataset here"),
+    ("def get_config(arg=None):\n    return {'dataset': 'digits'}\n",
+     ": get_config() returned a dict; expected an ml_collections.ConfigDict."),
+], ids=["raises", "plain_dict"])
+def test_a_broken_config_file_is_one_line_naming_it(tmp_path, monkeypatch, body, message):
+    monkeypatch.delenv(_cli.DEBUG_ENV, raising=False)
+    path = tmp_path / "mine.py"
+    path.write_text(body)
+    argv = ["--workdir", str(tmp_path / "work"), f"--config={path}"]
+    with pytest.raises(SystemExit) as e:
+        limited_data.main(argv)
+    assert e.value.code == f"error: config file {str(path)!r}{message}"
+    with pytest.raises(ConfigError):  # --debug: the exception itself, with its traceback
+        limited_data.main([*argv, "--debug"])
