@@ -176,8 +176,9 @@ def _normalise_tuples(config: ConfigDict, default: ConfigDict, keys: Sequence[st
             node[leaf] = tuple(_coerce(item, like) for item in items)
 
 
-def usage(study: str, default_config: str, default_workdir: str) -> str:
-    return (f"usage: python -m experiments.{study} [--workdir DIR] "
+def usage(study: str, default_config: str, default_workdir: str, about: str = "") -> str:
+    return ((f"{about}\n\n" if about else "")
+            + f"usage: python -m experiments.{study} [--workdir DIR] "
             f"[--config=FILE_OR_NAME[:smoke]] [--config.KEY=VALUE ...]\n\n"
             f"  --workdir   where cells, checkpoints and results go (default: "
             f"{default_workdir}); the same DIR again resumes and skips finished cells\n"
@@ -197,8 +198,9 @@ def help_text(config: ConfigDict, spec: str, head: str) -> str:
 
 
 def parse(argv: Sequence[str], *, study: str, default_config: str,
-          default_workdir: str) -> tuple[ConfigDict, str]:
-    """``(config, workdir)`` from the command-line arguments ``argv`` (no program name).
+          default_workdir: str, about: str = "") -> tuple[ConfigDict, str]:
+    """``(config, workdir)`` from the command-line arguments ``argv`` (no program name);
+    ``--help`` opens with ``about``, the study in one line.
 
     Raises:
       ConfigError: an unknown flag or key, a value of the wrong type, a missing config.
@@ -208,7 +210,7 @@ def parse(argv: Sequence[str], *, study: str, default_config: str,
     spec = _config_spec(argv, default_config)
     if any(a in _HELP_FLAGS for a in argv):
         print(help_text(load_config(spec), spec,
-                        usage(study, default_config, default_workdir)))
+                        usage(study, default_config, default_workdir, about)))
         raise SystemExit(0)
     default = load_config(spec)
     keys = _override_keys(argv)
@@ -341,7 +343,7 @@ def _quiet_library_logs() -> None:
 
 
 def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict], str], *,
-         default_config: str, default_workdir: str,
+         default_config: str, default_workdir: str, about: str = "",
          argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses the command line and runs ``run(config, workdir, command=...)``, which
     validates the config, locks the work directory and trains (``_study.run``).
@@ -358,7 +360,7 @@ def main(study: str, run: Callable[..., dict[str, Any]], console: Callable[[dict
     argv = [a for a in argv if a != DEBUG_FLAG]
     try:
         config, workdir = parse(argv, study=study, default_config=default_config,
-                                default_workdir=default_workdir)
+                                default_workdir=default_workdir, about=about)
     except ConfigError as e:
         if debug:
             raise

@@ -31,6 +31,9 @@ from experiments._methods import (CELL_KEYS, JACOBIAN_PAIRS, PAPER, PAPER_LABELS
 
 DEFAULT_CONFIG = "limited_data_digits"
 DEFAULT_WORKDIR = "runs/limited_data"
+ABOUT = ("Study 1 (Table 1): students distilled from a teacher with few examples per class, "
+         "one row per method; needs nothing but this package on the default offline digits "
+         "(other configs: their dataset, docs/data.md).")
 
 # ----------------------------------------------------------------------------------------
 # The report of this study.
@@ -98,7 +101,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return _cli.main(STUDY.name, run, console, default_config=DEFAULT_CONFIG,
-                     default_workdir=DEFAULT_WORKDIR, argv=argv)
+                     default_workdir=DEFAULT_WORKDIR, about=ABOUT, argv=argv)
 
 
 if __name__ == "__main__":

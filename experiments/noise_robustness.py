@@ -34,6 +34,9 @@ from experiments._noise import (CACHE_VERSION, CLIPPED, NOISE_FILE, UNCLIPPED,  
 
 DEFAULT_CONFIG = "limited_data_digits"
 DEFAULT_WORKDIR = "runs/limited_data"
+ABOUT = ("Study 2: study 1's final students (trained here if missing) and the teacher "
+         "evaluated under Gaussian input noise; shares study 1's config and work directory "
+         "(default runs/limited_data).")
 
 
 def noisy_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[str],
@@ -307,7 +310,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return _cli.main(STUDY.name, run, console, default_config=DEFAULT_CONFIG,
-                     default_workdir=DEFAULT_WORKDIR, argv=argv)
+                     default_workdir=DEFAULT_WORKDIR, about=ABOUT, argv=argv)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ from jaxkd import losses, models, training
 
 DEFAULT_CONFIG = "transfer_digits"
 DEFAULT_WORKDIR = "runs/transfer"
+ABOUT = ("Study 3: a source-task teacher distilled into a target-task student (LwF) with "
+         "Jacobian and attention terms; needs a source and a target dataset (default: the "
+         "offline digits 0-4 -> 5-9).")
 SOURCE_TAP = "lwf_source_logits"
 
 LABELS = {
@@ -334,7 +337,7 @@ def run(config: ConfigDict, workdir: str, *, command: str | None = None) -> dict
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return _cli.main(STUDY.name, run, console, default_config=DEFAULT_CONFIG,
-                     default_workdir=DEFAULT_WORKDIR, argv=argv)
+                     default_workdir=DEFAULT_WORKDIR, about=ABOUT, argv=argv)
 
 
 if __name__ == "__main__":

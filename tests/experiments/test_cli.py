@@ -268,3 +268,16 @@ def test_a_broken_config_file_is_one_line_naming_it(tmp_path, monkeypatch, body,
     assert e.value.code == f"error: config file {str(path)!r}{message}"
     with pytest.raises(ConfigError):  # --debug: the exception itself, with its traceback
         limited_data.main([*argv, "--debug"])
+
+
+def test_each_studys_help_opens_with_what_it_does_and_needs(capsys):
+    from experiments import noise_robustness, transfer
+    heads = []
+    for number, study in enumerate((limited_data, noise_robustness, transfer), start=1):
+        with pytest.raises(SystemExit):
+            study.main(["--help"])
+        head = capsys.readouterr().out.splitlines()[0]
+        assert head == study.ABOUT and head.startswith(f"Study {number}"), head
+        assert "needs" in head or "shares" in head, head
+        heads.append(head)
+    assert len(set(heads)) == 3
