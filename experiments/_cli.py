@@ -307,14 +307,9 @@ def failure_line(e: BaseException) -> str:
 
 
 def _quiet_library_logs() -> None:
-    """Drops what orbax and tensorstore print from their background threads when a
-    checkpoint write fails (hundreds of lines of tracebacks): the failure reaches the
-    command line as one line anyway (:func:`failure_line`).
-
-    Orbax's error logs (absl), asyncio's reports of its unretrieved task exceptions,
-    and the "Event loop is closed" errors of write callbacks that complete after orbax
-    closed its event loop (reported as unraisable).
-    """
+    """Drops what orbax and tensorstore print from their threads when a checkpoint write
+    fails (absl error logs, asyncio task reports, "Event loop is closed"): the failure
+    reaches the command line as one line anyway (:func:`failure_line`)."""
     import logging
 
     def keep(record: logging.LogRecord) -> bool:

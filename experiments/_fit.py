@@ -66,17 +66,13 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         run_config: Mapping[str, Any] | None = None,
         feed: Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]] | None = None
         ) -> dict[str, Any]:
-    """Trains ``student`` with the built ``step``; returns (and saves) its result.
+    """Trains ``student`` with ``step`` in ``run_dir``; returns (and saves) its result.
 
-    Evaluates on ``validation`` ``train_cfg.num_evals`` times (a checkpoint each time),
-    then reports the test accuracy of the last state and of the best-on-validation
-    checkpoint (ties go to the earlier step), and ``seconds``, this run's wall time
-    (training and evaluation). A finished ``run_dir`` is returned as it is; one whose
-    ``result.json`` cannot be read is computed again (``_runs.discard_damaged_result``).
-    ``describe`` and ``run_config`` (under ``_runs.RUN_CONFIG``) are recorded with it.
-    ``feed`` wraps the (restorable) train batches, e.g. to attach the teacher's targets
-    (``_targets.SharedTargets.feed``); it must keep ``get_state`` / ``set_state``.
-    ``pad_value`` fills the random crops' padding (``PreparedData.background``).
+    ``train_cfg.num_evals`` evaluations on ``validation`` (a checkpoint each); the test
+    accuracy of the last state and of the best-on-validation checkpoint (ties: the earlier
+    step) and ``seconds``. A finished ``run_dir`` is returned as it is, a damaged one
+    computed again. ``describe`` and ``run_config`` are recorded with it; ``feed`` wraps the
+    restorable train batches (``_targets.SharedTargets.feed``).
     """
     result = _runs.read_result(run_dir)
     if result is not None:
@@ -147,13 +143,8 @@ def get_teacher(run_dir: str, *, spec: ConfigDict, train_cfg: ConfigDict,
                 flip: bool = False, tensorboard: bool = False,
                 run_config: Mapping[str, Any] | None = None
                 ) -> tuple[models.Split, dict[str, Any]]:
-    """Trains the teacher with cross-entropy on all of the train split, once.
-
-    A finished ``run_dir`` is restored instead (the teacher is cached in the work
-    directory); ``run_dir`` may also be the teacher directory of another run, trained
-    for another number of steps: its own last step is restored, the one its
-    ``result.json`` reports. ``run_config`` is recorded as :func:`fit` does.
-    """
+    """Trains the teacher with cross-entropy on all of the train split, once; a finished
+    ``run_dir`` (this work directory's or another's) is restored at its own last step."""
     def make():
         return build_model(spec, image_shape=prepared.image_shape,
                            num_classes=prepared.num_classes, seed=seed)

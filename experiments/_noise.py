@@ -206,17 +206,10 @@ def teacher_id(teacher_dir: str) -> str:
 
 
 class Evaluator:
-    """Measures trained networks under the config's noise (accuracy, drift, gradients).
-
-    Args:
-      prepared: the student's data (test split and its raw pixels).
-      mesh: the data mesh (None: the default device).
-      sigmas, readings, draws: ``noise_sigmas``, :func:`readings`, ``noise_draws``.
-      gradient_examples: the first this many test images carry the gradient measures
-        (0: all).
-      batch_size: evaluation batch size.
-      teacher: the teacher's :func:`teacher_id`, part of the gradient measures' cache key.
-    """
+    """Measures trained networks under the config's noise (accuracy, drift, gradients):
+    ``sigmas``, ``readings`` and ``draws`` as ``noise_sigmas``, :func:`readings` and
+    ``noise_draws``; the first ``gradient_examples`` test images (0: all) carry the
+    gradient measures, keyed in the cache by ``teacher`` (:func:`teacher_id`)."""
 
     def __init__(self, prepared: _data.PreparedData, mesh, *, sigmas: Sequence[float],
                  readings: Sequence[str], draws: int, gradient_examples: int,
@@ -242,16 +235,10 @@ class Evaluator:
     def measure(self, run_dir: str, make_state: Callable, seed: int, *,
                 teacher: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
                 ) -> dict[str, Any]:
-        """``run_dir``'s final network under noise, cached in ``run_dir/noise.json``.
-
-        Returns ``{"accuracy": {reading: {sigma: mean over draws}}, "draws": {reading:
-        {sigma: [accuracy per draw]}}, "drift"/"spread": {reading: {sigma: value}},
-        "grad_norm", "grad_cosine", "seconds"}``. Only what the cache lacks is evaluated
-        (a cache that cannot be read is evaluated again, with a note). ``teacher()``
-        gives the teacher's top-1 classes ``[G]`` on the gradient images and its
-        gradients ``[G, D]`` of them, for the gradient measures; without it they are
-        skipped.
-        """
+        """``run_dir``'s final network under noise, cached in ``run_dir/noise.json`` (only
+        what the cache lacks is evaluated): ``{"accuracy", "draws", "drift", "spread": {reading:
+        {sigma: ...}}, "grad_norm", "grad_cosine", "seconds"}``; the gradient measures need
+        ``teacher()``, the teacher's top-1 classes ``[G]`` and gradients ``[G, D]``."""
         path = os.path.join(run_dir, NOISE_FILE)
         cached = _read_cache(path)
         evals = cached["evals"]

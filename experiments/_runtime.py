@@ -63,13 +63,8 @@ def cpu_device_count(config: ConfigDict, cores: int | None = None) -> int:
 
 
 def start_devices(config: ConfigDict) -> int | None:
-    """Sets ``jax_num_cpu_devices`` (:func:`cpu_device_count`) before JAX starts.
-
-    Does nothing, and returns None, when the process already chose (``jax_num_cpu_devices``
-    set, as a test session does, or a host device count in ``XLA_FLAGS``) or JAX's backend
-    is already running (a notebook). Returns the count set otherwise. On a GPU or TPU
-    host the setting only shapes the (unused) CPU backend.
-    """
+    """Sets ``jax_num_cpu_devices`` (:func:`cpu_device_count`) before JAX starts and
+    returns it; None when the process already chose or JAX's backend is running."""
     count = cpu_device_count(config)
     if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
             or jax.config.jax_num_cpu_devices != -1):
@@ -144,14 +139,9 @@ def private_cache_dir(path: str | None = None) -> tuple[str | None, str | None]:
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
-    """Keeps compiled XLA programs in the user's private cache (:func:`cache_dir`).
-
-    Within one invocation each method's cells share one built step, so the step compiles
-    once anyway; the cache saves the compilations of a second invocation (a resumed or
-    extended sweep, study 2 after study 1). Returns the directory used, or None: a cache
-    set by the user is left alone (its directory is returned); a directory that is not
-    private (:func:`private_cache_dir`) is not used, and one line on stderr says why.
-    """
+    """Keeps compiled XLA programs in the user's private cache (:func:`cache_dir`) for
+    the next invocation; returns its directory, or None when it is not private (one line
+    on stderr says why). A cache the user set is left alone."""
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
     directory, why = private_cache_dir(path)

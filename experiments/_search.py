@@ -98,14 +98,9 @@ def loss_with(loss: ConfigDict, weights: Mapping[str, Any]) -> ConfigDict:
 
 def base_method(method: str, methods: Sequence[str], terms: Terms,
                 config: ConfigDict) -> str | None:
-    """The method of ``methods`` that ``method`` adds searched terms to: among those whose
-    terms are a strict subset of ``method``'s and whose searched arguments are a strict
-    subset of ``method``'s, the one with the most terms (the first listed on a tie); None
-    if none.
-
-    ``kd+jacobian+ce`` -> ``kd+ce``; ``logits+jacobian`` -> ``logits``; ``logits+ce`` ->
-    None (``logits`` searches the same argument: nothing of its own would be left).
-    """
+    """The method of ``methods`` that ``method`` adds searched terms to (the one with the
+    most terms among those whose terms and searched arguments are strict subsets of
+    ``method``'s; the first on a tie), or None: ``kd+jacobian+ce`` -> ``kd+ce``."""
     own = set(terms(method))
     tried = candidates(config, terms(method))
     axes = set(tried[0]) if tried else set()
@@ -170,18 +165,12 @@ def _spread(values: Sequence[float]) -> float:
 
 def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
            results: dict[_runs.Cell, dict[str, Any]]) -> dict[str, Any]:
-    """Per method, the candidate of best mean best-step validation accuracy.
+    """Per method, the candidate of best mean best-step validation accuracy over the
+    search's sizes and seeds (a tie: the first listed); the test split never chooses.
 
-    The mean is over the search's sizes and seeds; a tie goes to the candidate listed
-    first. Only validation accuracies choose: the test split is shown, never read for the
-    choice. Every method is tuned the same way: a method that adds terms to another of
-    ``methods`` (:func:`base_method`) keeps the base's chosen values of the base's
-    searched arguments and chooses among its own candidates only (runs with other base
-    values, if ``results`` has them, are shown marked not eligible; the search of
-    ``_study.sweep`` does not train them), so with equally long candidate lists every method
-    chooses among the same number, and a paired gain compares methods at the same base
-    weights. Each method's entry also says whether its two best candidates tie within
-    their spread over the search seeds (difference of means below the larger std).
+    A method with a base (:func:`base_method`) keeps the base's chosen values and chooses
+    among its own candidates only (runs at other base values are shown, marked not
+    eligible). Each entry says whether its two best candidates tie within their spread.
     """
     out = {"sizes": sizes(config), "seeds": seeds(config), "methods": {}}
     # Bases first: fewer terms first, in the listed order otherwise.
@@ -225,15 +214,9 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
 
 def add_gains(search: dict[str, Any] | None, pairs: Sequence[tuple[str, str]],
               results: Mapping[_runs.Cell, Mapping[str, Any]]) -> None:
-    """Adds to each candidate of a method ``with`` of a pair ``(without, with)`` its paired
-    test gain over ``without`` at ``without``'s chosen values (last step, points; per
-    search seed, the mean over the search's sizes), as ``row["gains"][without]``.
-
-    So a reader sees the gain at every candidate, and at each of tied ones. ``results``
-    holds the search's runs and the study's cells (``without`` unsearched, e.g. ``ce``,
-    is read from its cells at the search's sizes and seeds); a pair whose runs are not
-    all there is left out.
-    """
+    """Adds to each candidate of a pair's ``with`` method its paired test gain over
+    ``without`` at ``without``'s choice (last step, points, per search seed) as
+    ``row["gains"][without]``; a pair whose runs are not all in ``results`` is left out."""
     methods = (search or {}).get("methods") or {}
     sizes_ = list((search or {}).get("sizes") or ())
     seeds_ = list((search or {}).get("seeds") or ())

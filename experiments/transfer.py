@@ -70,13 +70,10 @@ GAIN_PAIRS = (("no_transfer", "lwf"), ("lwf", "lwf+jacobian"), ("lwf", "lwf+atte
 class LwFStudent(models.Classifier):
     """A backbone with ``num_target + num_source`` outputs, seen as a target classifier.
 
-    ``forward`` returns the first ``num_target`` outputs as the logits (what
-    cross-entropy and evaluation see) and the remaining ``num_source`` outputs, the
-    old-task head, as the feature tap ``lwf_source_logits`` (``[B, 1, 1, num_source]``),
-    so the distillation terms reach them through the feature interface. A single
-    linear layer over ``K_t + K_s`` outputs is exactly two linear heads on shared
-    features. ``aliases`` renames backbone taps (``(("block1", "stage1"), ...)``) so
-    that attention transfer pairs them with the teacher's taps of the same size.
+    ``forward`` returns the first ``num_target`` outputs as the logits and the rest, the
+    old-task head, as the feature tap ``lwf_source_logits`` (``[B, 1, 1, num_source]``)
+    for the distillation terms; ``aliases`` renames backbone taps (``(("block1",
+    "stage1"), ...)``) to pair them with the teacher's taps of the same size.
     """
 
     def __init__(self, backbone: models.Classifier, num_target: int,
