@@ -230,7 +230,8 @@ class _Watchdog:
 def _watch(timeout: float) -> None:
     """Starts the :class:`_Watchdog` of the distributed runtime just initialised."""
     from jax._src import distributed as jax_distributed  # the runtime's client
-    state = jax_distributed.global_state
+    # A private object whose fields vary across JAX releases, hence getattr below.
+    state: Any = jax_distributed.global_state
     client = getattr(state, "client", None)
     # The state's own counts: jax.process_count() would start the backends here.
     num_processes = int(getattr(state, "num_processes", 1) or 1)

@@ -64,7 +64,8 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """The per-example shape ``(H, W, C)``."""
-        return tuple(int(d) for d in self.images.shape[1:])
+        _, height, width, channels = self.images.shape  # checked [N, H, W, C] at init
+        return int(height), int(width), int(channels)
 
     def take(self, indices) -> Dataset:
         """Returns the examples at ``indices`` (positions in this dataset), in that order."""

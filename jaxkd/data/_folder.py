@@ -155,11 +155,10 @@ class _Reader:
                             (width, height), Image.Resampling.BILINEAR))
                     return kind, array / np.float32(65535.0)
                 target = "L" if kind == "grey8" else "RGB"
-                if img.mode != target:
-                    img = img.convert(target)
+                image: Image.Image = img if img.mode == target else img.convert(target)
                 if self.resize:
-                    img = img.resize((width, height), Image.Resampling.BILINEAR)
-                return kind, np.asarray(img, dtype=np.uint8)
+                    image = image.resize((width, height), Image.Resampling.BILINEAR)
+                return kind, np.asarray(image, dtype=np.uint8)
         except _BadImage:
             raise
         except _decode_errors() as err:
@@ -188,7 +187,7 @@ class _Reader:
             rgb = np.empty(grey.shape[:3] + (3,), np.float32)
             rgb[...] = grey
             widened.append(rgb)
-        self.outputs = None
+        self.outputs = []  # drop the grey arrays
         for (key, row), array in self.colour_late.items():
             np.divide(array, np.float32(255.0), out=widened[key][row], dtype=np.float32)
         return widened
@@ -288,10 +287,11 @@ def load_folder_pool(path: str | os.PathLike, *,
         train_pos, test_pos = stratified_split(labels, TEST_FRACTION, seed=TEST_SPLIT_SEED)
     # Every file goes straight to its row of the train or test array; jobs run in file
     # order, so the first bad file in that order is the one reported.
-    jobs = [None] * len(paths)
+    job_at: dict[int, tuple[pathlib.Path, int, int]] = {}
     for key, positions in enumerate((train_pos, test_pos)):
         for row, p in enumerate(positions):
-            jobs[p] = (paths[p], key, int(row))
+            job_at[int(p)] = (paths[p], key, int(row))
+    jobs = [job_at[p] for p in range(len(paths))]
     train_images, test_images = _read_all(jobs, (len(train_pos), len(test_pos)),
                                           image_size)
     out = []

@@ -227,7 +227,7 @@ def add_gaussian_noise(key: jax.Array, images: jax.typing.ArrayLike,
     if np.ndim(sigma) != 0:
         raise ValueError(f"sigma must be a scalar; got shape {np.shape(sigma)}.")
     try:
-        concrete = float(sigma)
+        concrete = float(jnp.asarray(sigma))
     except jax.errors.ConcretizationTypeError:  # traced: checked by the caller.
         concrete = 0.0
     if concrete < 0:
@@ -302,17 +302,23 @@ class BatchIterator:
                 f"hold {remainder} of the {len(dataset)} examples, which the "
                 f"{num_batch_shards(sharding)} devices of the data axis cannot split. Use "
                 f"drop_remainder=True, or jaxkd.training.evaluate (it pads and masks).")
-        self._dataset = dataset
-        self._batch_size = int(batch_size)
-        self._shuffle = shuffle
-        self._drop_remainder = drop_remainder
-        self._num_epochs = num_epochs
-        self._sharding = sharding
-        self._prefetch = int(prefetch) if sharding is not None else 0
-        self._queue: collections.deque = collections.deque()
-        self._seed, self._epoch, self._index = int(seed), 0, 0
-        self._order_epoch, self._order = -1, None
-        self._yielded_state = self._cursor()
+        self._dataset: Dataset = dataset
+        self._batch_size: int = int(batch_size)
+        self._shuffle: bool = shuffle
+        self._drop_remainder: bool = drop_remainder
+        self._num_epochs: int | None = num_epochs
+        self._sharding: jax.sharding.Sharding | None = sharding
+        self._prefetch: int = int(prefetch) if sharding is not None else 0
+        # (position after the batch, the batch on the devices), oldest first.
+        self._queue: collections.deque[tuple[dict[str, int], dict[str, jax.Array]]] = (
+            collections.deque())
+        self._seed: int = int(seed)
+        self._epoch: int = 0
+        self._index: int = 0
+        # The permutation of epoch ``_order_epoch`` (-1: none drawn yet).
+        self._order_epoch: int = -1
+        self._order: np.ndarray = np.arange(0)
+        self._yielded_state: dict[str, int] = self._cursor()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -369,7 +375,7 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> dict[str, np.ndarray] | dict[str, jax.Array]:
         if self._sharding is None:
             batch = self._next_host_batch()
             if batch is None:
@@ -382,5 +388,5 @@ class BatchIterator:
             self._queue.append((self._cursor(), shard_batch(batch, self._sharding)))
         if not self._queue:
             raise StopIteration
-        self._yielded_state, batch = self._queue.popleft()
-        return batch
+        self._yielded_state, placed = self._queue.popleft()
+        return placed

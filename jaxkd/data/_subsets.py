@@ -31,11 +31,11 @@ def stratified_split(labels: np.ndarray, fraction: float, *, seed: int,
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1); got {fraction}.")
     labels = np.asarray(labels)
-    taken = []
+    per_class: list[np.ndarray] = []
     for cls in np.unique(labels):
         order = _class_permutation(labels, int(cls), seed, salt)
-        taken.append(order[:int(round(fraction * order.size))])
-    taken = np.sort(np.concatenate(taken)) if taken else np.zeros(0, np.int64)
+        per_class.append(order[:int(round(fraction * order.size))])
+    taken = np.sort(np.concatenate(per_class)) if per_class else np.zeros(0, np.int64)
     rest = np.setdiff1d(np.arange(labels.size), taken)
     return rest, taken
 

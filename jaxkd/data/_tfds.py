@@ -104,7 +104,8 @@ def _read_split(builder, split: str, image_key: str, label_key: str):
     file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
     if file_format == "array_record":
         source = builder.as_data_source(split=split)
-        images, labels = [], []
+        images: list[np.ndarray] = []
+        labels: list[np.ndarray | np.integer | int] = []
         for start in range(0, len(source), 4096):
             stop = min(start + 4096, len(source))
             records = source.__getitems__(list(range(start, stop)))

@@ -6,7 +6,7 @@ layer is the channel sum of ``|A_c|^p``, flattened over space and L2-normalised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,10 @@ from jaxkd.losses import _checks, _remat, _targets
 from jaxkd.losses._common import DEFAULT_EPS, attention_map, safe_normalize
 
 FeatureFn = Callable[[jax.Array], jax.Array]
+# One feature map, or a list or tuple of matched layers' maps (other sequences are not
+# taken for layers).
+Features = (jax.typing.ArrayLike | list[jax.typing.ArrayLike]
+            | tuple[jax.typing.ArrayLike, ...])
 FEATURE_SIGNATURE = "x -> [B, H, W, C]"
 FEATURE_LAYOUT = "[B, H, W, C]"
 
@@ -31,8 +35,7 @@ def _check_pair(student, teacher, student_name, teacher_name):
                          f"{t}.")
 
 
-def attention_transfer_loss(student_features: jax.typing.ArrayLike | Sequence[jax.Array],
-                            teacher_features: jax.typing.ArrayLike | Sequence[jax.Array],
+def attention_transfer_loss(student_features: Features, teacher_features: Features,
                             *,
                             p: float = 2.0) -> jax.Array:
     r"""Attention transfer: squared distance of normalised attention maps, per example.
@@ -66,8 +69,9 @@ def attention_transfer_loss(student_features: jax.typing.ArrayLike | Sequence[ja
                 or len(student_features) != len(teacher_features) or not student_features):
             raise ValueError("`student_features` and `teacher_features` must both be arrays, or "
                              "non-empty sequences of the same length (matched layers).")
-        return sum(attention_transfer_loss(s, t, p=p)
-                   for s, t in zip(student_features, teacher_features))
+        first, *rest = (attention_transfer_loss(s, t, p=p)
+                        for s, t in zip(student_features, teacher_features))
+        return sum(rest, start=first)
     _check_pair(student_features, teacher_features, "student_features", "teacher_features")
     q_t = jax.lax.stop_gradient(attention_map(teacher_features, p=p))
     q_s = attention_map(student_features, p=p)
@@ -114,14 +118,15 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
       [0. 0.]
     """
     given_targets = isinstance(teacher_feature_fn, _targets.TeacherTargets)
-    networks = {"student_feature_fn": student_feature_fn}
+    networks: dict[str, FeatureFn | _targets.TeacherTargets] = {
+        "student_feature_fn": student_feature_fn}
     if not given_targets:
         networks["teacher_feature_fn"] = teacher_feature_fn
     x = _checks.check_network_loss(x, networks, signature=FEATURE_SIGNATURE,
                                    remat_chunks=remat_chunks)
     student_maps = jax.eval_shape(student_feature_fn, x)
     _checks.check_function_output("student_feature_fn", student_maps, FEATURE_LAYOUT)
-    if given_targets:
+    if isinstance(teacher_feature_fn, _targets.TeacherTargets):
         q_t, g_t = _targets.for_attention(teacher_feature_fn, x, p, eps)
         _check_student_maps(student_maps, q_t)
     else:

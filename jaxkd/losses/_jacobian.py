@@ -138,7 +138,7 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
         return _remat.map_chunks(student_part, remat_chunks, (x, cotangents, g_t), (0, 1, 1),
                                  (0,), remat=True)[0]
 
-    if given_targets:
+    if isinstance(teacher_fn, _targets.TeacherTargets):
         targets = teacher_fn
         index, g_t = _targets.for_jacobian(targets, x, labels, outputs, k)
         student_out = jax.eval_shape(student_fn, x)
@@ -164,7 +164,7 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
                                                       *(label_chunk or (None,)), outputs, k)
         return g_t, _targets.one_hot_rows(index, out)  # [n, B, D], [n, B, K]
 
-    label_args = (jnp.asarray(labels),) if outputs == "label" else ()
+    label_args: tuple[jax.Array, ...] = (jnp.asarray(labels),) if outputs == "label" else ()
     if remat_chunks is None:
         g_t, cotangents = teacher_part(x, *label_args)
     else:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -166,18 +166,23 @@ def weighted_laplacian(fn: Fn,
         basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
         return jnp.sum(jax.vmap(quadratic_form)(_common.like(basis, x)), axis=0)
     _checks.check_key("key", key)
+    assert key is not None  # check_key raised otherwise
     _checks.check_count("num_probes", num_probes)
     u = _common.like(jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype), x)
     return jnp.mean(jax.vmap(quadratic_form)(u), axis=0)
 
 
-def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_probes,
-                          loss, why):
+def _check_expansion_args(student_fn: Fn, teacher_fn: Fn | _targets.TeacherTargets,
+                          x: jax.typing.ArrayLike, sigma: float, curvature: Curvature,
+                          key: jax.Array | None, num_probes: int, loss: str,
+                          why: str) -> jax.Array:
+    """The checks of an expansion's arguments; returns ``x`` as an array."""
     if isinstance(teacher_fn, _targets.TeacherTargets):
         return _check_expansion_targets(student_fn, teacher_fn, x, sigma, curvature, loss,
                                         why)
     _checks.check_choice("curvature", curvature, CURVATURE_METHODS)
-    probes = {"key": key, "num_probes": num_probes} if curvature == "hutchinson" else {}
+    probes: dict[str, Any] = (
+        {"key": key, "num_probes": num_probes} if curvature == "hutchinson" else {})
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
                                    **probes)
     _checks.check_finite_positive("sigma", sigma)
@@ -185,7 +190,9 @@ def _check_expansion_args(student_fn, teacher_fn, x, sigma, curvature, key, num_
     return x
 
 
-def _check_expansion_targets(student_fn, targets, x, sigma, curvature, loss, why):
+def _check_expansion_targets(student_fn: Fn, targets: _targets.TeacherTargets,
+                             x: jax.typing.ArrayLike, sigma: float, curvature: Curvature,
+                             loss: str, why: str) -> jax.Array:
     """The checks of an expansion given :class:`TeacherTargets`; returns ``x`` as an array.
 
     Without its Laplacian terms (``curvature="none"``) an expansion needs of the teacher
@@ -206,7 +213,8 @@ def _check_expansion_targets(student_fn, targets, x, sigma, curvature, loss, why
     return x
 
 
-def _teacher_jacobian(targets, x):
+def _teacher_jacobian(targets: _targets.TeacherTargets,
+                      x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(logits [B, K], input gradients [K, B, D])`` of ``targets``, in the wide dtype."""
     _, g_t = _targets.for_jacobian(targets, x, None, "all", 1)
     return _checks.widen(targets.logits), g_t
@@ -257,9 +265,8 @@ def squared_noise_expansion(student_fn: Fn,
                               "its curvature term is the Laplacian of the difference T - S "
                               "weighted by T - S, one Hessian trace through both networks "
                               "together, which teacher_targets does not compute.")
-    given_targets = isinstance(teacher_fn, _targets.TeacherTargets)
     student_fn = _checks.widened(student_fn)
-    if given_targets:
+    if isinstance(teacher_fn, _targets.TeacherTargets):
         teacher_out, g_t = _teacher_jacobian(teacher_fn, x)
     else:
         teacher_fn = _checks.widened(teacher_fn)
@@ -268,7 +275,7 @@ def squared_noise_expansion(student_fn: Fn,
     # ||J_T - J_S||_F^2: one VJP per network, applied to each of the K one-hot rows.
     num_classes = d.shape[-1]
     basis = _common.like(jnp.eye(num_classes, dtype=d.dtype)[:, None, :], d)  # [K, B, K]
-    if not given_targets:
+    if not isinstance(teacher_fn, _targets.TeacherTargets):
         g_t = jax.lax.stop_gradient(_common.vjp_input_gradients(teacher_fn, x, basis))
     g_s = _common.vjp_input_gradients(student_fn, x, basis)
     diff = _common.flat_rows(g_t) - _common.flat_rows(g_s)
@@ -276,8 +283,10 @@ def squared_noise_expansion(student_fn: Fn,
     value = jnp.sum(jnp.square(d), axis=-1) + sigma**2 * jacobian_term
     if curvature == "none":
         return value
+    # Targets come with curvature="none" only (_check_expansion_targets refuses others).
+    assert not isinstance(teacher_fn, _targets.TeacherTargets)
 
-    def difference(y):
+    def difference(y: jax.Array) -> jax.Array:
         return teacher_fn(y) - student_fn(y)
 
     return value + sigma**2 * weighted_laplacian(difference, x, d, method=curvature, key=key,

@@ -26,13 +26,19 @@ from jaxkd.losses._common import (DISTRIBUTIONS, Distribution,  # noqa: F401 (re
 Fn = Callable[[jax.Array], jax.Array]
 
 
-def _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks):
+def _check_common(student_fn: Fn, teacher_fn: Fn, x: jax.typing.ArrayLike,
+                  key: jax.Array | None, num_probes: int, remat_chunks: int | None
+                  ) -> tuple[jax.Array, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """``x`` as an array and the shapes and dtypes of both networks' outputs on it, checked."""
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
                                    key=key, num_probes=num_probes, remat_chunks=remat_chunks)
     return (x, *_checks.network_outputs(x, student_fn, teacher_fn))
 
 
-def _from_targets(which, student_fn, targets, x, key, num_probes, distribution, remat_chunks):
+def _from_targets(which: _targets.Projection, student_fn: Fn, targets: _targets.TeacherTargets,
+                  x: jax.typing.ArrayLike, key: jax.Array | None, num_probes: int,
+                  distribution: Distribution, remat_chunks: int | None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``x`` and the probes and teacher products of ``targets``, checked for this loss."""
     x = _checks.check_network_loss(x, {"student_fn": student_fn}, remat_chunks=remat_chunks)
     probes, products = _targets.for_projection(targets, which, x, key, num_probes,
@@ -121,6 +127,7 @@ def vjp_projection_loss(student_fn: Fn,
                                                 remat_chunks)
     # Probes in float32 (or wider) whatever the networks' dtype, cast to each network's
     # output dtype for its VJP: a bfloat16 network sees its probes rounded, as it would.
+    assert key is not None  # _check_common raised otherwise
     v = sample_probes(key, teacher_out.shape, num_probes, distribution,
                       _checks.wide_dtype(teacher_out.dtype))
 
@@ -185,6 +192,7 @@ def jvp_projection_loss(student_fn: Fn,
         loss = _student_only(student_part, (x, u, t_u), remat_chunks)
         return _targets.nan_unless_same_key(teacher_fn, key, loss)
     x, _, _ = _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks)
+    assert key is not None  # _check_common raised otherwise
     u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)
 
     def teacher_part(x, u):

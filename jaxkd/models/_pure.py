@@ -18,12 +18,16 @@ statistics; it returns the updated running statistics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import jax
 from flax import nnx
 
 from jaxkd.models._base import Features
+
+# The module type a graphdef rebuilds: a model split from a ``Classifier`` merges back
+# into one (and so has ``features``).
+M = TypeVar("M", bound=nnx.Module)
 
 
 class Split(NamedTuple):
@@ -35,12 +39,14 @@ class Split(NamedTuple):
 
 def split(model: nnx.Module) -> Split:
     """Splits ``model`` into ``Split(graphdef, params, rest)`` (``rest``: BatchNorm stats)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # Two filters, two states: the trainable leaves and everything else (``...``).
+    graphdef, params, *others = nnx.split(model, nnx.Param, ...)
+    (rest,) = others
     return Split(graphdef, params, rest)
 
 
-def merge(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, *,
-          train: bool = False) -> nnx.Module:
+def merge(graphdef: nnx.GraphDef[M], params: nnx.State, rest: nnx.State, *,
+          train: bool = False) -> M:
     """Rebuilds the model in train (batch statistics) or inference (running stats) mode."""
     # copy=True: the merged model owns fresh Variables, so a train-mode pass never
     # mutates the caller's ``rest`` (NNX merge shares Variables by default).

@@ -40,14 +40,15 @@ def os_error(e: BaseException, errnos: Collection[int] | None = None) -> OSError
     """The operating-system error behind ``e``: an ``OSError`` with an errno anywhere in
     its cause/context chain or exception group, or tensorstore's ``os_error_code``; with
     ``errnos``, the first whose code is one of them."""
-    seen, todo = set(), [e]
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
     while todo:
         exc = todo.pop()
         if exc is None or id(exc) in seen:
             continue
         seen.add(id(exc))
         code = exc.errno if isinstance(exc, OSError) and exc.errno else None
-        filename = exc.filename if code else None
+        filename = exc.filename if isinstance(exc, OSError) and code else None
         if code is None:
             match = _OS_ERROR_CODE.search(str(exc))
             code = int(match.group(1)) if match else None
@@ -125,7 +126,7 @@ class Checkpointer:
             cause = os_error(e)
             if cause is None:
                 raise
-            hint = _WRITE_HINTS.get(cause.errno, "")
+            hint = "" if cause.errno is None else _WRITE_HINTS.get(cause.errno, "")
             raise CheckpointError(f"cannot write checkpoint to {self.directory}: "
                                   f"{cause.strerror}.{hint}") from cause
 

@@ -61,8 +61,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *,
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from e
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else
-                                    {"encoding": encoding or "utf-8"})) as f:
+        f = (os.fdopen(fd, "wb") if mode == "wb"
+             else os.fdopen(fd, "w", encoding=encoding or "utf-8"))
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,25 @@ class TrainResult:
 
 
 EvalData = Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]]
+
+
+class RestorableData(Protocol):
+    """Training data whose position a checkpoint saves and restores.
+
+    :class:`jaxkd.data.BatchIterator` is one; :func:`train` checks for both methods.
+    """
+
+    def get_state(self) -> Mapping[str, Any]:
+        """The position after the last yielded batch (JSON-safe)."""
+        ...
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Moves to a position from :meth:`get_state`."""
+        ...
+
+
+def _is_restorable(data: object) -> TypeGuard[RestorableData]:
+    return hasattr(data, "get_state") and hasattr(data, "set_state")
 
 
 def _num_classes(state: TrainState, image: Any) -> int:
@@ -116,8 +135,8 @@ def _place(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     placed = shard_batch({k: v for k, v in batch.items() if k != TARGETS_KEY}, sharding)
     if targets is not None:
         leaves, treedef = jax.tree.flatten(targets)
-        leaves = shard_batch(dict(enumerate(leaves)), sharding)
-        placed[TARGETS_KEY] = jax.tree.unflatten(treedef, [leaves[i]
+        on_devices = shard_batch({str(i): leaf for i, leaf in enumerate(leaves)}, sharding)
+        placed[TARGETS_KEY] = jax.tree.unflatten(treedef, [on_devices[str(i)]
                                                            for i in range(len(leaves))])
     return placed
 
@@ -292,14 +311,14 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
     eval_step = make_eval_step(mesh) if eval_data is not None else None
     writer = MetricWriter(workdir, tensorboard=tensorboard)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
-    can_save_data = hasattr(train_data, "get_state") and hasattr(train_data, "set_state")
+    restorable = train_data if _is_restorable(train_data) else None
 
     try:
         start = checkpointer.latest_step()
         if start is not None:
             state, data_state = checkpointer.restore(state)
-            if can_save_data and data_state:
-                train_data.set_state(data_state)
+            if restorable is not None and data_state:
+                restorable.set_state(data_state)
         start = start or 0
         # Records past the restored step (all of them without a checkpoint) come from a
         # killed run; the steps are replayed, so their records would repeat.
@@ -348,18 +367,19 @@ def train(student: nnx.Module, objective: Objective, optimizer: optax.GradientTr
                 elapsed = time.perf_counter() - t0
                 writer.write(step, {**train_metrics, "examples_per_sec": examples / elapsed})
                 t0, examples, last_logged = time.perf_counter(), 0, step
-            if eval_step is not None and eval_every and step % eval_every == 0 and not last:
+            if (eval_step is not None and eval_data is not None and eval_every
+                    and step % eval_every == 0 and not last):
                 eval_metrics = evaluate(eval_step, state, eval_data, mesh,
                                         num_classes=num_classes)
                 writer.write(step, eval_metrics, split="eval")
             if step % checkpoint_every == 0 or last:
-                checkpointer.save(state, train_data.get_state() if can_save_data else None)
+                checkpointer.save(state, restorable.get_state() if restorable is not None else None)
                 last_saved = step
         if step != last_saved:  # the data ran out (num_steps=None) between checkpoints
-            checkpointer.save(state, train_data.get_state() if can_save_data else None)
+            checkpointer.save(state, restorable.get_state() if restorable is not None else None)
             if train_metrics and step != last_logged:
                 writer.write(step, train_metrics)
-        if eval_step is not None:
+        if eval_step is not None and eval_data is not None:
             eval_metrics = evaluate(eval_step, state, eval_data, mesh,
                                     num_classes=num_classes)
             # A re-run of a finished run trains nothing: its final evaluation is on file

@@ -54,7 +54,7 @@ def _parse(path: str) -> tuple[list[dict], bool]:
     # A complete file ends with "\n", so the text after the last "\n" is "" unless the
     # last append was cut short.
     damaged = lines[-1].strip() != ""
-    records = []
+    records: list[dict[str, Any]] = []
     for number, line in enumerate(lines[:-1], start=1):
         if not line.strip():
             continue

@@ -28,15 +28,35 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxkd import losses
+from jaxkd.losses._jacobian import OutputMode
+from jaxkd.losses._noise import NoiseKind
+from jaxkd.losses._projection import Distribution
 
 Fn = Callable[[jax.Array], jax.Array]
+T = TypeVar("T")
+
+
+def _teacher_field(value: T | None, field: str) -> T:
+    """A teacher field of :class:`TermInputs` a teacher term reads, which must be given.
+
+    :class:`Objective` refuses inputs without a teacher (or its targets) before any term
+    runs, so this raises only for a term called on its own without one.
+    """
+    if value is None:
+        raise _no_teacher(field)
+    return value
+
+
+def _no_teacher(field: str) -> ValueError:
+    return ValueError(f"TermInputs.{field} is None, but this term reads the teacher; pass "
+                      f"the teacher (or teacher targets) in the TermInputs.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +163,9 @@ class Objective:
         """
         if not self.needs_teacher:
             return None
-        wanted = [(i, t.targets) for i, t in enumerate(self.terms) if t.needs_teacher]
-        if any(w is None for _, w in wanted):
+        teacher_terms = [(i, t) for i, t in enumerate(self.terms) if t.needs_teacher]
+        wanted = [(i, t.targets) for i, t in teacher_terms if t.targets is not None]
+        if len(wanted) != len(teacher_terms):  # a term needs the teacher itself
             return None
         # k matters only for top_k: every other mode's targets serve any k.
         grads = {(w["outputs"], w.get("k", 1) if w["outputs"] == "top_k" else 1)
@@ -248,7 +269,8 @@ def distillation(weight: float = 1.0, *, temperature: float = 1.0,
     """Hinton KD ``tau^2 KL(softmax(t/tau) || softmax(s/tau))`` (:func:`distillation_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
-        return losses.distillation_loss(inputs.student_logits, inputs.teacher_logits,
+        return losses.distillation_loss(inputs.student_logits,
+                                        _teacher_field(inputs.teacher_logits, "teacher_logits"),
                                         temperature=temperature)
     return Term(name, weight, fn, targets={})
 
@@ -257,11 +279,12 @@ def logit_matching(weight: float = 1.0, *, name: str = "logits") -> Term:
     """Squared error between logits, "match activations" (:func:`logit_matching_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
-        return losses.logit_matching_loss(inputs.student_logits, inputs.teacher_logits)
+        return losses.logit_matching_loss(
+            inputs.student_logits, _teacher_field(inputs.teacher_logits, "teacher_logits"))
     return Term(name, weight, fn, targets={})
 
 
-def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: int = 1,
+def jacobian_matching(weight: float = 1.0, *, outputs: OutputMode = "teacher_top1", k: int = 1,
                       normalize: bool = True, remat_chunks: int | None = None,
                       name: str = "jacobian") -> Term:
     """Exact Jacobian matching of the selected outputs (:func:`jacobian_matching_loss`).
@@ -276,31 +299,34 @@ def jacobian_matching(weight: float = 1.0, *, outputs: str = "teacher_top1", k: 
 
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
+        teacher = inputs.teacher
+        if teacher is None:  # by hand: a type variable would widen this union to object
+            raise _no_teacher("teacher_fn")
         return losses.jacobian_matching_loss(
-            inputs.student_fn, inputs.teacher, inputs.x,
+            inputs.student_fn, teacher, inputs.x,
             labels=inputs.labels if outputs == "label" else None,
             outputs=outputs, k=k, normalize=normalize, remat_chunks=remat_chunks)
     return Term(name, weight, fn, targets={"outputs": outputs, "k": k})
 
 
 def vjp_projection(weight: float = 1.0, *, num_probes: int = 1,
-                   distribution: str = "rademacher", remat_chunks: int | None = None,
-                   name: str = "vjp") -> Term:
+                   distribution: Distribution = "rademacher",
+                   remat_chunks: int | None = None, name: str = "vjp") -> Term:
     """Output-space random projection of ``||J_T - J_S||_F^2`` (:func:`vjp_projection_loss`)."""
     return _projection_term(losses.vjp_projection_loss, "vjp", weight, num_probes,
                             distribution, remat_chunks, name)
 
 
 def jvp_projection(weight: float = 1.0, *, num_probes: int = 1,
-                   distribution: str = "rademacher", remat_chunks: int | None = None,
-                   name: str = "jvp") -> Term:
+                   distribution: Distribution = "rademacher",
+                   remat_chunks: int | None = None, name: str = "jvp") -> Term:
     """Input-space random projection of ``||J_T - J_S||_F^2`` (:func:`jvp_projection_loss`)."""
     return _projection_term(losses.jvp_projection_loss, "jvp", weight, num_probes,
                             distribution, remat_chunks, name)
 
 
 def _projection_term(loss: Callable[..., jax.Array], projection: str, weight: float,
-                     num_probes: int, distribution: str, remat_chunks: int | None,
+                     num_probes: int, distribution: Distribution, remat_chunks: int | None,
                      name: str) -> Term:
     """A projection term: probes drawn from the term's key, or read from the targets.
 
@@ -320,11 +346,12 @@ def _projection_term(loss: Callable[..., jax.Array], projection: str, weight: fl
 
 
 def noisy_distillation(weight: float = 1.0, *, sigma: float, num_samples: int = 1,
-                       kind: str = "squared", temperature: float = 1.0,
+                       kind: NoiseKind = "squared", temperature: float = 1.0,
                        name: str = "noisy_kd") -> Term:
     """Distillation on Gaussian-perturbed inputs (:func:`noisy_distillation_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
-        return losses.noisy_distillation_loss(inputs.student_fn, inputs.teacher_fn, inputs.x,
+        teacher_fn = _teacher_field(inputs.teacher_fn, "teacher_fn")
+        return losses.noisy_distillation_loss(inputs.student_fn, teacher_fn, inputs.x,
                                               key=key, sigma=sigma, num_samples=num_samples,
                                               kind=kind, temperature=temperature)
     return Term(name, weight, fn)
@@ -343,14 +370,15 @@ def attention_transfer(weight: float = 1.0, *, layers: Sequence[str], p: float =
 
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
+        teacher_features = _teacher_field(inputs.teacher_features, "teacher_features")
         for layer in layers:
             for who, feats in (("student", inputs.student_features),
-                               ("teacher", inputs.teacher_features)):
+                               ("teacher", teacher_features)):
                 if layer not in feats:
                     raise KeyError(f"attention_transfer: the {who} has no feature tap "
                                    f"{layer!r}; taps: {sorted(feats)}.")
         return losses.attention_transfer_loss([inputs.student_features[n] for n in layers],
-                                              [inputs.teacher_features[n] for n in layers],
+                                              [teacher_features[n] for n in layers],
                                               p=p)
     return Term(name, weight, fn)
 
@@ -361,7 +389,8 @@ def attention_jacobian(weight: float = 1.0, *, layer: str, p: float = 2.0,
     """Input-gradient matching of one tap's attention peak (:func:`attention_jacobian_loss`)."""
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
         del key
+        teacher_feature_fn = _teacher_field(inputs.teacher_feature_fn, "teacher_feature_fn")
         return losses.attention_jacobian_loss(inputs.student_feature_fn(layer),
-                                              inputs.teacher_feature_fn(layer), inputs.x, p=p,
+                                              teacher_feature_fn(layer), inputs.x, p=p,
                                               remat_chunks=remat_chunks)
     return Term(name, weight, fn)

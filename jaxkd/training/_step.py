@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,11 @@ class TrainState:
     opt_state: optax.OptState
     key: jax.Array
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+
+    if TYPE_CHECKING:
+        # struct.dataclass adds ``replace`` at run time (``dataclasses.replace``); flax
+        # declares it on PyTreeNode only, so it is declared here for type checkers.
+        def replace(self, **changes: Any) -> TrainState: ...
 
     def model(self, *, train: bool = False) -> nnx.Module:
         """The student as an NNX module (inference mode unless ``train``)."""
