@@ -91,9 +91,10 @@ def heading(text: str, mark: str = "=") -> str:
 def name_page(module: str, name: str) -> str:
     """The rST of one public name's page."""
     obj = getattr(importlib.import_module(module), name)
-    full = f"{module}.{name}"
     where = home(module, name, obj)
-    lines = [heading(full), f".. currentmodule:: {module}", ""]
+    # The short name as the title (the signature below carries the module): full names
+    # break mid-word in the sidebar.
+    lines = [heading(name), f".. currentmodule:: {module}", ""]
     if where != module:
         what = kind(obj)
         signature = ""

@@ -49,18 +49,25 @@ autodoc_default_options = {"members": True, "member-order": "bysource",
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
+# jax.typing.ArrayLike, which autodoc expands into an eight-member union on every
+# argument, is shown by its name (see short_array_like below).
+ARRAY_LIKE = re.compile(r"~?[\w.]*Array \| ~?[\w.]*ndarray \| ~?[\w.]*bool \| "
+                        r"~?[\w.]*number \| bool \| int \| float \| complex")
 autosummary_generate = False  # _apigen writes the pages itself (constants included)
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 napoleon_use_ivar = True
-# Library names a docstring mentions but that have no page here (no intersphinx: the
-# build is offline) resolve to nothing, silently; names of jaxkd itself must resolve.
-nitpicky = False
+# Every cross-reference to a full jaxkd name must resolve (a renamed or removed name
+# fails the build); other libraries' names have no page here (no intersphinx: the build
+# is offline), and neither do names written relative to a module.
+nitpicky = True
+nitpick_ignore_regex = [(r"py:.*", r"(?!jaxkd\.).*")]
 
 # Maths: MathJax 3 from a local copy, SVG output (one file, no web fonts).
 # (A file in html_static_path is copied into _static/; mathjax_path is relative to it.)
-html_static_path = [str(_apigen.local_mathjax())]
+html_static_path = [str(_apigen.local_mathjax()), "_static"]
+html_css_files = ["custom.css"]
 mathjax_path = _apigen.local_mathjax().name
 
 html_theme = "furo"
@@ -98,7 +105,17 @@ def repo_links_to_site_pages(app, docname, source):
         source[0] = LINK.sub(replace, source[0])
 
 
+def short_array_like(app, what, name, obj, options, signature, return_annotation):
+    """Writes ``ArrayLike`` for jax.typing.ArrayLike's expansion in a signature (None,
+    autodoc's "unchanged", when there is none)."""
+    if not signature or not ARRAY_LIKE.search(signature):
+        return None
+    return (ARRAY_LIKE.sub("~jax.typing.ArrayLike", signature),
+            ARRAY_LIKE.sub("~jax.typing.ArrayLike", return_annotation or "") or None)
+
+
 def setup(app):
     """Writes the API pages before the sources are read; mends the repository links."""
     app.connect("builder-inited", lambda app: _apigen.write_api_pages(DOCS / "api"))
     app.connect("source-read", repo_links_to_site_pages)
+    app.connect("autodoc-process-signature", short_array_like)
