@@ -39,7 +39,8 @@ def jacobian_matching_loss(student_fn: Fn,
 
     .. math::
         \mathrm{JM}_i(x) = \Big\| \frac{g_T}{\|g_T\|_2} - \frac{g_S}{\|g_S\|_2} \Big\|_2^2
-        \quad (\texttt{normalize=True}), \qquad
+        \quad (\texttt{normalize=True}),
+
         \| g_T - g_S \|_2^2 \quad (\texttt{normalize=False}).
 
     Which outputs ``i``:
