@@ -23,7 +23,8 @@ See ``docs/training.md``.
 
 from jaxkd.training._checkpoint import CheckpointError, Checkpointer
 from jaxkd.training._io import atomic_file, atomic_write_json, atomic_write_text
-from jaxkd.training._lockstep import (LockstepState, LockstepStep, init_lockstep_state,
+from jaxkd.training._lockstep import (LockstepState, LockstepStep, group_size_for_memory,
+                                      init_lockstep_state,
                                       make_lockstep_step, member_sharding, stack_states)
 from jaxkd.training._lockstep_loop import LockstepResult, member_dir, train_lockstep
 from jaxkd.training._loop import NonFiniteLossError, TrainResult, evaluate, train
@@ -50,6 +51,7 @@ __all__ = [
     "noisy_distillation", "TARGETS_KEY",
     "read_metrics", "replicate", "replicated", "train", "vjp_projection",
     "atomic_file", "atomic_write_json", "atomic_write_text",
-    "LockstepResult", "LockstepState", "LockstepStep", "init_lockstep_state",
+    "LockstepResult", "LockstepState", "LockstepStep", "group_size_for_memory",
+    "init_lockstep_state",
     "make_lockstep_step", "member_dir", "member_sharding", "stack_states", "train_lockstep",
 ]

@@ -11,7 +11,8 @@ one compiled program for the whole group.
   BatchNorm statistics as a separate stacked ``nnx.State``, optimizer state, step
   counters and one PRNG key per member), each member's term weights as ``[M]`` arrays,
   and ``failed_step``, the step at which each member first went non-finite;
-* :func:`init_lockstep_state` builds one; :func:`make_lockstep_step` the jitted step.
+* :func:`init_lockstep_state` builds one; :func:`make_lockstep_step` the jitted step;
+  :func:`group_size_for_memory` bounds a group's size by XLA's compiled memory analysis.
 
 **Per-member hyperparameters.** The term weights are arguments of the compiled step
 (arrays, not Python floats), so a weight search compiles once. Learning rates: build the
@@ -39,14 +40,16 @@ member are those of its own batch.
 the sequential step runs, given member ``i``'s state, batch, weights and key, so its
 trajectory is the sequential run's with the same seed, data and weights. What can differ
 is float round-off: ``vmap`` turns each matmul into a batched matmul and each convolution
-into a grouped convolution, which XLA may sum in another order (on CPU the MLP's
-batched dots and the grouped convolutions do). Two orders of a length-``n`` float32 sum
-differ by at most ``2 n u sum|x_j|``, ``u = 2**-24``; a few steps of a stable
-optimiser carry such relative differences of order ``n u`` into the parameters, not
-more. Elementwise maths, the PRNG (each member's keys are the sequential run's:
-``fold_in(key_i, step)``), the data and the non-finite flags are exact; a member with
-``M = 1`` runs the unbatched program's operations and reproduces the sequential run bit
-for bit wherever XLA lowers the size-1 member axis away (it does on CPU).
+into a grouped convolution, which XLA may sum in another order than the unbatched
+operation (it is free to on any backend; whether it does depends on the backend and the
+shapes). Two orders of a length-``n`` float32 sum differ by at most
+``2 n u sum_j |x_j y_j|``, ``u = 2**-24``; a few steps of a stable optimiser carry such
+relative differences of order ``n u`` into the parameters, losses and statistics, not
+more (``tests/training/test_lockstep.py`` checks ``2 n u T`` after ``T`` steps, ``n``
+the largest fan-in). Exact by construction: the PRNG (member ``i``'s keys are the
+sequential run's, ``fold_in(key_i, step)``), each member's data, the non-finite flags,
+and everything of one member whatever the other members do (the members share no
+reduction, so a frozen or diverging member leaves the others bit for bit as they are).
 
 The batch is ``{"image": [M, B, ...], "label": [M, B]}`` (optionally
 ``"teacher_targets"`` with a leading ``[M]`` on every leaf), sharded ``P(None, "data")``:
@@ -288,3 +291,46 @@ def make_lockstep_step(objective: Objective, optimizer: optax.GradientTransforma
     jitted = _jitted_lockstep_step(objective, optimizer, teacher_graphdef, mesh)
     return LockstepStep(jitted=jitted, teacher_vars=teacher_vars, objective=objective,
                         optimizer=optimizer, mesh=mesh)
+
+
+def _peak_bytes(step: LockstepStep, state: Any, batch: Any) -> int:
+    mem = step.jitted.lower(state, batch, step.teacher_vars).compile().memory_analysis()
+    return int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+               + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+
+
+def group_size_for_memory(step: LockstepStep, state: LockstepState, batch: Batch, *,
+                          memory_bytes: int, fraction: float = 0.5,
+                          max_members: int = 1024) -> int:
+    """The most members whose lockstep step fits ``fraction`` of ``memory_bytes``.
+
+    Compiles (without running) the step for 1 and 2 members, shaped like member 0 of
+    ``state`` and ``batch``, and reads XLA's static peak memory ``peak(M)`` (arguments,
+    outputs and temporaries, donated buffers once). The cost of a group is affine in
+    ``M``: ``peak(M) = shared + M * per_member`` (the teacher and the program are shared,
+    every member has its own state, batch and activations), so the bound is
+    ``floor((fraction * memory_bytes - shared) / per_member)``, at least 1 and at most
+    ``max_members``.
+
+    Args:
+      step: the built lockstep step.
+      state: a lockstep state of any member count (only member 0's shapes are used).
+      batch: a lockstep batch of it (``[M, B, ...]``).
+      memory_bytes: the device's memory (e.g. ``device.memory_stats()["bytes_limit"]``).
+      fraction: the share of it a group may take (the rest: the allocator's slack,
+        evaluation, prefetched batches).
+      max_members: the cap.
+
+    Returns:
+      The group size ``M`` (an int >= 1).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+
+    def members(tree: Any, m: int) -> Any:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((m, *a.shape[1:]), a.dtype), tree)
+
+    one, two = (_peak_bytes(step, members(state, m), members(batch, m)) for m in (1, 2))
+    per_member = max(two - one, 1)
+    shared = one - per_member
+    return int(min(max((fraction * memory_bytes - shared) // per_member, 1), max_members))

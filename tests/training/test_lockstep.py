@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxkd import models, training
+from jaxkd.training import _lockstep
 from tests.training import _helpers as h
 
 MESH = training.data_mesh(1)
@@ -94,7 +95,8 @@ def _assert_close(a, b, tol):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol * float(np.max(np.abs(y))))
 
 
-@pytest.mark.parametrize("make,m", [(_mlp, 3), (_cnn, 2)], ids=["mlp", "conv_batchnorm"])
+@pytest.mark.parametrize("make,m", [
+    (_mlp, 3), pytest.param(_cnn, 2, marks=pytest.mark.slow)], ids=["mlp", "conv_batchnorm"])
 def test_each_member_is_its_sequential_run(make, m):
     """Losses per step, parameters and BatchNorm statistics of every member match the
     sequential run of its seed, data, weight and learning rate within round-off."""
@@ -153,6 +155,27 @@ def test_a_weight_search_compiles_once():
                                              learning_rates=(0.1, 0.2))
         state, _ = step(state, batch)
     assert step.jitted._cache_size() == 1
+
+
+def test_group_size_for_memory_is_affine_in_the_members():
+    """With the memory of exactly k members' compiled peak, the bound is k members."""
+    objective = _objective()
+    step = training.make_lockstep_step(objective, OPTIMIZER, MESH, teacher=_mlp(99))
+    state = training.init_lockstep_state([_mlp(0)], objective, OPTIMIZER,
+                                         keys=[jax.random.key(0)])
+    batch = _batches(1, steps=1)[0]
+    peak = [_lockstep._peak_bytes(step, *[jax.tree.map(
+        lambda a, m=m: jax.ShapeDtypeStruct((m, *a.shape[1:]), a.dtype), t)
+        for t in (state, batch)]) for m in (1, 2)]
+    per_member, shared = peak[1] - peak[0], 2 * peak[0] - peak[1]
+    assert per_member > 0
+    for k in (1, 3, 10):
+        memory = shared + k * per_member
+        assert training.group_size_for_memory(step, state, batch, memory_bytes=memory,
+                                              fraction=1.0) == k
+    assert training.group_size_for_memory(step, state, batch, memory_bytes=1) == 1
+    with pytest.raises(ValueError, match="fraction must be in"):
+        training.group_size_for_memory(step, state, batch, memory_bytes=1, fraction=0)
 
 
 def test_objective_weights_argument_replaces_the_term_weights():
