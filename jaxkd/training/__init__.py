@@ -10,6 +10,9 @@
   state replicated and donated, teacher frozen by structure;
 * :class:`Checkpointer` (orbax) and :class:`MetricWriter` (JSONL + TensorBoard);
 * :func:`train`: the resumable loop the experiments call;
+* :func:`init_lockstep_state` / :func:`make_lockstep_step` / :func:`train_lockstep`: M
+  students of one architecture and objective in one jitted program (stacked states,
+  per-member weights, learning rates, keys and data; see :mod:`jaxkd.training._lockstep`);
 * :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_file`: crash-safe
   file writes;
 * :func:`initialize_distributed`, :func:`data_mesh`, :func:`replicate`, :func:`replicated`:
@@ -20,6 +23,10 @@ See ``docs/training.md``.
 
 from jaxkd.training._checkpoint import CheckpointError, Checkpointer
 from jaxkd.training._io import atomic_file, atomic_write_json, atomic_write_text
+from jaxkd.training._lockstep import (LockstepState, LockstepStep, group_size_for_memory,
+                                      init_lockstep_state,
+                                      make_lockstep_step, member_sharding, stack_states)
+from jaxkd.training._lockstep_loop import LockstepResult, member_dir, train_lockstep
 from jaxkd.training._loop import NonFiniteLossError, TrainResult, evaluate, train
 from jaxkd.training._metrics import METRICS_FILE, MetricWriter, read_metrics
 from jaxkd.training._objective import (Objective, Term, TermInputs, attention_jacobian,
@@ -44,4 +51,7 @@ __all__ = [
     "noisy_distillation", "TARGETS_KEY",
     "read_metrics", "replicate", "replicated", "train", "vjp_projection",
     "atomic_file", "atomic_write_json", "atomic_write_text",
+    "LockstepResult", "LockstepState", "LockstepStep", "group_size_for_memory",
+    "init_lockstep_state",
+    "make_lockstep_step", "member_dir", "member_sharding", "stack_states", "train_lockstep",
 ]

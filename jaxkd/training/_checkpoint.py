@@ -108,9 +108,11 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, state: TrainState, data_state: Mapping[str, Any] | None = None) -> None:
-        """Saves ``state`` (at ``state.step``) and the JSON-serialisable ``data_state``."""
-        step = int(jax.device_get(state.step))
+    def save(self, state: TrainState, data_state: Mapping[str, Any] | None = None, *,
+             step: int | None = None) -> None:
+        """Saves ``state`` and the JSON-serialisable ``data_state`` at ``step`` (default
+        ``state.step``; a lockstep group's stacked state passes the group's step)."""
+        step = int(jax.device_get(state.step)) if step is None else int(step)
         with self._writing():
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_to_tree(state)),

@@ -220,9 +220,18 @@ class Objective:
         """The teacher terms that cannot be fed precomputed targets."""
         return [t.name for t in self.terms if t.needs_teacher and t.targets is None]
 
-    def __call__(self, inputs: TermInputs,
-                 key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Returns ``(total scalar loss, {"loss/<name>": unweighted batch mean})``."""
+    def __call__(self, inputs: TermInputs, key: jax.Array,
+                 weights: Mapping[str, jax.Array] | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Returns ``(total scalar loss, {"loss/<name>": unweighted batch mean})``.
+
+        ``weights``: ``{term name: float32 scalar}`` for every term, in place of the terms'
+        own weights (traced arrays, so that one compiled step serves any weights, as the
+        lockstep step's per-member weights do); None uses ``Term.weight``.
+        """
+        if weights is not None and set(weights) != {t.name for t in self.terms}:
+            raise ValueError(f"weights must name every term of {self!r} once: expected "
+                             f"{sorted(t.name for t in self.terms)}, got {sorted(weights)}.")
         if (self.needs_teacher and inputs.teacher_fn is None
                 and inputs.teacher_targets is None):
             raise ValueError("this objective has teacher terms "
@@ -239,7 +248,9 @@ class Objective:
                                  f"expected per-example values {inputs.labels.shape}.")
             value = jnp.mean(per_example.astype(jnp.float32))
             values[f"loss/{term.name}"] = value
-            total = total + jnp.float32(term.weight) * value
+            weight = (jnp.float32(term.weight) if weights is None
+                      else jnp.asarray(weights[term.name], jnp.float32))
+            total = total + weight * value
         return total, values
 
     def __repr__(self) -> str:

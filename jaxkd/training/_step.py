@@ -85,7 +85,10 @@ def _teacher_parts(teacher: nnx.Module | models.Split | None):
 
 def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
                 teacher_graphdef: nnx.GraphDef | None, state: TrainState, batch: Batch,
-                teacher_vars: Any) -> tuple[TrainState, Metrics]:
+                teacher_vars: Any, weights: Mapping[str, jax.Array] | None = None
+                ) -> tuple[TrainState, Metrics]:
+    # ``weights``: the objective's term weights as arrays (see Objective.__call__); the
+    # lockstep step passes each member's, this module's step passes None.
     key = jax.random.fold_in(state.key, state.step)
     x, labels = batch["image"], batch["label"]
 
@@ -113,7 +116,7 @@ def _train_step(objective: Objective, optimizer: optax.GradientTransformation,
             student_feature_fn=functools.partial(models.feature_fn, state.graphdef, params,
                                                  state.rest),
             **teacher)
-        loss, terms = objective(inputs, key)
+        loss, terms = objective(inputs, key, weights)
         return loss, (terms, new_rest, logits)
 
     (loss, (terms, new_rest, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
