@@ -17,6 +17,10 @@ constants). The modes, one entry each in :data:`MODES` (CE + KD, plus):
 * ``jm_hand``: the same maths by hand (:func:`hand_jacobian_matching`): one ``jax.vjp`` per
   network with the ``[B, K]`` one-hot cotangent, normalise, squared distance;
 * ``jvp_k1`` / ``vjp_k1``: ``jvp_projection_loss`` / ``vjp_projection_loss``, one probe;
+* ``fd_k1``: ``finite_difference_loss``, one probe (central differences: forward passes
+  only, a first-order parameter gradient);
+* ``fd_fwd_k1``: the forward difference by hand (:func:`forward_difference`), one probe,
+  reusing the objective's clean logits of both networks: what the other form would save;
 * ``jm_all``: exact matching of all K outputs, ``outputs="all", normalize=False``
   (the ``||J_T - J_S||_F^2`` the projections estimate);
 * ``jm_remat``: ``jm`` computed in ``REMAT_CHUNKS`` slices of the batch, the student
@@ -173,6 +177,37 @@ def _vjp_one_probe(s, t, x, y, key):
     return losses.vjp_projection_loss(s, t, x, key=key, num_probes=1)
 
 
+def _fd_one_probe(s, t, x, y, key):
+    from jaxkd import losses
+    return losses.finite_difference_loss(s, t, x, key=key, num_probes=1)
+
+
+def forward_difference(student_fn, teacher_fn, x, key, logits, t_logits):
+    """``||((T - S)(x + h u) - (T - S)(x)) / h||^2`` per example, one Rademacher probe
+    ``u`` and the library's float32 step, given the clean ``logits`` / ``t_logits``."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxkd import losses
+    from jaxkd.losses import _finite_difference as fd
+    u = losses.sample_probes(key, x.shape, 1)[0]
+    h = fd.example_steps(x, losses.DEFAULT_STEPS["float32"])
+    xh = x + h.reshape((-1,) + (1,) * (x.ndim - 1)) * u
+    q_t = jax.lax.stop_gradient(teacher_fn(xh) - t_logits)
+    return jnp.sum(jnp.square((q_t - (student_fn(xh) - logits)) / h[:, None]), axis=-1)
+
+
+def _ce_kd_forward_difference(s, t, x, y, key):
+    """CE + KD + :func:`forward_difference` on the same clean passes."""
+    import optax
+
+    from jaxkd import losses
+    logits, t_logits = s(x), t(x)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            + losses.distillation_loss(logits, t_logits, temperature=TEMPERATURE)
+            + forward_difference(s, t, x, key, logits, t_logits))
+
+
 def _jm_by_hand(s, t, x, y, key):
     return hand_jacobian_matching(s, t, x, y)
 
@@ -201,6 +236,9 @@ MODES: dict[str, Mode] = {
     "jvp_k1": Mode(ce_kd(_jvp_one_probe)),
     "vjp_k1": Mode(ce_kd(_vjp_one_probe)),
     "jm_all": Mode(ce_kd(_jm_all_outputs)),
+    "fd_k1": Mode(ce_kd(_fd_one_probe)),
+    "fd_fwd_k1": Mode(_ce_kd_forward_difference,
+                      note="forward difference by hand, clean passes reused"),
     "jm_remat": Mode(ce_kd(functools.partial(_jm_label, remat_chunks=REMAT_CHUNKS)),
                      note=f"jacobian_matching_loss(remat_chunks={REMAT_CHUNKS})"),
     "kd_bf16": Mode(ce_kd(), dtype="bfloat16", note="networks in bfloat16"),

@@ -24,6 +24,7 @@ MODES: dict[str, dict] = {
     "vjp_k4": dict(kd=True, term="vjp", k=4),
     "jvp_k1": dict(kd=True, term="jvp", k=1),
     "jvp_k4": dict(kd=True, term="jvp", k=4),
+    "fd_k1": dict(kd=True, term="fd", k=1),
     "noisy_n1": dict(kd=True, term="noisy", k=1),
     "noisy_n4": dict(kd=True, term="noisy", k=4),
 }
@@ -74,6 +75,8 @@ def objective_for(mode: dict):
         terms.append(training.vjp_projection(1.0, num_probes=k))
     elif term == "jvp":
         terms.append(training.jvp_projection(1.0, num_probes=k))
+    elif term == "fd":
+        terms.append(training.finite_difference(1.0, num_probes=k))
     elif term == "noisy":
         terms.append(training.noisy_distillation(1.0, sigma=0.1, num_samples=k))
     return training.Objective(*terms)

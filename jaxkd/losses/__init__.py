@@ -15,6 +15,8 @@ from jaxkd.losses._common import sample_probes
 from jaxkd.losses._attention import attention_transfer_loss
 from jaxkd.losses._distillation import distillation_loss
 from jaxkd.losses._distillation import logit_matching_loss
+from jaxkd.losses._finite_difference import DEFAULT_STEPS
+from jaxkd.losses._finite_difference import finite_difference_loss
 from jaxkd.losses._jacobian import OUTPUT_MODES
 from jaxkd.losses._jacobian import jacobian_matching_loss
 from jaxkd.losses._noise import CURVATURE_METHODS
@@ -31,6 +33,7 @@ from jaxkd.losses._targets import teacher_targets
 
 __all__ = [
     "CURVATURE_METHODS",
+    "DEFAULT_STEPS",
     "DISTRIBUTIONS",
     "NOISE_KINDS",
     "OUTPUT_MODES",
@@ -41,6 +44,7 @@ __all__ = [
     "attention_transfer_loss",
     "cross_entropy_noise_expansion",
     "distillation_loss",
+    "finite_difference_loss",
     "jacobian_matching_loss",
     "jvp_projection_loss",
     "logit_matching_loss",

@@ -27,15 +27,17 @@ Fn = Callable[[jax.Array], jax.Array]
 
 OutputMode = Literal["teacher_top1", "label", "top_k", "all"]
 OUTPUT_MODES: tuple[str, ...] = typing.get_args(OutputMode)
-Projection = Literal["vjp", "jvp"]
+Projection = Literal["vjp", "jvp", "fd"]
 PROJECTIONS: tuple[str, ...] = typing.get_args(Projection)
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["logits", "indices", "gradients", "key_data", "vjp_probes", "vjp_gradients",
-                 "jvp_probes", "jvp_tangents", "attention", "attention_gradients"],
-    meta_fields=["outputs", "k", "projections", "num_probes", "distribution", "p", "eps"])
+                 "jvp_probes", "jvp_tangents", "attention", "attention_gradients",
+                 "fd_probes", "fd_quotients"],
+    meta_fields=["outputs", "k", "projections", "num_probes", "distribution", "p", "eps",
+                 "fd_step"])
 @dataclasses.dataclass(frozen=True)
 class TeacherTargets:
     """The teacher's part of the losses on one batch, from :func:`teacher_targets`.
@@ -60,6 +62,9 @@ class TeacherTargets:
       jvp_tangents: ``[B, num_probes, K]`` the products ``J_T(x) u``, or None.
       attention: ``[B, H * W]`` the teacher's attention maps, or None.
       attention_gradients: ``[B, D]`` input gradient of each map at its peak, or None.
+      fd_probes: ``[B, num_probes, ...]`` the finite differences' input probes, or None.
+      fd_quotients: ``[B, num_probes, K]`` the teacher's central differences
+        ``(T(x + h u) - T(x - h u)) / 2h``, or None.
       outputs: the ``outputs`` mode of ``gradients`` (None: not computed).
       k: the ``k`` of ``outputs="top_k"``.
       projections: which of ``"vjp"``, ``"jvp"`` were computed.
@@ -67,6 +72,7 @@ class TeacherTargets:
       distribution: the probes' distribution.
       p: the exponent of the attention maps (None: not computed).
       eps: the floor of the attention maps' norms they were computed with.
+      fd_step: the finite differences' relative step (None: not computed).
     """
 
     logits: jax.Array
@@ -86,6 +92,9 @@ class TeacherTargets:
     distribution: str = "rademacher"
     p: float | None = None
     eps: float = _common.DEFAULT_EPS
+    fd_probes: jax.Array | None = None
+    fd_quotients: jax.Array | None = None
+    fd_step: float | None = None
 
 
 def _batch_first(a: jax.Array) -> jax.Array:
@@ -211,7 +220,8 @@ def teacher_targets(teacher_fn: Fn,
                     distribution: _common.Distribution = "rademacher",
                     teacher_feature_fn: Fn | None = None,
                     p: float = 2.0,
-                    eps: float = _common.DEFAULT_EPS) -> TeacherTargets:
+                    eps: float = _common.DEFAULT_EPS,
+                    step: float | None = None) -> TeacherTargets:
     r"""The teacher's part of the losses on a batch, computed once.
 
     Every Jacobian loss spends a teacher forward and backward pass per call. The
@@ -231,6 +241,8 @@ def teacher_targets(teacher_fn: Fn,
     * ``projections``: for ``"vjp"`` and/or ``"jvp"``, the probes drawn from ``key``
       exactly as :func:`vjp_projection_loss` / :func:`jvp_projection_loss` draw them with
       the same ``key``, ``num_probes`` and ``distribution``, and the teacher's products;
+      for ``"fd"``, :func:`finite_difference_loss`'s probes (the JVP's) and the teacher's
+      central differences with relative ``step`` (None: the teacher's default);
     * ``teacher_feature_fn`` (not None): the attention maps (exponent ``p``) and their
       input gradients at the peak, for :func:`attention_jacobian_loss`.
 
@@ -260,13 +272,14 @@ def teacher_targets(teacher_fn: Fn,
       outputs: ``"teacher_top1"``, ``"label"``, ``"top_k"``, ``"all"``, or None for no
         input gradients.
       k: number of teacher outputs for ``outputs="top_k"``.
-      projections: any of ``"vjp"``, ``"jvp"``.
+      projections: any of ``"vjp"``, ``"jvp"``, ``"fd"``.
       key: a ``jax.random.key`` for the probes; required with ``projections``.
       num_probes: probes per example of the projections.
       distribution: ``"rademacher"``, ``"gaussian"`` or ``"orthogonal"``.
       teacher_feature_fn: pure ``[B, ...] -> [B, H, W, C]`` teacher feature map, or None.
       p: exponent of the attention maps.
       eps: floor of the attention maps' norms.
+      step: the relative step of ``"fd"`` (see :func:`finite_difference_loss`).
 
     Returns:
       A :class:`TeacherTargets` whose arrays all have ``batch_size`` as leading axis.
@@ -308,7 +321,7 @@ def teacher_targets(teacher_fn: Fn,
         _checks.check_choice("distribution", distribution, _common.DISTRIBUTIONS)
     elif key is not None:
         raise ValueError("`key` draws the probes of `projections`, which is empty: pass "
-                         "projections=('vjp',), ('jvp',) or both, or no key.")
+                         "projections=('vjp',), ('jvp',), ('fd',) or several, or no key.")
     if teacher_feature_fn is not None:
         _checks.check_function("teacher_feature_fn", teacher_feature_fn, "x -> [B, H, W, C]")
         maps = jax.eval_shape(teacher_feature_fn, x)
@@ -337,6 +350,10 @@ def teacher_targets(teacher_fn: Fn,
         u = _common.sample_probes(key, x.shape, num_probes, distribution, x.dtype)
         fields.update(jvp_probes=_batch_first(_common.like(u, x)),
                       jvp_tangents=_batch_first(jvp_rows(teacher_fn, x, u)))
+    if "fd" in projections:
+        from jaxkd.losses import _finite_difference  # it imports this module
+        fields.update(_finite_difference.teacher_fields(teacher_fn, x, key, num_probes,
+                                                        distribution, step))
     if teacher_feature_fn is not None:
         q_t, g_q = attention_rows(teacher_feature_fn, x, p, eps)
         fields.update(attention=q_t, attention_gradients=g_q)
@@ -405,8 +422,9 @@ def for_projection(targets: TeacherTargets, which: str, x: jax.Array, key: Any,
     ``which`` (``"vjp"`` / ``"jvp"``) projection loss, after checking the contract."""
     _checks.check_count("num_probes", num_probes)
     _checks.check_choice("distribution", distribution, _common.DISTRIBUTIONS)
-    probes, products = ((targets.vjp_probes, targets.vjp_gradients) if which == "vjp"
-                        else (targets.jvp_probes, targets.jvp_tangents))
+    probes, products = {"vjp": (targets.vjp_probes, targets.vjp_gradients),
+                        "jvp": (targets.jvp_probes, targets.jvp_tangents),
+                        "fd": (targets.fd_probes, targets.fd_quotients)}[which]
     _check_batch(targets, x, products, f"{which.upper()} projections",
                  f"teacher_targets(..., projections=({which!r},), key=...)")
     if num_probes != targets.num_probes:
@@ -416,8 +434,8 @@ def for_projection(targets: TeacherTargets, which: str, x: jax.Array, key: Any,
     if which == "vjp":
         _check_input_size(products, x, "VJP projections")
     elif probes.shape[2:] != x.shape[1:]:
-        raise ValueError(f"`targets` hold JVP probes of examples of shape {probes.shape[2:]}, "
-                         f"`x` has examples of shape {x.shape[1:]}.")
+        raise ValueError(f"`targets` hold {which.upper()} probes of examples of shape "
+                         f"{probes.shape[2:]}, `x` has examples of shape {x.shape[1:]}.")
     if key is not None and _checks.is_concrete(key) and _checks.is_concrete(targets.key_data):
         given, stored = np.asarray(_key_data(key)), np.asarray(targets.key_data[0])
         if given.shape != stored.shape or not np.array_equal(given, stored):

@@ -2,7 +2,8 @@
 
 * :class:`Objective` of :class:`Term` s (``cross_entropy``, ``distillation``,
   ``logit_matching``, ``jacobian_matching``, ``vjp_projection``, ``jvp_projection``,
-  ``noisy_distillation``, ``attention_transfer``, ``attention_jacobian``);
+  ``finite_difference``, ``noisy_distillation``, ``attention_transfer``,
+  ``attention_jacobian``);
 * :func:`make_targets_step`: the teacher's targets of a batch, computed once, which a
   train step fed them (``batch["teacher_targets"]``) uses instead of running the teacher;
 * :func:`make_train_step` (a :class:`TrainStep`) / :func:`make_eval_step`: one
@@ -33,6 +34,7 @@ from jaxkd.training._objective import (Objective, Term, TermInputs, attention_ja
                                        attention_transfer, cross_entropy, distillation,
                                        jacobian_matching, jvp_projection, logit_matching,
                                        noisy_distillation, vjp_projection)
+from jaxkd.training._objective import finite_difference
 # The scale-out names live in jaxkd.sharding; re-exported here for training code.
 from jaxkd.sharding import (DATA_AXIS, HEARTBEAT_TIMEOUT_S, LOST_PROCESS_EXIT_CODE, auto_mesh,
                             data_mesh, initialize_distributed, is_main_process,
@@ -48,7 +50,7 @@ __all__ = [
     "data_mesh", "distillation", "evaluate", "init_train_state", "initialize_distributed",
     "is_main_process", "jacobian_matching", "jvp_projection", "logit_matching",
     "make_eval_step", "make_targets_step", "make_train_step", "multi_process_env",
-    "noisy_distillation", "TARGETS_KEY",
+    "noisy_distillation", "TARGETS_KEY", "finite_difference",
     "read_metrics", "replicate", "replicated", "train", "vjp_projection",
     "atomic_file", "atomic_write_json", "atomic_write_text",
     "LockstepResult", "LockstepState", "LockstepStep", "group_size_for_memory",

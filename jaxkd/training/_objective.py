@@ -111,7 +111,7 @@ class Term:
       targets: the :func:`jaxkd.losses.teacher_targets` options of the precomputed
         targets ``fn`` can be fed instead of the teacher: ``{}`` when it reads only
         ``teacher_logits``, ``{"outputs": ..., "k": ...}`` when it reads input gradients
-        through :attr:`TermInputs.teacher`, ``{"projection": "vjp" | "jvp",
+        through :attr:`TermInputs.teacher`, ``{"projection": "vjp" | "jvp" | "fd",
         "num_probes": ..., "distribution": ...}`` when it reads a projection's probes
         (drawn from the term's own key, see :meth:`Objective.targets_options`); None
         (the default) when it needs the teacher itself (its feature maps, noisy inputs).
@@ -354,6 +354,23 @@ def _projection_term(loss: Callable[..., jax.Array], projection: str, weight: fl
     return Term(name, weight, fn, targets={"projection": projection,
                                            "num_probes": num_probes,
                                            "distribution": distribution})
+
+
+def finite_difference(weight: float = 1.0, *, num_probes: int = 1,
+                      distribution: str = "rademacher", step: float | None = None,
+                      name: str = "fd") -> Term:
+    """Forward-passes-only estimate of ``||J_T - J_S||_F^2`` (:func:`finite_difference_loss`).
+
+    Its probes come from the term's key, like a projection term's; it can be fed targets
+    computed with the default step (``step=None``): an explicit ``step`` needs the teacher.
+    """
+    def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
+        return losses.finite_difference_loss(inputs.student_fn, inputs.teacher, inputs.x,
+                                             key=key, num_probes=num_probes,
+                                             distribution=distribution, step=step)
+    targets = None if step is not None else {"projection": "fd", "num_probes": num_probes,
+                                             "distribution": distribution}
+    return Term(name, weight, fn, targets=targets)
 
 
 def noisy_distillation(weight: float = 1.0, *, sigma: float, num_samples: int = 1,

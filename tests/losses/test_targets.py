@@ -188,7 +188,7 @@ CONTRACT = {
         TEACHER, X, projections=("vjp",))),
     "key_without_projections": (r"`key` draws the probes of `projections`, which is empty",
                                 lambda: losses.teacher_targets(TEACHER, X, key=KEY)),
-    "bad_projection": (r"`projections` must be one of \('vjp', 'jvp'\), got 'jpv'",
+    "bad_projection": (r"`projections` must be one of \('vjp', 'jvp', 'fd'\), got 'jpv'",
                        lambda: losses.teacher_targets(TEACHER, X, projections=("jpv",),
                                                       key=KEY)),
     "empty": (r"`x` has an empty batch", lambda: losses.teacher_targets(TEACHER, X[:0])),
