@@ -135,7 +135,8 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
         _check_pair(student_maps, teacher_maps, "student_feature_fn(x)",
                     "teacher_feature_fn(x)")
 
-    def teacher_part(x):
+    def teacher_part(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        assert not isinstance(teacher_feature_fn, _targets.TeacherTargets)  # called without
         return _targets.attention_rows(teacher_feature_fn, x, p, eps)  # maps, raw gradients
 
     def student_part(x, q_t, g_t):

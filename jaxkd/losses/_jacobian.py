@@ -161,8 +161,8 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
     _targets.check_classes(labels, outputs, k, num_classes)
 
     def teacher_part(x, *label_chunk):  # label_chunk: (labels,) for outputs="label", else ()
-        out, index, g_t = _targets.selected_gradients(teacher_fn, x,
-                                                      *(label_chunk or (None,)), outputs, k)
+        chunk_labels = label_chunk[0] if label_chunk else None
+        out, index, g_t = _targets.selected_gradients(teacher_fn, x, chunk_labels, outputs, k)
         return g_t, _targets.one_hot_rows(index, out)  # [n, B, D], [n, B, K]
 
     label_args: tuple[jax.Array, ...] = (jnp.asarray(labels),) if outputs == "label" else ()

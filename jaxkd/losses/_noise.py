@@ -345,10 +345,13 @@ def cross_entropy_noise_expansion(student_fn: Fn,
                               "softmax probabilities, which teacher_targets does not compute.")
     _checks.check_positive("temperature", temperature)
 
-    def teacher_probs(y):
+    def teacher_probs(y: jax.Array) -> jax.Array:
+        # Called for a teacher function only: targets take the branch below that reads
+        # their gradients, and their curvature="none" returns before the Laplacians.
+        assert not isinstance(teacher_fn, _targets.TeacherTargets)
         return jax.nn.softmax(_checks.widen(teacher_fn(y)) / temperature, axis=-1)
 
-    def student_probs(y):
+    def student_probs(y: jax.Array) -> jax.Array:
         return jax.nn.softmax(_checks.widen(student_fn(y)) / temperature, axis=-1)
 
     s, s_vjp = jax.vjp(student_probs, x)

@@ -24,6 +24,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from jaxkd import losses, models
+from jaxkd.losses._jacobian import OutputMode
+from jaxkd.losses._projection import Distribution
 from jaxkd.sharding import data_mesh, data_sharding, replicate, replicated
 from jaxkd.training._objective import Objective, TermInputs
 
@@ -255,12 +257,13 @@ def make_targets_step(teacher: nnx.Module | models.Split, mesh: Mesh | None = No
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_targets_step(graphdef: nnx.GraphDef, mesh: Mesh, outputs: str | None, k: int,
-                         projections: tuple[str, ...], num_probes: int, distribution: str,
-                         projection_term: int):
+def _jitted_targets_step(graphdef: nnx.GraphDef, mesh: Mesh, outputs: OutputMode | None,
+                         k: int, projections: tuple[str, ...], num_probes: int,
+                         distribution: Distribution, projection_term: int
+                         ) -> Callable[..., losses.TeacherTargets]:
     def targets(teacher_vars, x, labels, key):
         t_params, t_rest = jax.lax.stop_gradient(teacher_vars)
-        probes = {}
+        probes: dict[str, Any] = {}
         if projections:
             probes = dict(projections=projections, num_probes=num_probes,
                           distribution=distribution,
