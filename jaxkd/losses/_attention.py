@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks, _remat, _targets
+from jaxkd.losses import _checks, _contract, _remat, _targets
 from jaxkd.losses._common import DEFAULT_EPS, attention_map, safe_normalize
 
 FeatureFn = Callable[[jax.Array], jax.Array]
@@ -28,6 +28,7 @@ def _check_pair(student, teacher, student_name, teacher_name):
     for name, f in ((student_name, student), (teacher_name, teacher)):
         _checks.check_floating(name, f)
         _checks.check_rank(name, f, 4, "[batch_size, height, width, channels]")
+        _checks.check_not_empty(name, f)
     s, t = np.shape(student), np.shape(teacher)
     if s[:3] != t[:3]:
         raise ValueError(f"`{student_name}` and `{teacher_name}` must agree in batch size and "
@@ -127,7 +128,7 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
     student_maps = jax.eval_shape(student_feature_fn, x)
     _checks.check_function_output("student_feature_fn", student_maps, FEATURE_LAYOUT)
     if isinstance(teacher_feature_fn, _targets.TeacherTargets):
-        q_t, g_t = _targets.for_attention(teacher_feature_fn, x, p, eps)
+        q_t, g_t = _contract.for_attention(teacher_feature_fn, x, p, eps)
         _check_student_maps(student_maps, q_t)
     else:
         teacher_maps = jax.eval_shape(teacher_feature_fn, x)
@@ -146,11 +147,16 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
         g_s = safe_normalize(_checks.widen(g_s).reshape(x.shape[0], -1), eps)
         return (jnp.sum(jnp.square(safe_normalize(g_t, eps) - g_s), axis=-1),)
 
+    if given_targets:
+        if remat_chunks is None:
+            loss = student_part(x, q_t, g_t)[0]
+        else:
+            loss = _remat.map_chunks(student_part, remat_chunks, (x, q_t, g_t), (0, 0, 0),
+                                     (0,), remat=True)[0]
+        return _contract.nan_unless_same(teacher_feature_fn, x, loss)
     if remat_chunks is None:
-        return student_part(x, *(teacher_part(x) if not given_targets else (q_t, g_t)))[0]
-    if not given_targets:
-        q_t, g_t = _remat.map_chunks(teacher_part, remat_chunks, (x,), (0,), (0, 0),
-                                     remat=False)
+        return student_part(x, *teacher_part(x))[0]
+    q_t, g_t = _remat.map_chunks(teacher_part, remat_chunks, (x,), (0,), (0, 0), remat=False)
     return _remat.map_chunks(student_part, remat_chunks, (x, q_t, g_t), (0, 0, 0), (0,),
                              remat=True)[0]
 

@@ -7,6 +7,7 @@ argument and what was expected, in the style of optax's losses.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -117,9 +118,19 @@ def check_same_shape(name_a: str, a: jax.typing.ArrayLike,
                          f"{np.shape(a)} and {np.shape(b)}.")
 
 
+def check_not_empty(name: str, x: jax.typing.ArrayLike) -> None:
+    """``x`` ``[batch_size, ...]`` must hold at least one example."""
+    shape = np.shape(x)
+    if shape and shape[0] == 0:
+        raise ValueError(f"`{name}` has an empty batch (shape {shape}): the losses need at "
+                         f"least one example.")
+
+
 def check_logits(name: str, logits: jax.typing.ArrayLike) -> None:
+    """``logits`` ``[batch_size, num_classes]``, floating, at least one example."""
     check_floating(name, logits)
     check_rank(name, logits, 2, "[batch_size, num_classes]")
+    check_not_empty(name, logits)
 
 
 def check_logit_pair(student_logits: jax.typing.ArrayLike,
@@ -148,40 +159,81 @@ def check_network_outputs(x: jax.Array, student_out: jax.Array, teacher_out: jax
                          f"{student_out.shape}.")
 
 
+def _is_real_array(value: Any) -> bool:
+    """An array (or tracer) of a real, non-boolean dtype."""
+    if not isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return False
+    dtype = jnp.result_type(value)
+    return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+
+
+def check_real(name: str, value: Any) -> None:
+    """``value`` must be a real number (a Python or NumPy number, or a real array; a
+    traced one under ``jit`` too), not a bool, a string or None."""
+    if isinstance(value, (bool, np.bool_)) or not (
+            isinstance(value, numbers.Real) or _is_real_array(value)):
+        raise TypeError(f"`{name}` must be a real number, got {describe(value)}"
+                        f"{f' {value!r}' if isinstance(value, (str, bool)) else ''}.")
+
+
 def check_positive(name: str, value: Any) -> None:
-    if is_concrete(value) and not np.all(np.asarray(value) > 0):
-        raise ValueError(f"`{name}` must be > 0, got {value}.")
-
-
-def check_count(name: str, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
-
-
-def check_key(name: str, key: Any) -> None:
-    if key is None:
-        raise ValueError(f"`{name}` is required: pass a jax.random.key.")
-
-
-def check_finite_positive(name: str, value: Any) -> None:
-    """A concrete ``value`` must be finite and > 0 (a noise scale: inf or nan is no scale)."""
+    """``value`` must be a real number, finite and > 0 when concrete (a temperature, an
+    exponent, a floor, a noise scale: inf or nan is none of these)."""
+    check_real(name, value)
     if is_concrete(value):
         values = np.asarray(value)
         if not np.all(np.isfinite(values)):
             raise ValueError(f"`{name}` must be finite and > 0, got {value}.")
-    check_positive(name, value)
+        if not np.all(values > 0):
+            raise ValueError(f"`{name}` must be > 0, got {value}.")
+
+
+# A noise scale: the same check, under the name its callers read.
+check_finite_positive = check_positive
+
+
+def check_count(name: str, value: Any) -> None:
+    """``value`` must be a Python or NumPy integer >= 1 (it fixes a shape: never traced)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an integer >= 1, got {describe(value)}"
+                        f"{f' {value!r}' if isinstance(value, (str, bool, float)) else ''}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
+def check_flag(name: str, value: Any) -> None:
+    """``value`` must be a bool (a string such as ``"False"`` would be true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {describe(value)} {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """``value`` must be one of the strings ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {tuple(choices)} (a string), got "
+                        f"{describe(value)}.")
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+
+
+def check_key(name: str, key: Any) -> jax.Array:
+    """``key`` must be a ``jax.random.key`` (or a legacy ``uint32`` key array); returns it."""
+    if key is None:
+        raise ValueError(f"`{name}` is required: pass a jax.random.key.")
+    if isinstance(key, (jax.Array, np.ndarray)) and (
+            jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32):
+        return jnp.asarray(key)
+    raise TypeError(f"`{name}` must be a jax.random.key, got {describe(key)}.")
 
 
 def check_remat_chunks(remat_chunks: Any) -> None:
+    """``remat_chunks`` must be None or an integer >= 1."""
     if remat_chunks is None:
         return
-    if (not isinstance(remat_chunks, int) or isinstance(remat_chunks, bool)
-            or remat_chunks < 1):
+    if not isinstance(remat_chunks, (int, np.integer)) or isinstance(remat_chunks, bool):
+        raise TypeError(f"`remat_chunks` must be None (no rematerialisation) or an integer "
+                        f">= 1, got {describe(remat_chunks)}.")
+    if remat_chunks < 1:
         raise ValueError(f"`remat_chunks` must be None (no rematerialisation) or an integer "
                          f">= 1 (the number of slices of the batch), got {remat_chunks!r}.")
 
@@ -191,9 +243,7 @@ def check_batch(x: Any, name: str = "x") -> jax.Array:
     x = as_array(name, x)
     check_floating(name, x)
     check_min_rank(name, x, 2, "[batch_size, ...]")
-    if x.shape[0] == 0:
-        raise ValueError(f"`{name}` has an empty batch (shape {x.shape}): the losses need at "
-                         f"least one example.")
+    check_not_empty(name, x)
     return x
 
 

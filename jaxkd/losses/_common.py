@@ -100,6 +100,7 @@ def sample_probes(key: jax.Array, shape: tuple[int, ...], num_probes: int,
       >>> sample_probes(jax.random.key(0), (2, 3), 4).shape
       (4, 2, 3)
     """
+    _checks.check_key("key", key)
     _checks.check_count("num_probes", num_probes)
     _checks.check_choice("distribution", distribution, DISTRIBUTIONS)
     full = (num_probes,) + tuple(shape)
@@ -146,23 +147,35 @@ def attention_map(features: jax.typing.ArrayLike, *, p: float = 2.0,
     """
     _checks.check_floating("features", features)
     _checks.check_rank("features", features, 4, "[batch_size, height, width, channels]")
+    _checks.check_not_empty("features", features)
     _checks.check_positive("p", p)
+    _checks.check_positive("eps", eps)
     features = _checks.widen(jnp.asarray(features))
     q = jnp.sum(jnp.abs(features) ** p, axis=-1)
     return safe_normalize(q.reshape(q.shape[0], -1), eps)
 
 
 def softened_kl(student_logits: jax.Array, teacher_logits: jax.Array,
-                temperature) -> jax.Array:
-    """``tau^2 KL(softmax(t/tau) || softmax(s/tau))`` per row, teacher held constant."""
+                temperature: jax.typing.ArrayLike) -> jax.Array:
+    """``tau^2 KL(softmax(t/tau) || softmax(s/tau))`` per row, teacher held constant.
+
+    A class the teacher gives probability 0 (a ``-inf`` logit: a masked class) adds
+    nothing, as ``0 log 0 = 0`` (``xlogy``): the KL over the classes the teacher allows.
+    The selection is made on the teacher's probability alone, so the student's terms of
+    a masked class are never evaluated as ``0 * inf``, in the value or its gradient.
+    """
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
     log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    return temperature**2 * jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    allowed = log_p_t > -jnp.inf
+    diff = jnp.where(allowed, log_p_t - log_p_s, 0.0)
+    return temperature**2 * jnp.sum(jnp.exp(log_p_t) * diff, axis=-1)
 
 
 def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
-                       temperature) -> jax.Array:
-    """``-sum_i softmax(t/tau)_i log softmax(s/tau)_i`` per row."""
+                       temperature: jax.typing.ArrayLike) -> jax.Array:
+    """``-sum_i softmax(t/tau)_i log softmax(s/tau)_i`` per row (masked classes of the
+    teacher, of probability 0, adding nothing, as in :func:`softened_kl`)."""
     p_t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
-    return -jnp.sum(p_t * jax.nn.log_softmax(student_logits / temperature, axis=-1), axis=-1)
+    log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    return -jnp.sum(p_t * jnp.where(p_t > 0, log_p_s, 0.0), axis=-1)

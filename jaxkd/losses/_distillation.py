@@ -11,7 +11,7 @@ from jaxkd.losses import _checks, _common
 def distillation_loss(student_logits: jax.typing.ArrayLike,
                       teacher_logits: jax.typing.ArrayLike,
                       *,
-                      temperature: float = 1.0) -> jax.Array:
+                      temperature: jax.typing.ArrayLike = 1.0) -> jax.Array:
     r"""Hinton knowledge distillation, per example.
 
     The KL divergence from the teacher's softened distribution to the student's,
@@ -22,10 +22,20 @@ def distillation_loss(student_logits: jax.typing.ArrayLike,
     .. math::
         \tau^2 \, \mathrm{KL}\big(\mathrm{softmax}(t/\tau) \,\|\, \mathrm{softmax}(s/\tau)\big)
 
+    Masked classes: a ``-inf`` teacher logit is a class of teacher probability 0 at every
+    temperature (``-inf / tau = -inf``), and adds nothing (``0 log 0 = 0``): the loss is
+    the KL over the classes the teacher allows, finite, as ``optax.losses.kl_divergence``
+    computes it, and its gradient pushes the student's mass off the masked class. A
+    ``-inf`` *student* logit where the teacher allows the class gives ``+inf``, the
+    honest KL of a student that rules out a class the teacher does not; where both mask
+    the class it adds nothing. A row whose teacher logits are all ``-inf`` is no
+    distribution: NaN.
+
     Args:
       student_logits: ``[batch_size, num_classes]`` student logits.
-      teacher_logits: ``[batch_size, num_classes]`` teacher logits.
-      temperature: softening temperature ``tau > 0``.
+      teacher_logits: ``[batch_size, num_classes]`` teacher logits (``-inf``: a masked
+        class).
+      temperature: softening temperature ``tau > 0``, finite.
 
     Returns:
       ``[batch_size]`` non-negative losses; zero where the two distributions agree.
@@ -37,6 +47,9 @@ def distillation_loss(student_logits: jax.typing.ArrayLike,
       >>> t = jnp.array([[0.0, 2.0]])
       >>> print(distillation_loss(s, t, temperature=1.0).round(4))
       [0.3278]
+      >>> masked = jnp.array([[0.0, 2.0, -jnp.inf]])  # class 2 ruled out by the teacher
+      >>> print(distillation_loss(jnp.array([[0.0, 0.0, 0.0]]), masked).round(4))
+      [0.7333]
 
     References:
       Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.

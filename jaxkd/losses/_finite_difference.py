@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks, _common, _targets
+from jaxkd.losses import _checks, _common, _contract, _targets
 from jaxkd.losses._common import Distribution
 
 Fn = Callable[[jax.Array], jax.Array]
@@ -98,8 +98,12 @@ def resolve_step(step: float | None, x: jax.Array, *fns: Fn) -> float:
     """``step`` checked finite and > 0, or the default for ``x`` and ``fns``."""
     if step is None:
         return compute_eps(x, *fns) ** (1.0 / 3.0)
-    if (isinstance(step, bool) or not isinstance(step, (int, float, np.floating))
-            or not np.isfinite(step) or step <= 0):
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.floating,
+                                                                  np.integer)):
+        raise TypeError(f"`step` must be None (the default for the networks' dtype) or a "
+                        f"finite float > 0 (a Python number: it fixes the program), got "
+                        f"{_checks.describe(step)}.")
+    if not np.isfinite(step) or step <= 0:
         raise ValueError(f"`step` must be None (the default for the networks' dtype) or a "
                          f"finite float > 0 (relative to each example's RMS), got {step!r}.")
     return float(step)
@@ -198,7 +202,7 @@ def finite_difference_loss(student_fn: Fn,
     if isinstance(teacher_fn, _targets.TeacherTargets):
         targets = teacher_fn
         x = _checks.check_network_loss(x, {"student_fn": student_fn})
-        u, q_t = _targets.for_projection(targets, "fd", x, key, num_probes, distribution)
+        u, q_t = _contract.for_projection(targets, "fd", x, key, num_probes, distribution)
         _checks.check_network_outputs(x, jax.eval_shape(student_fn, x), targets.logits)
         if step is None:
             own = resolve_step(None, x, student_fn)
@@ -210,9 +214,9 @@ def finite_difference_loss(student_fn: Fn,
                     f"step={targets.fd_step:.3g} to accept it.")
             step = targets.fd_step
         elif resolve_step(step, x) != targets.fd_step:
-            raise _targets._mismatch("step", step, targets.fd_step)
+            raise _contract.mismatch("step", step, targets.fd_step)
         loss = _student_part(student_fn, x, u, example_steps(x, step), q_t)
-        return _targets.nan_unless_same_key(targets, key, loss)
+        return _contract.nan_unless_same(targets, x, loss, key)
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
                                    key=key, num_probes=num_probes)
     _checks.network_outputs(x, student_fn, teacher_fn)

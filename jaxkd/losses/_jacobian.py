@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks, _common, _remat, _targets
+from jaxkd.losses import _checks, _common, _contract, _remat, _targets
 from jaxkd.losses._common import DEFAULT_EPS, safe_normalize
 from jaxkd.losses._targets import OUTPUT_MODES, OutputMode  # noqa: F401 (re-exported)
 
@@ -123,6 +123,8 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
     networks = {"student_fn": student_fn} if given_targets else {"student_fn": student_fn,
                                                                  "teacher_fn": teacher_fn}
     x = _checks.check_network_loss(x, networks, remat_chunks=remat_chunks)
+    _checks.check_flag("normalize", normalize)
+    _checks.check_positive("eps", eps)
 
     def student_part(x, cotangents, g_t):
         g_s = student_gradients(student_fn, x, cotangents.astype(student_out.dtype))
@@ -141,7 +143,7 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
 
     if isinstance(teacher_fn, _targets.TeacherTargets):
         targets = teacher_fn
-        index, g_t = _targets.for_jacobian(targets, x, labels, outputs, k)
+        index, g_t = _contract.for_jacobian(targets, x, labels, outputs, k)
         student_out = jax.eval_shape(student_fn, x)
         _checks.check_network_outputs(x, student_out, targets.logits)
         loss = student_loss(_targets.one_hot_rows(index, targets.logits), g_t)
@@ -153,7 +155,7 @@ def matching_loss(student_gradients: Callable[[Fn, jax.Array, jax.Array], jax.Ar
             if labels is not None:
                 valid = valid & (jnp.asarray(labels) == index)
             loss = jnp.where(valid, loss, jnp.nan)
-        return loss
+        return _contract.nan_unless_same(targets, x, loss)
 
     _targets.check_outputs_mode(x, labels, outputs, k)
     student_out, teacher_out = _checks.network_outputs(x, student_fn, teacher_fn)

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks, _common, _targets
+from jaxkd.losses import _checks, _common, _contract, _targets
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -216,7 +216,7 @@ def _check_expansion_targets(student_fn: Fn, targets: _targets.TeacherTargets,
 def _teacher_jacobian(targets: _targets.TeacherTargets,
                       x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(logits [B, K], input gradients [K, B, D])`` of ``targets``, in the wide dtype."""
-    _, g_t = _targets.for_jacobian(targets, x, None, "all", 1)
+    _, g_t = _contract.for_jacobian(targets, x, None, "all", 1)
     return _checks.widen(targets.logits), g_t
 
 
@@ -281,6 +281,8 @@ def squared_noise_expansion(student_fn: Fn,
     diff = _common.flat_rows(g_t) - _common.flat_rows(g_s)
     jacobian_term = jnp.sum(jnp.square(diff), axis=(0, -1))
     value = jnp.sum(jnp.square(d), axis=-1) + sigma**2 * jacobian_term
+    if given_targets:  # curvature="none" (checked)
+        return _contract.nan_unless_same(teacher_fn, x, value)
     if curvature == "none":
         return value
     # Targets come with curvature="none" only (_check_expansion_targets refuses others).
@@ -379,6 +381,8 @@ def cross_entropy_noise_expansion(student_fn: Fn,
     log_curvature = jnp.sum(t.T * jnp.sum(jnp.square(grad_s), axis=-1) / (2 * jnp.square(s_k)),
                             axis=0)
     value = value + sigma**2 * (poster + log_curvature)
+    if isinstance(teacher_fn, _targets.TeacherTargets):  # curvature="none" (checked)
+        return _contract.nan_unless_same(teacher_fn, x, value)
     if curvature == "none":
         return value
     key_t, key_s = (None, None) if key is None else jax.random.split(key)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import _checks, _common, _remat, _targets
+from jaxkd.losses import _checks, _common, _contract, _remat, _targets
 from jaxkd.losses._common import (DISTRIBUTIONS, Distribution,  # noqa: F401 (re-exported)
                                   sample_probes)
 
@@ -41,8 +41,8 @@ def _from_targets(which: _targets.Projection, student_fn: Fn, targets: _targets.
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``x`` and the probes and teacher products of ``targets``, checked for this loss."""
     x = _checks.check_network_loss(x, {"student_fn": student_fn}, remat_chunks=remat_chunks)
-    probes, products = _targets.for_projection(targets, which, x, key, num_probes,
-                                               distribution)
+    probes, products = _contract.for_projection(targets, which, x, key, num_probes,
+                                                distribution)
     student_out = jax.eval_shape(student_fn, x)
     _checks.check_network_outputs(x, student_out, targets.logits)
     return x, probes, products
@@ -122,7 +122,7 @@ def vjp_projection_loss(student_fn: Fn,
         x, v, g_t = _from_targets("vjp", student_fn, teacher_fn, x, key, num_probes,
                                   distribution, remat_chunks)
         loss = _student_only(student_part, (x, v, g_t), remat_chunks)
-        return _targets.nan_unless_same_key(teacher_fn, key, loss)
+        return _contract.nan_unless_same(teacher_fn, x, loss, key)
     x, student_out, teacher_out = _check_common(student_fn, teacher_fn, x, key, num_probes,
                                                 remat_chunks)
     # Probes in float32 (or wider) whatever the networks' dtype, cast to each network's
@@ -190,7 +190,7 @@ def jvp_projection_loss(student_fn: Fn,
         x, u, t_u = _from_targets("jvp", student_fn, teacher_fn, x, key, num_probes,
                                   distribution, remat_chunks)
         loss = _student_only(student_part, (x, u, t_u), remat_chunks)
-        return _targets.nan_unless_same_key(teacher_fn, key, loss)
+        return _contract.nan_unless_same(teacher_fn, x, loss, key)
     x, _, _ = _check_common(student_fn, teacher_fn, x, key, num_probes, remat_chunks)
     assert key is not None  # _check_common raised otherwise
     u = sample_probes(key, x.shape, num_probes, distribution, x.dtype)

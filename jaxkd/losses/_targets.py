@@ -6,7 +6,8 @@ given ``teacher_fn`` computes them on every call (a teacher forward and backward
 step and per student); :func:`teacher_targets` computes them once, as a
 :class:`TeacherTargets` pytree that every Jacobian loss accepts in ``teacher_fn``'s place.
 The teacher-side computations live here, and the losses call the same functions, so the
-two routes run the same operations.
+two routes run the same operations; what a loss checks of the targets it is given lives in
+:mod:`jaxkd.losses._contract`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ PROJECTIONS: tuple[str, ...] = typing.get_args(Projection)
     jax.tree_util.register_dataclass,
     data_fields=["logits", "indices", "gradients", "key_data", "vjp_probes", "vjp_gradients",
                  "jvp_probes", "jvp_tangents", "attention", "attention_gradients",
-                 "fd_probes", "fd_quotients"],
+                 "fd_probes", "fd_quotients", "fingerprint"],
     meta_fields=["outputs", "k", "projections", "num_probes", "distribution", "p", "eps",
                  "fd_step"])
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +66,12 @@ class TeacherTargets:
       fd_probes: ``[B, num_probes, ...]`` the finite differences' input probes, or None.
       fd_quotients: ``[B, num_probes, K]`` the teacher's central differences
         ``(T(x + h u) - T(x - h u)) / 2h``, or None.
+      fingerprint: ``[B, 3]`` float32 :func:`fingerprint` of the batch ``x`` the targets
+        were computed on, which the losses compare with their ``x``; None (targets built
+        by hand) skips that comparison.
       outputs: the ``outputs`` mode of ``gradients`` (None: not computed).
       k: the ``k`` of ``outputs="top_k"``.
-      projections: which of ``"vjp"``, ``"jvp"`` were computed.
+      projections: which of ``"vjp"``, ``"jvp"``, ``"fd"`` were computed.
       num_probes: probes per example of the projections.
       distribution: the probes' distribution.
       p: the exponent of the attention maps (None: not computed).
@@ -85,6 +89,7 @@ class TeacherTargets:
     jvp_tangents: jax.Array | None = None
     attention: jax.Array | None = None
     attention_gradients: jax.Array | None = None
+    fingerprint: jax.Array | None = None
     outputs: str | None = None
     k: int = 1
     projections: tuple[str, ...] = ()
@@ -97,7 +102,7 @@ class TeacherTargets:
     fd_step: float | None = None
 
 
-def _batch_first(a: jax.Array) -> jax.Array:
+def batch_first(a: jax.Array) -> jax.Array:
     """``[n, B, ...]`` -> ``[B, n, ...]`` (and back: the swap is its own inverse)."""
     return jnp.swapaxes(a, 0, 1)
 
@@ -113,6 +118,35 @@ def _batched_like(a: jax.Array, ref: jax.Array) -> jax.Array:
     return a + zeros[(slice(None),) + (None,) * (a.ndim - 1)]
 
 
+def _signs(size: int) -> jax.Array:
+    """``[size]`` fixed pseudo-random signs +-1.0 (float32), the same on every device.
+
+    A 32-bit integer hash of the position (multiplications and shifts of ``uint32``, exact
+    on every backend), its top bit read as the sign.
+    """
+    h = jnp.arange(size, dtype=jnp.uint32)
+    h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
+    h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
+    h = h ^ (h >> 16)
+    return 1.0 - 2.0 * (h >> 31).astype(jnp.float32)
+
+
+def fingerprint(x: jax.Array) -> jax.Array:
+    """``[B, 3]`` a cheap summary of each example of ``x`` ``[B, ...]``, in float32.
+
+    The sums over the example of ``x``, ``x**2`` and ``s * x`` for fixed signs ``s``
+    (:func:`_signs`): two batches that differ in an example almost surely differ in its
+    row, also when they hold the same values in another order (a flipped or shifted
+    image keeps the first two sums, not the third). Three reductions of ``x``: a
+    fraction of one network pass. How two fingerprints are compared (the round-off
+    they may differ by) is :func:`jaxkd.losses._contract.same_batch`.
+    """
+    flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    return jax.lax.stop_gradient(jnp.stack(
+        [jnp.sum(flat, axis=-1), jnp.sum(flat * flat, axis=-1),
+         jnp.sum(flat * _signs(flat.shape[-1])[None], axis=-1)], axis=-1))
+
+
 def check_outputs_mode(x: jax.Array, labels: Any, outputs: str, k: int) -> None:
     """``outputs`` is a mode, with its ``labels`` (for ``"label"``) or ``k`` (``"top_k"``)."""
     _checks.check_choice("outputs", outputs, OUTPUT_MODES)
@@ -126,6 +160,7 @@ def check_outputs_mode(x: jax.Array, labels: Any, outputs: str, k: int) -> None:
 
 
 def check_labels(x: jax.Array, labels: Any) -> None:
+    """``labels`` ``[batch_size]`` integer, one per example of ``x``."""
     _checks.check_integer("labels", labels)
     _checks.check_rank("labels", labels, 1, "[batch_size]")
     if jnp.shape(labels)[0] != x.shape[0]:
@@ -202,7 +237,8 @@ def peak_cotangent(q: jax.Array) -> jax.Array:
     return _common.like(jax.nn.one_hot(peak, q.shape[-1], dtype=q.dtype)[None], q)[0]
 
 
-def _key_data(key: jax.Array) -> jax.Array:
+def raw_key_data(key: jax.Array) -> jax.Array:
+    """The uint32 data of ``key`` (a typed key or a legacy uint32 key array)."""
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key)
     return jnp.asarray(key)
@@ -247,13 +283,21 @@ def teacher_targets(teacher_fn: Fn,
       input gradients at the peak, for :func:`attention_jacobian_loss`.
 
     The contract: the loss must be called with the options the targets were computed
-    with, else it raises ``ValueError`` naming both values: ``outputs`` (and ``k`` for
+    with, on the batch they were computed on, else it raises ``ValueError`` naming
+    both values: ``outputs`` (and ``k`` for
     ``"top_k"``; ``labels`` for ``"label"``, which the loss may omit: given and
     concrete they must equal the targets', traced ones that differ give NaN rows);
     ``num_probes`` and ``distribution`` for the projections; ``p`` for attention. A
     projection loss takes its probes from the targets: call it with ``key=None`` or the
     targets' key; a concrete ``key`` that differs is an error, a traced one (inside
-    ``jit``) makes the loss NaN in every row. The noise expansions take
+    ``jit``) makes the loss NaN in every row. The batch: the targets hold a
+    :func:`fingerprint` of ``x``, and a loss given another ``x`` of the same shape
+    raises ``ValueError`` naming ``x`` and the rows that differ (concrete), or gives NaN
+    in those rows (traced); the same ``x`` recomputed always matches (the comparison
+    allows the float32 round-off of the sums, see
+    :func:`jaxkd.losses._contract.same_batch`). What no check can see: targets of
+    *another teacher* on the same ``x``, whose arrays have the same shapes (targets do
+    not identify their teacher). The noise expansions take
     targets of ``outputs="all"`` with ``curvature="none"`` (their Laplacian terms need the
     teacher's Hessian traces); :func:`noisy_distillation_loss` needs the teacher at noisy
     inputs: both refuse what they cannot use with a ``TypeError`` that says why.
@@ -310,13 +354,13 @@ def teacher_targets(teacher_fn: Fn,
     if outputs is not None:
         check_outputs_mode(x, labels, outputs, k)
         check_classes(labels, outputs, k, teacher_out.shape[-1])
-    if isinstance(projections, str):
-        projections = (projections,)
-    projections = tuple(projections)
-    for name in projections:
+    chosen: tuple[str, ...] = ((projections,) if isinstance(projections, str)
+                               else tuple(projections))
+    for name in chosen:
         _checks.check_choice("projections", name, PROJECTIONS)
-    if projections:
-        _checks.check_key("key", key)
+    probe_key = None
+    if chosen:
+        probe_key = _checks.check_key("key", key)
         _checks.check_count("num_probes", num_probes)
         _checks.check_choice("distribution", distribution, _common.DISTRIBUTIONS)
     elif key is not None:
@@ -328,150 +372,41 @@ def teacher_targets(teacher_fn: Fn,
         _checks.check_function_output("teacher_feature_fn", maps, "[B, H, W, C]")
         _checks.check_rank("teacher_feature_fn(x)", maps, 4, "[batch_size, height, width, "
                            "channels]")
-        _checks.check_positive("p", p)
+        _checks.check_finite_positive("p", p)
+    _checks.check_finite_positive("eps", eps)
 
     fields: dict[str, Any] = {}
     if outputs is not None:
         logits, index, g_t = selected_gradients(teacher_fn, x, labels, outputs, k)
-        fields.update(indices=_batched_like(_batch_first(index), logits),
-                      gradients=_batch_first(g_t))
+        fields.update(indices=_batched_like(batch_first(index), logits),
+                      gradients=batch_first(g_t))
     else:
         logits = jax.lax.stop_gradient(teacher_fn(x))
-    if projections:
-        data = _key_data(key)
+    if probe_key is not None:
+        data = raw_key_data(probe_key)
         fields["key_data"] = _batched_like(jnp.broadcast_to(data, x.shape[:1] + data.shape),
                                            logits)
-    if "vjp" in projections:
-        v = _common.sample_probes(key, teacher_out.shape, num_probes, distribution,
-                                  _checks.wide_dtype(teacher_out.dtype))
-        fields.update(vjp_probes=_batch_first(_common.like(v, logits.astype(v.dtype))),
-                      vjp_gradients=_batch_first(vjp_rows(teacher_fn, x, v)))
-    if "jvp" in projections:
-        u = _common.sample_probes(key, x.shape, num_probes, distribution, x.dtype)
-        fields.update(jvp_probes=_batch_first(_common.like(u, x)),
-                      jvp_tangents=_batch_first(jvp_rows(teacher_fn, x, u)))
-    if "fd" in projections:
-        from jaxkd.losses import _finite_difference  # it imports this module
-        fields.update(_finite_difference.teacher_fields(teacher_fn, x, key, num_probes,
-                                                        distribution, step))
+        if "vjp" in chosen:
+            v = _common.sample_probes(probe_key, teacher_out.shape, num_probes, distribution,
+                                      _checks.wide_dtype(teacher_out.dtype))
+            fields.update(vjp_probes=batch_first(_common.like(v, logits.astype(v.dtype))),
+                          vjp_gradients=batch_first(vjp_rows(teacher_fn, x, v)))
+        if "jvp" in chosen:
+            u = _common.sample_probes(probe_key, x.shape, num_probes, distribution, x.dtype)
+            fields.update(jvp_probes=batch_first(_common.like(u, x)),
+                          jvp_tangents=batch_first(jvp_rows(teacher_fn, x, u)))
+        if "fd" in chosen:
+            from jaxkd.losses import _finite_difference  # it imports this module
+            fields.update(_finite_difference.teacher_fields(teacher_fn, x, probe_key,
+                                                            num_probes, distribution, step))
     if teacher_feature_fn is not None:
         q_t, g_q = attention_rows(teacher_feature_fn, x, p, eps)
         fields.update(attention=q_t, attention_gradients=g_q)
-    return TeacherTargets(logits=logits, **fields, outputs=outputs, k=k,
-                          projections=projections, num_probes=num_probes,
+    return TeacherTargets(logits=logits, **fields, fingerprint=fingerprint(x),
+                          outputs=outputs, k=k, projections=chosen, num_probes=num_probes,
                           distribution=distribution,
                           p=None if teacher_feature_fn is None else float(p),
                           eps=float(eps))
-
-
-# -- What the losses check when given targets ------------------------------------------
-
-
-def _mismatch(option: str, called: Any, computed: Any) -> ValueError:
-    return ValueError(f"`{option}`: the loss was called with {option}={called!r} but "
-                      f"`targets` were computed with {option}={computed!r}; compute the "
-                      f"targets with {option}={called!r}, or call the loss with "
-                      f"{option}={computed!r}.")
-
-
-def _check_batch(targets: TeacherTargets, x: jax.Array, leaf: jax.Array | None,
-                 what: str, hint: str) -> jax.Array:
-    if leaf is None:
-        raise ValueError(f"`targets` hold no {what}: compute them with {hint}.")
-    if targets.logits.shape[0] != x.shape[0]:
-        raise ValueError(f"`targets` were computed for a batch of {targets.logits.shape[0]} "
-                         f"examples, `x` has {x.shape[0]} (shape {x.shape}).")
-    return leaf
-
-
-def _check_input_size(leaf: jax.Array, x: jax.Array, what: str) -> None:
-    size = int(np.prod(x.shape[1:]))
-    if leaf.shape[-1] != size:
-        raise ValueError(f"`targets` hold {what} of inputs of size {leaf.shape[-1]}, `x` has "
-                         f"examples of size {size} (shape {x.shape}).")
-
-
-def for_jacobian(targets: TeacherTargets, x: jax.Array, labels: Any, outputs: str,
-                 k: int) -> tuple[jax.Array, jax.Array]:
-    """``(indices [n, B], gradients [n, B, D])`` of ``targets`` for
-    :func:`jacobian_matching_loss`, after checking the contract."""
-    _checks.check_choice("outputs", outputs, OUTPUT_MODES)
-    _check_batch(targets, x, targets.gradients, "input gradients",
-                 "teacher_targets(..., outputs=...)")
-    if outputs != targets.outputs:
-        raise _mismatch("outputs", outputs, targets.outputs)
-    if outputs == "top_k" and k != targets.k:
-        raise _mismatch("k", k, targets.k)
-    _check_input_size(targets.gradients, x, "input gradients")
-    index = _batch_first(targets.indices)
-    if outputs == "label" and labels is not None:
-        check_labels(x, labels)
-        if _checks.is_concrete(labels) and _checks.is_concrete(targets.indices):
-            given, stored = np.asarray(labels), np.asarray(targets.indices)[:, 0]
-            if not np.array_equal(given, stored):
-                rows = np.flatnonzero(given != stored)
-                raise ValueError(f"`labels` differ from those `targets` were computed with, "
-                                 f"at rows {rows[:5].tolist()} (e.g. {given[rows[0]]} vs "
-                                 f"{stored[rows[0]]}); pass labels=None to use the targets'.")
-    return jax.lax.stop_gradient(index), jax.lax.stop_gradient(_batch_first(targets.gradients))
-
-
-def for_projection(targets: TeacherTargets, which: str, x: jax.Array, key: Any,
-                   num_probes: int, distribution: str) -> tuple[jax.Array, jax.Array]:
-    """``(probes [n, B, ...], teacher products [n, B, ...])`` of ``targets`` for the
-    ``which`` (``"vjp"`` / ``"jvp"``) projection loss, after checking the contract."""
-    _checks.check_count("num_probes", num_probes)
-    _checks.check_choice("distribution", distribution, _common.DISTRIBUTIONS)
-    probes, products = {"vjp": (targets.vjp_probes, targets.vjp_gradients),
-                        "jvp": (targets.jvp_probes, targets.jvp_tangents),
-                        "fd": (targets.fd_probes, targets.fd_quotients)}[which]
-    _check_batch(targets, x, products, f"{which.upper()} projections",
-                 f"teacher_targets(..., projections=({which!r},), key=...)")
-    if num_probes != targets.num_probes:
-        raise _mismatch("num_probes", num_probes, targets.num_probes)
-    if distribution != targets.distribution:
-        raise _mismatch("distribution", distribution, targets.distribution)
-    if which == "vjp":
-        _check_input_size(products, x, "VJP projections")
-    elif probes.shape[2:] != x.shape[1:]:
-        raise ValueError(f"`targets` hold {which.upper()} probes of examples of shape "
-                         f"{probes.shape[2:]}, `x` has examples of shape {x.shape[1:]}.")
-    if key is not None and _checks.is_concrete(key) and _checks.is_concrete(targets.key_data):
-        given, stored = np.asarray(_key_data(key)), np.asarray(targets.key_data[0])
-        if given.shape != stored.shape or not np.array_equal(given, stored):
-            raise ValueError(f"`key`: the loss was given a key (data {given.tolist()}) that "
-                             f"differs from the key `targets` drew their probes with (data "
-                             f"{stored.tolist()}); with targets the loss takes its probes "
-                             f"from them: pass key=None.")
-    return (jax.lax.stop_gradient(_batch_first(probes)),
-            jax.lax.stop_gradient(_batch_first(products)))
-
-
-def nan_unless_same_key(targets: TeacherTargets, key: Any, loss: jax.Array) -> jax.Array:
-    """``loss`` (per example), NaN in the rows whose probes ``targets`` drew with another
-    key than ``key`` (None: the targets' own). A concrete mismatch has already raised
-    (:func:`for_projection`); this catches a traced one, e.g. a train step's key, which
-    cannot be compared before the program runs."""
-    if key is None:
-        return loss
-    stored = targets.key_data.reshape(targets.key_data.shape[0], -1)
-    same = jnp.all(stored == _key_data(key).reshape(1, -1), axis=1)
-    return jnp.where(same, loss, jnp.nan)
-
-
-def for_attention(targets: TeacherTargets, x: jax.Array, p: float,
-                  eps: float = _common.DEFAULT_EPS) -> tuple[jax.Array, jax.Array]:
-    """``(maps [B, H*W], gradients [B, D])`` of ``targets`` for
-    :func:`attention_jacobian_loss`, after checking the contract."""
-    _check_batch(targets, x, targets.attention_gradients, "attention gradients",
-                 "teacher_targets(..., teacher_feature_fn=...)")
-    if float(p) != targets.p:
-        raise _mismatch("p", p, targets.p)
-    if float(eps) != targets.eps:
-        raise _mismatch("eps", eps, targets.eps)
-    _check_input_size(targets.attention_gradients, x, "attention gradients")
-    return (jax.lax.stop_gradient(targets.attention),
-            jax.lax.stop_gradient(targets.attention_gradients))
 
 
 def refuse(loss: str, argument: str, why: str,

@@ -1,6 +1,7 @@
 """Every bad input of the loss library raises at trace time, naming the argument."""
 
 import functools
+import re
 import typing
 
 import jax
@@ -237,3 +238,167 @@ CHOICES = [
 def test_choice_arguments_are_typed_as_their_literal_values(fn, name, values):
     # The type a checker sees and the values the runtime check accepts are one list.
     assert typing.get_args(typing.get_type_hints(fn)[name]) == tuple(values)
+
+
+# Every hyper-parameter of every public loss fed a bad value: a wrong type (a string, a
+# bool where a number is expected, None), a non-finite or out-of-range number. Each is
+# refused by the shared checks with an error naming the argument, before any compute.
+NAN, INF = float("nan"), float("inf")
+BAD = {
+    "positive": [("str", "4", TypeError), ("bool", True, TypeError), ("None", None, TypeError),
+                 ("nan", NAN, ValueError), ("inf", INF, ValueError),
+                 ("negative", -1.0, ValueError), ("zero", 0.0, ValueError)],
+    "count": [("str", "4", TypeError), ("bool", True, TypeError), ("float", 2.0, TypeError),
+              ("nan", NAN, TypeError), ("zero", 0, ValueError), ("negative", -1, ValueError)],
+    "choice": [("int", 3, TypeError), ("None", None, TypeError),
+               ("unknown", "nope", ValueError)],
+    "flag": [("str", "False", TypeError), ("None", None, TypeError)],
+    "key": [("int", 0, TypeError), ("str", "key", TypeError)],
+    "step": [("str", "0.01", TypeError), ("bool", True, TypeError),
+             ("nan", NAN, ValueError), ("inf", INF, ValueError),
+             ("negative", -1.0, ValueError), ("zero", 0.0, ValueError)],
+    "remat_chunks": [("str", "2", TypeError), ("bool", True, TypeError),
+                     ("float", 2.0, TypeError), ("zero", 0, ValueError)],
+}
+MAPS = lambda y: y[:, :, None, None]  # noqa: E731  [B, D] -> [B, D, 1, 1] feature map
+HYPER = [
+    ("distillation_loss", "temperature", "positive",
+     lambda v: losses.distillation_loss(LOGITS, LOGITS, temperature=v)),
+    ("jacobian_matching_loss", "k", "count",
+     lambda v: losses.jacobian_matching_loss(STUDENT, TEACHER, X, outputs="top_k", k=v)),
+    ("jacobian_matching_loss", "eps", "positive",
+     lambda v: losses.jacobian_matching_loss(STUDENT, TEACHER, X, eps=v)),
+    ("jacobian_matching_loss", "outputs", "choice",
+     lambda v: losses.jacobian_matching_loss(STUDENT, TEACHER, X, outputs=v)),
+    ("jacobian_matching_loss", "normalize", "flag",
+     lambda v: losses.jacobian_matching_loss(STUDENT, TEACHER, X, normalize=v)),
+    ("jacobian_matching_loss", "remat_chunks", "remat_chunks",
+     lambda v: losses.jacobian_matching_loss(STUDENT, TEACHER, X, remat_chunks=v)),
+    *[(loss.__name__, arg, kind, functools.partial(
+        lambda loss, arg, v: loss(STUDENT, TEACHER, X, **{"key": KEY, arg: v}), loss, arg))
+      for loss in (losses.vjp_projection_loss, losses.jvp_projection_loss)
+      for arg, kind in (("num_probes", "count"), ("distribution", "choice"), ("key", "key"),
+                        ("remat_chunks", "remat_chunks"))],
+    *[("finite_difference_loss", arg, kind, functools.partial(
+        lambda arg, v: losses.finite_difference_loss(STUDENT, TEACHER, X,
+                                                     **{"key": KEY, arg: v}), arg))
+      for arg, kind in (("num_probes", "count"), ("distribution", "choice"), ("key", "key"),
+                        ("step", "step"))],
+    ("attention_jacobian_loss", "p", "positive",
+     lambda v: losses.attention_jacobian_loss(MAPS, MAPS, X, p=v)),
+    ("attention_jacobian_loss", "eps", "positive",
+     lambda v: losses.attention_jacobian_loss(MAPS, MAPS, X, eps=v)),
+    ("attention_transfer_loss", "p", "positive",
+     lambda v: losses.attention_transfer_loss(MAPS(X), MAPS(X), p=v)),
+    ("attention_map", "p", "positive", lambda v: losses.attention_map(MAPS(X), p=v)),
+    ("attention_map", "eps", "positive", lambda v: losses.attention_map(MAPS(X), eps=v)),
+    ("noisy_distillation_loss", "sigma", "positive",
+     lambda v: losses.noisy_distillation_loss(STUDENT, TEACHER, X, key=KEY, sigma=v)),
+    ("noisy_distillation_loss", "temperature", "positive",
+     lambda v: losses.noisy_distillation_loss(STUDENT, TEACHER, X, key=KEY, sigma=0.1,
+                                              temperature=v)),
+    ("noisy_distillation_loss", "num_samples", "count",
+     lambda v: losses.noisy_distillation_loss(STUDENT, TEACHER, X, key=KEY, sigma=0.1,
+                                              num_samples=v)),
+    ("noisy_distillation_loss", "kind", "choice",
+     lambda v: losses.noisy_distillation_loss(STUDENT, TEACHER, X, key=KEY, sigma=0.1,
+                                              kind=v)),
+    ("noisy_distillation_loss", "key", "key",
+     lambda v: losses.noisy_distillation_loss(STUDENT, TEACHER, X, key=v, sigma=0.1)),
+    ("squared_noise_expansion", "sigma", "positive",
+     lambda v: losses.squared_noise_expansion(STUDENT, TEACHER, X, sigma=v)),
+    ("squared_noise_expansion", "curvature", "choice",
+     lambda v: losses.squared_noise_expansion(STUDENT, TEACHER, X, sigma=0.1, curvature=v)),
+    ("squared_noise_expansion", "num_probes", "count",
+     lambda v: losses.squared_noise_expansion(STUDENT, TEACHER, X, sigma=0.1, key=KEY,
+                                              curvature="hutchinson", num_probes=v)),
+    ("cross_entropy_noise_expansion", "sigma", "positive",
+     lambda v: losses.cross_entropy_noise_expansion(STUDENT, TEACHER, X, sigma=v)),
+    ("cross_entropy_noise_expansion", "temperature", "positive",
+     lambda v: losses.cross_entropy_noise_expansion(STUDENT, TEACHER, X, sigma=0.1,
+                                                    temperature=v)),
+    ("cross_entropy_noise_expansion", "curvature", "choice",
+     lambda v: losses.cross_entropy_noise_expansion(STUDENT, TEACHER, X, sigma=0.1,
+                                                    curvature=v)),
+    ("cross_entropy_noise_expansion", "key", "key",
+     lambda v: losses.cross_entropy_noise_expansion(STUDENT, TEACHER, X, sigma=0.1, key=v,
+                                                    curvature="hutchinson")),
+    ("weighted_laplacian", "method", "choice",
+     lambda v: losses.weighted_laplacian(STUDENT, X, LOGITS, method=v)),
+    ("weighted_laplacian", "num_probes", "count",
+     lambda v: losses.weighted_laplacian(STUDENT, X, LOGITS, method="hutchinson", key=KEY,
+                                         num_probes=v)),
+    ("weighted_laplacian", "key", "key",
+     lambda v: losses.weighted_laplacian(STUDENT, X, LOGITS, method="hutchinson", key=v)),
+    ("sample_probes", "num_probes", "count", lambda v: losses.sample_probes(KEY, (4, 3), v)),
+    ("sample_probes", "distribution", "choice",
+     lambda v: losses.sample_probes(KEY, (4, 3), 1, distribution=v)),
+    ("sample_probes", "key", "key", lambda v: losses.sample_probes(v, (4, 3), 1)),
+    ("teacher_targets", "outputs", "choice",
+     lambda v: losses.teacher_targets(TEACHER, X, outputs=v)),
+    ("teacher_targets", "k", "count",
+     lambda v: losses.teacher_targets(TEACHER, X, outputs="top_k", k=v)),
+    ("teacher_targets", "num_probes", "count",
+     lambda v: losses.teacher_targets(TEACHER, X, projections=("vjp",), key=KEY,
+                                      num_probes=v)),
+    ("teacher_targets", "distribution", "choice",
+     lambda v: losses.teacher_targets(TEACHER, X, projections=("vjp",), key=KEY,
+                                      distribution=v)),
+    ("teacher_targets", "key", "key",
+     lambda v: losses.teacher_targets(TEACHER, X, projections=("vjp",), key=v)),
+    ("teacher_targets", "projections", "choice",
+     lambda v: losses.teacher_targets(TEACHER, X, projections=(v,), key=KEY)),
+    ("teacher_targets", "p", "positive",
+     lambda v: losses.teacher_targets(TEACHER, X, teacher_feature_fn=MAPS, p=v)),
+    ("teacher_targets", "eps", "positive",
+     lambda v: losses.teacher_targets(TEACHER, X, teacher_feature_fn=MAPS, eps=v)),
+]
+HYPER_CASES = [pytest.param(call, arg, value, error, id=f"{loss}-{arg}-{what}")
+               for loss, arg, kind, call in HYPER for what, value, error in BAD[kind]
+               if not (kind == "choice" and value is None and arg == "outputs"
+                       and loss == "teacher_targets")]  # outputs=None: no gradients
+
+
+@pytest.mark.parametrize("call,arg,value,error", HYPER_CASES)
+def test_every_hyper_parameter_fed_a_bad_value_is_refused_naming_it(call, arg, value, error):
+    with pytest.raises(error, match=f"^`{arg}`") as info:
+        call(value)
+    assert "\n" not in str(info.value)
+
+
+def test_every_public_loss_is_in_the_hyper_parameter_table():
+    # A public function of the losses that takes a hyper-parameter and is not in the
+    # table above would escape it: every name of jaxkd.losses that is a function is here.
+    tabled = {loss for loss, *_ in HYPER} | {"logit_matching_loss"}
+    functions = {name for name in losses.__all__ if callable(getattr(losses, name))
+                 and not isinstance(getattr(losses, name), type)}
+    assert functions == tabled
+
+
+# Empty and mismatched batches of the losses of logits and feature maps (the losses of
+# networks refuse an empty `x` above, and a student's batch that differs from `x`).
+EMPTY_LOGITS = jnp.ones((0, 3))
+BATCH_CASES = [
+    ("empty", "student_logits", lambda: losses.distillation_loss(EMPTY_LOGITS, EMPTY_LOGITS)),
+    ("empty", "student_logits", lambda: losses.logit_matching_loss(EMPTY_LOGITS, EMPTY_LOGITS)),
+    ("empty", "student_features", lambda: losses.attention_transfer_loss(
+        jnp.ones((0, 2, 2, 1)), jnp.ones((0, 2, 2, 1)))),
+    ("empty", "features", lambda: losses.attention_map(jnp.ones((0, 2, 2, 1)))),
+    ("mismatch", "student_logits", lambda: losses.distillation_loss(LOGITS, LOGITS[:3])),
+    ("mismatch", "student_logits", lambda: losses.logit_matching_loss(LOGITS[:3], LOGITS)),
+    ("mismatch", "student_features", lambda: losses.attention_transfer_loss(
+        jnp.ones((3, 2, 2, 1)), jnp.ones((4, 2, 2, 1)))),
+    ("mismatch", "teacher_fn(x)", lambda: losses.jacobian_matching_loss(
+        STUDENT, lambda x: TEACHER(x)[:2], X)),
+    ("mismatch", "labels", lambda: losses.jacobian_matching_loss(
+        STUDENT, TEACHER, X, outputs="label", labels=jnp.zeros(3, jnp.int32))),
+    ("mismatch", "labels", lambda: losses.teacher_targets(
+        TEACHER, X, outputs="label", labels=jnp.zeros(5, jnp.int32))),
+]
+
+
+@pytest.mark.parametrize("what,arg,call", BATCH_CASES,
+                         ids=[f"{w}-{a}-{i}" for i, (w, a, _) in enumerate(BATCH_CASES)])
+def test_an_empty_or_mismatched_batch_is_refused_naming_the_argument(what, arg, call):
+    with pytest.raises(ValueError, match=re.escape(f"`{arg}`")):
+        call()

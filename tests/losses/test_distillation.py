@@ -76,3 +76,37 @@ def test_zero_when_student_is_teacher_and_nonnegative(seed, tau):
 def test_kd_invariant_to_logit_shift():
     np.testing.assert_allclose(distillation_loss(S + 5.0, T - 3.0, temperature=2.0),
                                distillation_loss(S, T, temperature=2.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_a_masked_teacher_class_gives_the_kl_over_the_allowed_classes(tau):
+    """A ``-inf`` teacher logit (a masked class) has probability 0 and adds ``0 log 0 =
+    0``: the loss equals the KL of the rows without that class's teacher term (the
+    student's softmax still spans every class), as optax's ``kl_divergence`` computes it,
+    and its gradient is finite."""
+    import optax
+    masked = T.copy()
+    masked[:, 2] = -np.inf
+    got = np.asarray(jax.jit(distillation_loss, static_argnames="temperature")(
+        S, masked, temperature=tau))
+    z_t, z_s = masked[:, :2].astype(np.float64) / tau, S.astype(np.float64) / tau
+    p_t = np.exp(z_t - z_t.max(-1, keepdims=True))
+    p_t /= p_t.sum(-1, keepdims=True)
+    log_p_s = z_s - z_s.max(-1, keepdims=True)
+    log_p_s -= np.log(np.exp(log_p_s).sum(-1, keepdims=True))
+    want = tau**2 * np.sum(p_t * (np.log(p_t) - log_p_s[:, :2]), -1)
+    # float32 softmaxes of 3 classes: a few ulps of the row's terms.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    by_optax = tau**2 * optax.losses.kl_divergence(
+        jax.nn.log_softmax(S / tau), jax.nn.softmax(masked / tau))
+    np.testing.assert_allclose(got, by_optax, rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda s: distillation_loss(s, masked, temperature=tau).sum())(S)
+    assert np.isfinite(np.asarray(grad)).all()
+    # The student is pushed off the masked class: its logit's gradient is its
+    # probability (times tau), positive, as for a class the teacher gives 0.
+    assert (np.asarray(grad)[:, 2] > 0).all()
+
+
+def test_a_string_temperature_is_refused_naming_it():
+    with pytest.raises(TypeError, match="^`temperature` must be a real number, got"):
+        distillation_loss(S, T, temperature="4")

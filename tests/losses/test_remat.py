@@ -64,9 +64,11 @@ def test_remat_gives_the_same_values_and_gradients(name, chunks):
         np.testing.assert_allclose(a, b, rtol=0, atol=16 * ulp * float(jnp.max(jnp.abs(b))))
 
 
-@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
-def test_bad_remat_chunks_raises(bad):
-    with pytest.raises(ValueError, match="`remat_chunks` must be None"):
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                       (True, TypeError)])
+def test_bad_remat_chunks_raises(bad, error):
+    # Out of range: ValueError; not an integer at all: TypeError (as for every count).
+    with pytest.raises(error, match="`remat_chunks` must be None"):
         LOSSES["jm_label"](SP, X, bad)
 
 

@@ -240,3 +240,54 @@ def test_an_expansion_needs_targets_of_every_output():
                                          r"computed with outputs='all'; got targets of "
                                          r"outputs='teacher_top1'"):
         losses.squared_noise_expansion(STUDENT, JM_TOP1, X, sigma=0.1, curvature="none")
+
+
+# Another batch of the same shape: example 5 flipped along its last axis, which keeps its
+# sums of x and x**2 (only the signed sum of the fingerprint sees it), example 9 replaced.
+OTHER_X = X.at[5].set(X[5, :, ::-1]).at[9].set(X[9] + 0.5)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_targets_used_with_another_batch_are_refused_naming_x(case):
+    targets = targets_of(case, X, Y)
+    with pytest.raises(ValueError, match=r"`x` is not the batch `targets` were computed on: "
+                                         r"examples \[5, 9\] \(2 of 16\) differ"):
+        CASES[case][1](student(SP, case), targets, OTHER_X, Y)
+
+
+@pytest.mark.parametrize("case", ["jm_label_normalized", "vjp_rademacher_2",
+                                  "jvp_rademacher_1", "squared_noise_expansion_none",
+                                  "cross_entropy_noise_expansion_none", "attention_jacobian"])
+def test_a_traced_other_batch_gives_nan_in_its_differing_rows(case):
+    """As for a traced key: inside jit the batch cannot be compared before the program
+    runs, so the rows of the examples that differ are NaN, the others the loss's."""
+    targets = targets_of(case, X, Y)
+    loss = jax.jit(lambda x: CASES[case][1](student(SP, case), targets, x, Y))
+    assert_round_off(loss(X), CASES[case][1](student(SP, case), targets, X, Y))
+    got = np.asarray(loss(OTHER_X))
+    assert np.isnan(got[[5, 9]]).all() and np.isfinite(np.delete(got, [5, 9])).all()
+
+
+def test_the_same_batch_summed_in_any_order_matches_its_fingerprint():
+    """The comparison allows the float32 round-off of a sum of D terms in any order: the
+    fingerprint of values of very different sizes, summed one by one forwards and
+    backwards in float32 (the worst order for round-off), matches jax's (pairwise)."""
+    from jaxkd.losses import _contract, _targets
+    x = np.exp(3 * np.random.default_rng(0).standard_normal((8, 4096))).astype(np.float32)
+    x *= np.where(np.arange(4096) % 3, 1, -1).astype(np.float32)
+    signs = np.asarray(_targets._signs(4096))
+    for order in (slice(None), slice(None, None, -1)):
+        terms = [x, x * x, x * signs]
+        stored = np.stack([np.cumsum(t[:, order], axis=-1, dtype=np.float32)[:, -1]
+                           for t in terms], axis=-1)
+        assert np.asarray(_contract.same_batch(jnp.asarray(stored), jnp.asarray(x))).all()
+    # Not vacuous: moving the largest value of example 3 to a position of the other sign
+    # changes its signed sum by about twice that value, far beyond the tolerance
+    # (3 D eps sum|x|, about 1.5e-3 of sum|x| here).
+    i = int(np.argmax(np.abs(x[3])))
+    j = int(np.flatnonzero(signs != signs[i])[0])
+    moved = x.copy()
+    moved[3, [i, j]] = moved[3, [j, i]]
+    same = np.asarray(_contract.same_batch(_targets.fingerprint(jnp.asarray(x)),
+                                           jnp.asarray(moved)))
+    assert same.tolist() == [True] * 3 + [False] + [True] * 4
