@@ -281,7 +281,7 @@ def squared_noise_expansion(student_fn: Fn,
     diff = _common.flat_rows(g_t) - _common.flat_rows(g_s)
     jacobian_term = jnp.sum(jnp.square(diff), axis=(0, -1))
     value = jnp.sum(jnp.square(d), axis=-1) + sigma**2 * jacobian_term
-    if given_targets:  # curvature="none" (checked)
+    if isinstance(teacher_fn, _targets.TeacherTargets):  # curvature="none" (checked)
         return _contract.nan_unless_same(teacher_fn, x, value)
     if curvature == "none":
         return value

@@ -9,11 +9,12 @@ import re
 import pytest
 
 from jaxkd import losses
-from jaxkd.losses import (_attention, _common, _distillation, _jacobian, _noise, _projection,
-                          _targets)
+from jaxkd.losses import (_attention, _common, _distillation, _finite_difference, _jacobian,
+                          _noise, _projection, _targets)
 
 
-MODULES = [_attention, _common, _distillation, _jacobian, _noise, _projection, _targets]
+MODULES = [_attention, _common, _distillation, _finite_difference, _jacobian, _noise,
+           _projection, _targets]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -22,12 +23,13 @@ def test_docstring_examples(module):
     assert result.attempted > 0 and result.failed == 0, result
 
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+# The losses table lives on the docs site's losses page (the README links to it).
+TABLE_PAGE = pathlib.Path(__file__).resolve().parents[2] / "docs" / "losses.md"
 
 
 def _table_signatures():
     """``(name, {keyword: default source or None})`` for each call in the losses table."""
-    text = README.read_text()
+    text = TABLE_PAGE.read_text()
     table = text[text.index("| function | what it computes, per example |"):]
     table = table[:table.index("\n\n")]
     calls = []
@@ -57,23 +59,22 @@ def test_readme_table_signature_agrees_with_the_function(name, keywords):
     required while it defaulted to 1.0)."""
     params = inspect.signature(getattr(losses, name)).parameters
     for key, default in keywords.items():
-        assert key in params, f"{name}: README shows `{key}`, not a parameter"
+        assert key in params, f"{name}: the losses table shows `{key}`, not a parameter"
         actual = params[key].default
         if default is None:
             assert actual is inspect.Parameter.empty, \
-                f"{name}: README shows `{key}` as required, it defaults to {actual!r}"
+                f"{name}: the losses table shows `{key}` as required, it defaults to {actual!r}"
         else:
             assert actual is not inspect.Parameter.empty and actual == ast.literal_eval(
-                default), f"{name}: README shows `{key}={default}`, the default is {actual!r}"
+                default), f"{name}: the losses table shows `{key}={default}`, the default is {actual!r}"
     required = {k for k, p in params.items()
                 if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
     assert required <= set(keywords), f"{name}: required {required - set(keywords)} not shown"
 
 
 def _library_section_blocks():
-    text = README.read_text()
-    section = text[text.index("## Use the losses in your own pipeline"):]
-    section = section[:section.index("\n## ", 1)]
+    text = TABLE_PAGE.read_text()
+    section = text[:text.index("\n## What the tests prove")]  # the page's programs
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
@@ -81,7 +82,7 @@ def test_library_examples_need_only_the_core_install():
     """The section's examples import nothing beyond jaxkd's core dependencies (no
     scikit-learn: ``pip install -e .`` must run them)."""
     import tomllib
-    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((TABLE_PAGE.parents[1] / "pyproject.toml").read_text())["project"]
     core = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
     blocks = _library_section_blocks()
     assert len(blocks) >= 2  # the step with the teacher, and with its targets
@@ -91,4 +92,4 @@ def test_library_examples_need_only_the_core_install():
                      [node.module] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 top = name.split(".")[0]
-                assert top in core | {"jaxkd", "functools"}, f"README example imports {name}"
+                assert top in core | {"jaxkd", "functools"}, f"docs/losses.md example imports {name}"
