@@ -98,8 +98,8 @@ def resolve_step(step: float | None, x: jax.Array, *fns: Fn) -> float:
     """``step`` checked finite and > 0, or the default for ``x`` and ``fns``."""
     if step is None:
         return compute_eps(x, *fns) ** (1.0 / 3.0)
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.floating,
-                                                                  np.integer)):
+    numbers = (int, float, np.floating, np.integer)
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers):
         raise TypeError(f"`step` must be None (the default for the networks' dtype) or a "
                         f"finite float > 0 (a Python number: it fixes the program), got "
                         f"{_checks.describe(step)}.")

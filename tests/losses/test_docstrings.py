@@ -66,7 +66,7 @@ def test_readme_table_signature_agrees_with_the_function(name, keywords):
                 f"{name}: the losses table shows `{key}` as required, it defaults to {actual!r}"
         else:
             assert actual is not inspect.Parameter.empty and actual == ast.literal_eval(
-                default), f"{name}: the losses table shows `{key}={default}`, the default is {actual!r}"
+                default), f"{name}: the table shows `{key}={default}`, the default is {actual!r}"
     required = {k for k, p in params.items()
                 if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
     assert required <= set(keywords), f"{name}: required {required - set(keywords)} not shown"
@@ -92,4 +92,4 @@ def test_library_examples_need_only_the_core_install():
                      [node.module] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 top = name.split(".")[0]
-                assert top in core | {"jaxkd", "functools"}, f"docs/losses.md example imports {name}"
+                assert top in core | {"jaxkd", "functools"}, f"example imports {name}"
