@@ -147,7 +147,7 @@ def attention_jacobian_loss(student_feature_fn: FeatureFn,
         g_s = safe_normalize(_checks.widen(g_s).reshape(x.shape[0], -1), eps)
         return (jnp.sum(jnp.square(safe_normalize(g_t, eps) - g_s), axis=-1),)
 
-    if given_targets:
+    if isinstance(teacher_feature_fn, _targets.TeacherTargets):
         if remat_chunks is None:
             loss = student_part(x, q_t, g_t)[0]
         else:

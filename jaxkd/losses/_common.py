@@ -164,12 +164,13 @@ def softened_kl(student_logits: jax.Array, teacher_logits: jax.Array,
     The selection is made on the teacher's probability alone, so the student's terms of
     a masked class are never evaluated as ``0 * inf``, in the value or its gradient.
     """
+    tau = jnp.asarray(temperature)
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
-    log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    log_p_t = jax.nn.log_softmax(teacher_logits / tau, axis=-1)
+    log_p_s = jax.nn.log_softmax(student_logits / tau, axis=-1)
     allowed = log_p_t > -jnp.inf
     diff = jnp.where(allowed, log_p_t - log_p_s, 0.0)
-    return temperature**2 * jnp.sum(jnp.exp(log_p_t) * diff, axis=-1)
+    return tau**2 * jnp.sum(jnp.exp(log_p_t) * diff, axis=-1)
 
 
 def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,

@@ -49,6 +49,7 @@ for bfloat16, ``0.099`` for float16 (:data:`DEFAULT_STEPS`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +134,7 @@ def quotients(fn: Fn, x: jax.Array, u: jax.Array, h: jax.Array) -> jax.Array:
 
 
 def teacher_fields(teacher_fn: Fn, x: jax.Array, key: jax.Array, num_probes: int,
-                   distribution: str, step: float | None) -> dict:
+                   distribution: Distribution, step: float | None) -> dict[str, Any]:
     """The ``"fd"`` fields of :func:`teacher_targets`: the step, the probes ``[B, n, ...]``
     (those the loss draws from ``key``) and the teacher's quotients ``[B, n, K]``."""
     step = resolve_step(step, x, teacher_fn)
@@ -204,23 +205,26 @@ def finite_difference_loss(student_fn: Fn,
         x = _checks.check_network_loss(x, {"student_fn": student_fn})
         u, q_t = _contract.for_projection(targets, "fd", x, key, num_probes, distribution)
         _checks.check_network_outputs(x, jax.eval_shape(student_fn, x), targets.logits)
+        stored = targets.fd_step
+        assert stored is not None  # for_projection refused targets without "fd"
         if step is None:
             own = resolve_step(None, x, student_fn)
-            if own > targets.fd_step:
+            if own > stored:
                 raise ValueError(
                     f"`step`: the student's default step is {own:.3g} (its narrowest "
-                    f"dtype), larger than the step {targets.fd_step:.3g} the `targets` were "
+                    f"dtype), larger than the step {stored:.3g} the `targets` were "
                     f"computed with; compute them with step={own:.3g}, or pass "
-                    f"step={targets.fd_step:.3g} to accept it.")
-            step = targets.fd_step
-        elif resolve_step(step, x) != targets.fd_step:
-            raise _contract.mismatch("step", step, targets.fd_step)
+                    f"step={stored:.3g} to accept it.")
+            step = stored
+        elif resolve_step(step, x) != stored:
+            raise _contract.mismatch("step", step, stored)
         loss = _student_part(student_fn, x, u, example_steps(x, step), q_t)
         return _contract.nan_unless_same(targets, x, loss, key)
     x = _checks.check_network_loss(x, {"student_fn": student_fn, "teacher_fn": teacher_fn},
                                    key=key, num_probes=num_probes)
     _checks.network_outputs(x, student_fn, teacher_fn)
     h = example_steps(x, resolve_step(step, x, student_fn, teacher_fn))
+    key = _checks.check_key("key", key)
     u = _common.sample_probes(key, x.shape, num_probes, distribution, x.dtype)
     q_t = jax.lax.stop_gradient(quotients(teacher_fn, x, u, h))
     return _student_part(student_fn, x, u, h, q_t)

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -118,9 +118,9 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
     if not states:
         raise ValueError("stack_states needs at least one TrainState.")
     graphdef = states[0].graphdef
-    structure = jax.tree.structure(states[0])
+    structure: Any = jax.tree.structure(states[0])  # a PyTreeDef, compared with ==
     for i, s in enumerate(states[1:], 1):
-        if s.graphdef != graphdef or jax.tree.structure(s) != structure:
+        if s.graphdef != graphdef or not structure == jax.tree.structure(s):
             raise ValueError(f"state {i} is of another architecture or optimizer than "
                              f"state 0; lockstep members must share both.")
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
@@ -214,7 +214,7 @@ def _lockstep_step(objective: Objective, optimizer: optax.GradientTransformation
 
     members, failed, metrics = jax.vmap(member)(state.members, batch, state.weights,
                                                 state.failed_step)
-    return state.replace(members=members, failed_step=failed), metrics
+    return dataclasses.replace(state, members=members, failed_step=failed), metrics
 
 
 def member_sharding(mesh: Mesh) -> NamedSharding:
@@ -242,7 +242,7 @@ class LockstepStep:
       optimizer: the optax transformation.
       mesh: the ``("data",)`` mesh.
     """
-    jitted: Callable[..., tuple[LockstepState, Metrics]]
+    jitted: jax.stages.Wrapped  # (state, batch, teacher_vars) -> (state, metrics)
     teacher_vars: Any
     objective: Objective
     optimizer: optax.GradientTransformation
@@ -295,6 +295,9 @@ def make_lockstep_step(objective: Objective, optimizer: optax.GradientTransforma
 
 def _peak_bytes(step: LockstepStep, state: Any, batch: Any) -> int:
     mem = step.jitted.lower(state, batch, step.teacher_vars).compile().memory_analysis()
+    if mem is None:
+        raise RuntimeError(f"XLA gives no memory analysis on {jax.default_backend()}: pass "
+                           f"the group size by hand.")
     return int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
 

@@ -140,7 +140,8 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
 
     def save(step_state: LockstepState, step: int) -> None:
         checkpointer.save(step_state.members, {
-            "members": [d.get_state() for d in train_data] if can_save_data else None,
+            "members": ([d.get_state() for d in train_data]  # type: ignore[attr-defined]
+                        if can_save_data else None),
             "failed_step": [int(v) for v in jax.device_get(step_state.failed_step)],
             "weights": wanted_weights}, step=step)
 
@@ -154,9 +155,10 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
                     f"{saved.get('weights')}; this group has {wanted_weights}.")
             if can_save_data and saved.get("members"):
                 for d, s in zip(train_data, saved["members"]):
-                    d.set_state(s)
-            failed = np.asarray(saved["failed_step"], np.int32)
-            state = replicate(state.replace(members=members, failed_step=failed), mesh)
+                    d.set_state(s)  # type: ignore[attr-defined]  # checked: can_save_data
+            state = replicate(dataclasses.replace(
+                state, members=members,
+                failed_step=np.asarray(saved["failed_step"], np.int32)), mesh)
         # The checkpoint's step is the group's: members' own counters stop when frozen.
         start = start or 0
         for w in writers:

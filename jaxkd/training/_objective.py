@@ -357,7 +357,7 @@ def _projection_term(loss: Callable[..., jax.Array], projection: str, weight: fl
 
 
 def finite_difference(weight: float = 1.0, *, num_probes: int = 1,
-                      distribution: str = "rademacher", step: float | None = None,
+                      distribution: Distribution = "rademacher", step: float | None = None,
                       name: str = "fd") -> Term:
     """Forward-passes-only estimate of ``||J_T - J_S||_F^2`` (:func:`finite_difference_loss`).
 
@@ -365,7 +365,10 @@ def finite_difference(weight: float = 1.0, *, num_probes: int = 1,
     computed with the default step (``step=None``): an explicit ``step`` needs the teacher.
     """
     def fn(inputs: TermInputs, key: jax.Array) -> jax.Array:
-        return losses.finite_difference_loss(inputs.student_fn, inputs.teacher, inputs.x,
+        teacher = inputs.teacher
+        if teacher is None:
+            raise _no_teacher("teacher_fn")
+        return losses.finite_difference_loss(inputs.student_fn, teacher, inputs.x,
                                              key=key, num_probes=num_probes,
                                              distribution=distribution, step=step)
     targets = None if step is not None else {"projection": "fd", "num_probes": num_probes,

@@ -261,7 +261,8 @@ def _jitted_targets_step(graphdef: nnx.GraphDef, mesh: Mesh, outputs: OutputMode
                          k: int, projections: tuple[str, ...], num_probes: int,
                          distribution: Distribution, projection_term: int
                          ) -> Callable[..., losses.TeacherTargets]:
-    def targets(teacher_vars, x, labels, key):
+    def targets(teacher_vars: Any, x: jax.Array, labels: jax.Array,
+                key: jax.Array) -> losses.TeacherTargets:
         t_params, t_rest = jax.lax.stop_gradient(teacher_vars)
         probes: dict[str, Any] = {}
         if projections:

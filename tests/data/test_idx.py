@@ -252,3 +252,22 @@ def test_idx_a_stray_label_is_refused_naming_file_label_and_index(tmp_path):
         path.write_bytes(_idx_bytes(_idx.read_idx(path, _idx.LABELS_MAGIC) + 1))
     splits = data.load(f"idx:{letters}")
     assert splits.num_classes == 4 and splits.train.class_counts()[0] == 0
+
+
+def test_idx_a_stray_largest_label_is_refused_not_made_a_class(tmp_path):
+    # Ten classes of 1,100 examples each (train and test together) and one label damaged
+    # to 10: read as is, an eleventh class of one example. The pixels do not matter.
+    _write_set(tmp_path, classes=10, n_train=10_000, n_test=1_000, shape=(2, 2), gz=False)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    values = _idx.read_idx(labels, _idx.LABELS_MAGIC).copy()
+    values[123] = 10
+    labels.write_bytes(_idx_bytes(values))
+    _expect(tmp_path, rf"IDX labels in '{labels}': label 10 \(at index 123\) is held by 1 "
+                      rf"example\(s\) against a median of 1100 per class")
+    # Named with its eleven classes, the class is taken as real.
+    train, _ = _idx.load_idx_pool(tmp_path, class_names=tuple("abcdefghijk"))
+    assert train.num_classes == 11 and int((train.labels == 10).sum()) == 1
+    # A rare but real class (1 in 100 of the median, as in long-tailed benchmarks) loads.
+    values[:12] = 10
+    labels.write_bytes(_idx_bytes(values))
+    assert data.load(f"idx:{tmp_path}").num_classes == 11
