@@ -24,6 +24,7 @@ TERMS = {
     "jacobian": (training.jacobian_matching, "Jacobians"),
     "vjp": (training.vjp_projection, "Jacobians (VJP projection)"),
     "jvp": (training.jvp_projection, "Jacobians (JVP projection)"),
+    "fd": (training.finite_difference, "Jacobians (finite differences)"),
     "jacobian_raw": (training.jacobian_matching, "Jacobians (unnormalised, top-1)"),
     "jacobian_all": (training.jacobian_matching, "Jacobians (unnormalised, all outputs)"),
     "noisy": (training.noisy_distillation, "noisy distillation"),
@@ -49,6 +50,7 @@ PAPER.update({"logits+ce": (33.92, 46.47, 56.65), "logits+jacobian+ce": (39.55, 
 # (without, with) pairs whose per-seed difference isolates the Jacobian term.
 JACOBIAN_PAIRS = (("logits+ce", "logits+jacobian+ce"), ("logits", "logits+jacobian"),
                   ("kd+ce", "kd+jacobian+ce"), ("kd+ce", "kd+vjp+ce"), ("kd+ce", "kd+jvp+ce"),
+                  ("kd+ce", "kd+fd+ce"),
                   ("logits+ce", "noisy+ce"), ("kd+ce", "kd+jacobian_raw+ce"),
                   ("kd+ce", "kd+jacobian_all+ce"), ("kd+ce", "kd+noisy+ce"),
                   ("kd+ce", "kd+noisy_kl+ce"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 MODES = ("", "smoke")
 
@@ -53,6 +53,9 @@ LOSS_TERMS = {
             dict(weight=0.01, num_probes=1, distribution="rademacher")),
     "jvp": ("||J_T - J_S||_F^2 estimated with input-space (forward-mode JVP) probes",
             dict(weight=0.01, num_probes=1, distribution="rademacher")),
+    # Forward passes only; step None: eps^(1/3) of the networks' narrowest dtype.
+    "fd": ("||J_T - J_S||_F^2 estimated with central finite differences along input probes",
+           dict(weight=0.01, num_probes=1, distribution="rademacher", step=None)),
     "noisy": ("Monte Carlo distillation under Gaussian input noise",
               dict(weight=0.1, sigma=0.3, num_samples=1, kind="squared", temperature=4.0)),
     "noisy_kl": ("Hinton distillation tau^2 KL on Gaussian-noised inputs",
@@ -71,7 +74,10 @@ def loss_config(**terms: dict[str, Any]) -> ConfigDict:
 
     ``loss_config(jacobian=dict(weight=3.0))`` changes that argument only.
     """
-    config = ConfigDict({name: dict(defaults) for name, (_, defaults) in LOSS_TERMS.items()})
+    # A None default (fd's step) is a float placeholder, so the command line can set it.
+    config = ConfigDict({name: {k: config_dict.placeholder(float) if v is None else v
+                                for k, v in defaults.items()}
+                         for name, (_, defaults) in LOSS_TERMS.items()})
     for name, values in terms.items():
         if name not in LOSS_TERMS:
             raise ConfigError(f"loss_config({name}=...): no such loss term; expected one of "
@@ -259,6 +265,7 @@ LOSS_ARGS = {
     "kind": "'squared', 'cross_entropy' or 'kl'",
     "layers": "feature taps whose attention maps are matched",
     "layer": "the feature tap of the attention Jacobian",
+    "step": "the finite differences' step relative to each example's RMS (None: eps^(1/3))",
 }
 # Keys of earlier versions: an override or a config file that names one is refused with
 # its new spelling (the search and the loss terms are sub-configs now).

@@ -61,6 +61,8 @@ LOSS_ARG_VALUES = {
                lambda v: isinstance(v, (tuple, list)) and bool(v)
                and all(isinstance(t, str) and t for t in v)),
     "layer": ("a feature tap name", lambda v: isinstance(v, str) and bool(v)),
+    "step": ("None or a positive finite relative step",
+             lambda v: v is None or (_number(v) and v > 0)),
 }
 
 
