@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses import _checks, _common
+from jaxkd.losses import _checks, _common, _differences
 
 Fn = Callable[[jax.Array], jax.Array]
 
@@ -396,9 +396,8 @@ def teacher_targets(teacher_fn: Fn,
             fields.update(jvp_probes=batch_first(_common.like(u, x)),
                           jvp_tangents=batch_first(jvp_rows(teacher_fn, x, u)))
         if "fd" in chosen:
-            from jaxkd.losses import _finite_difference  # it imports this module
-            fields.update(_finite_difference.teacher_fields(teacher_fn, x, probe_key,
-                                                            num_probes, distribution, step))
+            fields.update(_differences.teacher_fields(teacher_fn, x, probe_key, num_probes,
+                                                      distribution, step))
     if teacher_feature_fn is not None:
         q_t, g_q = attention_rows(teacher_feature_fn, x, p, eps)
         fields.update(attention=q_t, attention_gradients=g_q)
