@@ -13,4 +13,4 @@ Subpackages, by concept:
 The library reads no configuration; ``experiments/`` owns that.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
