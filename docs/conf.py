@@ -63,6 +63,8 @@ napoleon_use_ivar = True
 # is offline), and neither do names written relative to a module.
 nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(?!jaxkd\.).*")]
+# A type variable of a signature (a model type kept through a call) has no page.
+nitpick_ignore = [("py:class", "jaxkd.models._pure.M")]
 
 # Maths: MathJax 3 from a local copy, SVG output (one file, no web fonts).
 # (A file in html_static_path is copied into _static/; mathjax_path is relative to it.)

@@ -139,7 +139,7 @@ def fingerprint(x: jax.Array) -> jax.Array:
     row, also when they hold the same values in another order (a flipped or shifted
     image keeps the first two sums, not the third). Three reductions of ``x``: a
     fraction of one network pass. How two fingerprints are compared (the round-off
-    they may differ by) is :func:`jaxkd.losses._contract.same_batch`.
+    they may differ by) is ``same_batch`` in ``jaxkd/losses/_contract.py``.
     """
     flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
     return jax.lax.stop_gradient(jnp.stack(
@@ -295,7 +295,7 @@ def teacher_targets(teacher_fn: Fn,
     raises ``ValueError`` naming ``x`` and the rows that differ (concrete), or gives NaN
     in those rows (traced); the same ``x`` recomputed always matches (the comparison
     allows the float32 round-off of the sums, see
-    :func:`jaxkd.losses._contract.same_batch`). What no check can see: targets of
+    ``same_batch`` in ``jaxkd/losses/_contract.py``). What no check can see: targets of
     *another teacher* on the same ``x``, whose arrays have the same shapes (targets do
     not identify their teacher). The noise expansions take
     targets of ``outputs="all"`` with ``curvature="none"`` (their Laplacian terms need the

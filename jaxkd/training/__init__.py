@@ -13,7 +13,7 @@
 * :func:`train`: the resumable loop the experiments call;
 * :func:`init_lockstep_state` / :func:`make_lockstep_step` / :func:`train_lockstep`: M
   students of one architecture and objective in one jitted program (stacked states,
-  per-member weights, learning rates, keys and data; see :mod:`jaxkd.training._lockstep`);
+  per-member weights, learning rates, keys and data; docs/training.md);
 * :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_file`: crash-safe
   file writes;
 * :func:`initialize_distributed`, :func:`data_mesh`, :func:`replicate`, :func:`replicated`:

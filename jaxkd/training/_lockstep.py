@@ -262,7 +262,7 @@ def make_lockstep_step(objective: Objective, optimizer: optax.GradientTransforma
     ``[i]`` (``B`` divisible by the mesh size), optionally ``"teacher_targets"`` (each
     member's :class:`jaxkd.losses.TeacherTargets`, stacked). Member ``i`` takes the
     step of :func:`make_train_step` with its own state, batch, weights and key; the
-    maths and its round-off are described in :mod:`jaxkd.training._lockstep`.
+    maths and its round-off are described in docs/training.md (Students in lockstep).
 
     Metrics, each ``[M]``: those of :func:`make_train_step` (``loss``, ``loss/<term>``,
     ``accuracy``, ``grad_norm``, ``update_norm``, ``param_norm``; a failed member's are

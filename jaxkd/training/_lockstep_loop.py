@@ -78,7 +78,7 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
     Member ``i`` is the run ``train(students[i], objective_i, optimizer_i,
     train_data[i], seed=seeds[i])`` would be, ``objective_i`` with member ``i``'s
     weights and ``optimizer_i`` with its learning rate, up to the round-off described in
-    :mod:`jaxkd.training._lockstep`. Without ``eval_data`` no evaluation runs; with it,
+    docs/training.md (Students in lockstep). Without ``eval_data`` no evaluation runs; with it,
     each member is evaluated once, at the end.
 
     Args:

@@ -95,9 +95,10 @@ def test_the_jm_row_fed_teacher_targets_computes_jm_and_runs_no_teacher():
 
     lowered, finish = _user_models.make_step("user_avg", "jm_targets", **SIZES)
     jm_lowered, jm_finish = _user_models.make_step("user_avg", "jm", **SIZES)
-    # The compiled step takes the targets: the logits [B, K] and the gradients [B, 1, D].
+    # The compiled step takes the targets: the logits [B, K], the indices [B, 1], the
+    # gradients [B, 1, D] and the batch's fingerprint [B, 3].
     shapes = sorted(a.shape for a in jax.tree.leaves(lowered.args_info[0][2]))
-    assert shapes == [(4, 1), (4, 1, 8 * 8 * 3), (4, 10)]
+    assert shapes == [(4, 1), (4, 1, 8 * 8 * 3), (4, 3), (4, 10)]
     step, jm_step = finish(lowered.compile(), 0.0), jm_finish(jm_lowered.compile(), 0.0)
     step.run()
     assert step.flops < jm_step.flops
