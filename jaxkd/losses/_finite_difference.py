@@ -42,8 +42,9 @@ def finite_difference_loss(student_fn: Fn,
     ``h -> 0`` the two agree probe by probe. Each probe is two forward passes of each
     network (one call on a ``2 k B`` batch); the student's gradient is first order. The
     expectation over the probes is ``||J_T - J_S||_F^2 + (h^2/3) E<J_d u, d'''[u,u,u]>
-    + O(h^4)``: biased by O(h^2) for smooth networks (derived in the module docstring),
-    exact for affine ``T - S``, and 0 when the student equals the teacher.
+    + O(h^4)``: biased by O(h^2) for smooth networks (derived in the
+    docstring of ``jaxkd/losses/_differences.py``), exact for affine ``T - S``, and 0
+    when the student equals the teacher.
 
     Args:
       student_fn: pure ``[B, ...] -> [B, K]`` student, examples independent.
