@@ -112,3 +112,27 @@ def test_the_first_command_installs_what_the_experiments_import():
     assert {DISTRIBUTIONS[m].lower() for m in third_party} <= installed
     # The digits default (jaxkd.data) needs scikit-learn: the extra brings it.
     assert "scikit-learn" in installed
+
+
+def table_cells(row: str) -> list[str]:
+    """The cells of a Markdown table row as GitHub and myst split it: at every ``|`` not
+    escaped by a backslash, code spans included (a ``|`` inside backticks still ends the
+    cell unless written ``\\|``)."""
+    return re.split(r"(?<!\\)\|", row.strip().strip("|"))
+
+
+def test_every_table_row_has_its_headers_cells():
+    """A row with more cells than its header loses the extra ones on the site and on
+    GitHub, silently: an unescaped ``|`` in a formula such as ``||J||`` does that."""
+    pages = [README] + sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
+    for page in pages:
+        header, fenced = None, False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            fenced ^= line.startswith("```")
+            if fenced or not line.startswith("|"):
+                header = None
+            elif header is None:
+                header = len(table_cells(line))
+            else:
+                where = f"{page.relative_to(ROOT)}:{number}"
+                assert len(table_cells(line)) == header, (where, line)
