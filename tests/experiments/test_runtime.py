@@ -10,6 +10,20 @@ from experiments.configs._base import ConfigError
 
 
 @pytest.fixture
+def no_cache_set():
+    """JAX's compilation-cache settings as a user who set none has them (the suite sets
+    its own cache, tests/conftest.py), restored after the test."""
+    import jax
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    for key, value in saved.items():
+        jax.config.update(key, value)
+
+
+@pytest.fixture
 def config():
     return _cli.load_config("limited_data_digits")  # batch sizes 40 (students), 64 (teacher)
 
@@ -58,7 +72,7 @@ def test_the_cache_lives_in_the_users_private_cache_dir(tmp_path, monkeypatch):
     assert os.stat(expected).st_mode & 0o777 == 0o700
 
 
-def test_a_cache_dir_open_to_others_is_not_used(tmp_path, monkeypatch, capsys):
+def test_a_cache_dir_open_to_others_is_not_used(no_cache_set, tmp_path, monkeypatch, capsys):
     import jax
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -77,18 +91,21 @@ def test_a_cache_dir_open_to_others_is_not_used(tmp_path, monkeypatch, capsys):
     assert _runtime.private_cache_dir()[0] is None
 
 
-def test_start_never_puts_a_cache_in_the_work_directory(smoke, tmp_path, monkeypatch):
+def test_start_never_puts_a_cache_in_the_work_directory(no_cache_set, smoke, tmp_path,
+                                                        monkeypatch):
     import jax
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     config = smoke("limited_data_digits", compilation_cache=True)
-    saved = {k: getattr(jax.config, k) for k in (
-        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes")}
-    try:
-        _runtime.start(config)
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "jaxkd" /
-                                                           "jax_cache")
-    finally:
-        for key, value in saved.items():
-            jax.config.update(key, value)
+    _runtime.start(config)
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "jaxkd" /
+                                                       "jax_cache")
     assert not os.path.exists(tmp_path / "work" / "jax_cache")
+
+
+def test_a_cache_the_user_set_is_left_alone(no_cache_set, tmp_path, monkeypatch):
+    import jax
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    assert _runtime.enable_compilation_cache() == str(tmp_path / "mine")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    assert not os.path.exists(tmp_path / "xdg" / "jaxkd")
