@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from experiments import _stats
 from jaxkd import training
 
 
@@ -73,6 +74,8 @@ def paired_gains(results, pairs, *, methods, sizes, seeds, label,
     results; a row per pair, size and column (``value(result, column)``: by default the
     test accuracy at the last and the best step), with ``tags``. Seeds share the subset
     and the initial weights across methods: the difference removes most of their spread.
+    Besides :func:`stats`, a row has the paired t-test of its values (``_stats.paired``:
+    ``ci95``, ``n``, ``positive``, ``p_value``) and the ``seeds`` it pairs.
     """
     by_key = {(c.method, c.examples_per_class, c.seed): r for c, r in results.items()}
     rows = []
@@ -81,24 +84,61 @@ def paired_gains(results, pairs, *, methods, sizes, seeds, label,
             continue
         for n in sizes:
             for col in columns:
+                paired = [s for s in seeds
+                          if (with_, n, s) in by_key and (without, n, s) in by_key]
                 diffs = [100.0 * (value(by_key[(with_, n, s)], col)
-                                  - value(by_key[(without, n, s)], col))
-                         for s in seeds if (with_, n, s) in by_key and (without, n, s) in by_key]
+                                  - value(by_key[(without, n, s)], col)) for s in paired]
+                test = _stats.paired(diffs)
+                del test["mean"]  # stats' own (nan, not None, when there is no seed)
                 rows.append({"method": f"{with_} - {without}", "with": with_,
                              "label": f"{label(with_)} vs {label(without)}",
                              "examples_per_class": n, column_key: col, **tags,
-                             **stats(diffs)})
+                             **stats(diffs), **test, "seeds": list(paired)})
     return rows
 
 
+# The gains a study's Holm family holds: those its gains tables show.
+HOLM_KEYS, HOLM_CHECKPOINT = ("paired_gains", "other_gains"), "last"
+
+
+def holm(section: dict[str, Any]) -> None:
+    """Holm's correction (``_stats.holm``) over the study's paired gains at the last step
+    (every row of its gains tables): each such row's ``holm`` (whether it survives) and
+    the section's ``holm`` (``alpha``, ``comparisons``, ``survive``)."""
+    family = [r for key in HOLM_KEYS for r in section.get(key) or []
+              if r.get("checkpoint") == HOLM_CHECKPOINT]
+    for row, survives in zip(family, _stats.holm([r.get("p_value") for r in family])):
+        row["holm"] = survives
+    section["holm"] = {"alpha": _stats.ALPHA, "comparisons": len(family),
+                       "survive": sum(r["holm"] for r in family)}
+
+
+def holm_line(section: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The line under a gains table: its comparisons, and how many survive Holm."""
+    h = section.get("holm")
+    if not h:
+        return []
+    return ["", f"This table makes {len(rows)} comparisons; "
+            f"{sum(bool(r.get('holm')) for r in rows)} of them survive Holm's correction "
+            f"at {h['alpha']:g} (marked †) over the study's {h['comparisons']} paired gains "
+            f"at the last step ({h['survive']} survive in all)."]
+
+
 def fmt(row: dict[str, Any], *, signed: bool = False) -> str:
-    """``mean ± std`` (and ``(paper x)`` when the paper has this cell).
+    """``mean ± std`` (and ``(paper x)`` when the paper has this cell); a paired gain
+    (a row with ``ci95``): ``mean [low, high], n=n, positive/n > 0`` († survives Holm).
 
     One decimal (points of accuracy) unless the row gives its ``format`` (e.g. ``.3g``).
     """
     if not row.get("num_seeds"):
         return "-"
     spec = row.get("format") or ".1f"
+    if "ci95" in row:
+        ci = row["ci95"]
+        return (f"{row['mean']:+{spec}}" + (f" [{ci[0]:+{spec}}, {ci[1]:+{spec}}]" if ci
+                                            else "")
+                + f", n={row['n']}, {row['positive']}/{row['n']} > 0"
+                + (" †" if row.get("holm") else ""))
     text = f"{row['mean']:{'+' if signed else ''}{spec}} ± {row['std']:{spec}}"
     if row.get("paper") is not None:
         text += f" (paper {row['paper']:.1f})"
@@ -149,6 +189,10 @@ def _checkpoint_table(rows: list[dict[str, Any]], which: str, title: str) -> lis
                   col_key="examples_per_class", col_title="method \\ examples/class")]
 
 
+GAINS_TEXT = ("in points: the mean, its 95 % paired t-interval [low, high] (none with one "
+              "seed), the number of seeds n and how many of them gain (> 0)")
+
+
 def main_tables(s: dict[str, Any], *, what: str, gains_title: str) -> list[str]:
     """The last-step accuracy table and the paired gains (what the console shows)."""
     out = _checkpoint_table(s["rows"], "last", f"{what} at the last step")
@@ -156,9 +200,10 @@ def main_tables(s: dict[str, Any], *, what: str, gains_title: str) -> list[str]:
     if gains:
         out += ["", f"### {gains_title}, paired by seed (last step)", "",
                 "Test accuracy of the first method minus the second, per seed (same "
-                "subset, same initial weights), in points: mean ± std over seeds.", "",
+                f"subset, same initial weights), {GAINS_TEXT}.", "",
                 table(gains, col_key="examples_per_class",
-                      col_title="comparison \\ examples/class", signed=True)]
+                      col_title="comparison \\ examples/class", signed=True),
+                *holm_line(s, gains)]
     return out
 
 
@@ -209,7 +254,8 @@ def json_safe(value):
 
 CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma",
                "checkpoint", "mean", "std", "num_seeds", "paper", "values", "reading",
-               "quantity", "candidate", "split")
+               "quantity", "candidate", "split", "ci95_low", "ci95_high", "positive",
+               "p_value", "holm", "seeds")
 # The lists of rows of a section that go to results.csv, and their ``kind``.
 CSV_KINDS = (("rows", "accuracy"), ("paired_gains", "paired_gain"),
              ("other_rows", "accuracy"), ("other_gains", "paired_gain"),
@@ -230,6 +276,8 @@ def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
             row["study"], row["kind"] = study, kind
             row["values"] = " ".join(f"{v:.4g}" for v in r.get("values", [])
                                      if v is not None)
+            row["ci95_low"], row["ci95_high"] = r.get("ci95") or ("", "")
+            row["seeds"] = " ".join(str(seed) for seed in r.get("seeds") or [])
             row = {k: "" if v is None else v for k, v in row.items()}
             row["paper"] = "" if r.get("paper") is None else r["paper"]
             yield row
@@ -257,6 +305,7 @@ def write(workdir: str, study: Section, summary: dict[str, Any]) -> list[str]:
     os.makedirs(workdir, exist_ok=True)
     plots = study.plots(workdir, summary)
     summary["plots"] = plots
+    holm(summary)
     summary["markdown"] = study.markdown(summary)
     json_path = os.path.join(workdir, "results.json")
     results = {}

@@ -190,9 +190,9 @@ def _reading_tables(s: dict[str, Any], n, rows, gains, sensitivity, reading: str
     gains = [r for r in gains if r["examples_per_class"] == n]
     if gains:
         out += ["", "Gain from the Jacobian term under noise, paired by seed (same "
-                "subset, initial weights and noise draws), in points:", "",
+                "subset, initial weights and noise draws), " + _report.GAINS_TEXT + ":", "",
                 _report.table(gains, col_key="sigma", col_title="comparison \\ sigma",
-                              signed=True)]
+                              signed=True), *_report.holm_line(s, gains)]
     sens = [r for r in sensitivity if r["examples_per_class"] == n]
     if sens:
         out += ["", "Where the Jacobian term acts, mean ± std over seeds: the input-"

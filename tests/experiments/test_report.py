@@ -1,5 +1,6 @@
-"""experiments._report: differences paired by seed (by hand); results files that are the
-old version or the new one, never a mixture; a damaged results.json is rewritten."""
+"""experiments._report: differences paired by seed, their t-intervals and Holm's correction
+(by hand); results files that are the old version or the new one, never a mixture; a
+damaged results.json is rewritten."""
 
 import csv
 import json
@@ -68,6 +69,71 @@ def test_paired_by_seed_mean_and_std_by_hand():
     assert all_last["values"] == pytest.approx([0.0, 1.0, 2.0])
     assert all_last["mean"] == pytest.approx(1.0) and all_last["std"] == pytest.approx(1.0)
     assert all_best["values"] == pytest.approx([0.0, 0.0, 0.0]) and all_best["std"] == 0.0
+
+
+# t(0.975, df) from printed tables (seven decimals): an independent check of _stats.
+T975 = {1: 12.7062047, 2: 4.3026527}
+
+
+def test_paired_gains_carry_their_t_interval_by_hand():
+    last, best, all_last, _ = _gains(_results())
+    # [2, 3, 4]: 3 ± t(0.975, 2) * 1 / sqrt(3); t = 3 sqrt(3) at df 2 has the two-sided
+    # p = 1 - t / sqrt(2 + t^2).
+    half = T975[2] / math.sqrt(3)
+    assert last["ci95"] == pytest.approx([3 - half, 3 + half], abs=1e-6)
+    assert (last["n"], last["positive"], last["seeds"]) == (3, 3, [0, 1, 2])
+    t = 3 * math.sqrt(3)
+    assert last["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    # [-1, 1, 6]: 2 ± t(0.975, 2) sqrt(13 / 3); two of three positive.
+    half = T975[2] * math.sqrt(13 / 3)
+    assert best["ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-6)
+    assert (best["n"], best["positive"]) == (3, 2)
+    # [0, 1, 2]: 0 is not a gain.
+    assert all_last["positive"] == 2
+    # Seed 1 missing on one side: the pair is over seeds 0 and 2 ([2, 4]: 3 ± t(0.975, 1)).
+    two = _gains(_results(drop={("base", 1)}), sizes=[5])[0]
+    assert two["seeds"] == [0, 2] and two["n"] == 2
+    assert two["ci95"] == pytest.approx([3 - T975[1], 3 + T975[1]], abs=1e-6)
+    one = _gains(_results(), sizes=[5], seeds=[2])[0]
+    assert (one["ci95"], one["p_value"], one["n"], one["seeds"]) == (None, None, 1, [2])
+
+
+def _gain(p, checkpoint="last", **row):
+    return {"checkpoint": checkpoint, "p_value": p, **row}
+
+
+def test_holm_over_the_study_s_last_step_gains():
+    # The family is every last-step gain of both readings: p = 0.01, 0.04, 0.03, 0.005
+    # (sorted: 0.005 <= 0.05/4, 0.01 <= 0.05/3, 0.03 > 0.05/2 stops); best-step rows are
+    # outside it (a p of 0 there would survive anything).
+    section = {"paired_gains": [_gain(0.01), _gain(0.0, "best"), _gain(0.04)],
+               "other_gains": [_gain(0.03), _gain(0.005), _gain(None, "best")]}
+    _report.holm(section)
+    assert [r.get("holm") for r in section["paired_gains"]] == [True, None, False]
+    assert [r.get("holm") for r in section["other_gains"]] == [False, True, None]
+    assert section["holm"] == {"alpha": 0.05, "comparisons": 4, "survive": 2}
+
+
+def test_gain_tables_show_the_interval_n_positive_and_holm():
+    rows = [r for r in _gains(_results()) if r["checkpoint"] == "last"]
+    section = {"rows": [], "paired_gains": rows}
+    _report.holm(section)
+    # p = 0.035 at 5 per class and 0.23 at "all" (df 2): 0.035 > 0.05 / 2, none survives.
+    assert [r["holm"] for r in rows] == [False, False]
+    lo, hi = rows[0]["ci95"]
+    assert _report.fmt(rows[0]) == f"+3.0 [{lo:+.1f}, {hi:+.1f}], n=3, 3/3 > 0"
+    assert _report.fmt(rows[0]) == "+3.0 [+0.5, +5.5], n=3, 3/3 > 0"
+    text = "\n".join(_report.main_tables(section, what="Accuracy", gains_title="Gain"))
+    assert "| BASE+J vs BASE | +3.0 [+0.5, +5.5], n=3, 3/3 > 0 | +1.0 [" in text
+    assert ("This table makes 2 comparisons; 0 of them survive Holm's correction at 0.05 "
+            "(marked †) over the study's 2 paired gains at the last step") in text
+    # Alone in its family, 0.035 <= 0.05 survives.
+    section = {"rows": [], "paired_gains": _gains(_results(), sizes=[5])}
+    _report.holm(section)
+    assert _report.fmt(section["paired_gains"][0]).endswith("3/3 > 0 †")
+    assert section["holm"]["comparisons"] == 1
+    one = _gains(_results(), sizes=[5], seeds=[2])[0]
+    assert _report.fmt(one) == "+4.0, n=1, 1/1 > 0"
 
 
 def test_wrong_pairing_would_change_the_std():
@@ -145,6 +211,23 @@ def test_each_section_is_rendered_by_its_own_study_and_kept_by_the_others(tmp_pa
     rows = list(csv.DictReader(Path(tmp_path, "results.csv").read_text().splitlines()))
     assert [(r["study"], r["mean"]) for r in rows] == [
         ("limited_data", "60.0"), ("another_study", "10.0")]
+
+
+def test_results_json_and_csv_keep_the_gains_intervals(tmp_path):
+    summary = {**_summary(50.0), "paired_gains": _gains(_results(), sizes=[5])}
+    _report.write(str(tmp_path), FAKE, summary)
+    gains = json.loads(Path(tmp_path, "results.json").read_text())["limited_data"]
+    assert gains["holm"] == {"alpha": 0.05, "comparisons": 1, "survive": 1}
+    first = gains["paired_gains"][0]
+    assert {"mean", "std", "num_seeds", "values"} <= set(first)  # the keys other code reads
+    half = T975[2] / math.sqrt(3)  # [2, 3, 4], as above
+    assert first["ci95"] == pytest.approx([3 - half, 3 + half], abs=1e-6)
+    assert (first["n"], first["positive"], first["seeds"], first["holm"]) == (
+        3, 3, [0, 1, 2], True)
+    rows = list(csv.DictReader(Path(tmp_path, "results.csv").read_text().splitlines()))
+    gain = next(r for r in rows if r["kind"] == "paired_gain")
+    assert float(gain["ci95_low"]) == pytest.approx(first["ci95"][0])
+    assert (gain["positive"], gain["seeds"], gain["holm"]) == ("3", "0 1 2", "True")
 
 
 def test_csv_has_study_2_measures_and_every_search_candidate(tmp_path):
