@@ -1,20 +1,17 @@
 """A study's runs trained in lockstep groups (``--config.lockstep``, docs/experiments.md).
 
-Runs of one *program* (:func:`program`: the method, its loss terms' arguments other than
-their weights, the training config after the size's budget, hence the student) are
-trained together by :func:`jaxkd.training.train_lockstep`, one vmapped step for the
-group; each member keeps its own seed (subset, batch order, initialisation, step RNG)
-and its own term weights, so a weight search's candidates x seeds of one method form one
-group. :func:`run` is the driver's pre-pass: it trains the runs not started yet (no
-``result.json``, no checkpoint) and writes in each member's run directory what
-``_fit.fit`` writes there (``config.json``, ``metrics.jsonl``, the last checkpoint,
-``result.json``), so the sequential sweep then finds them finished. A run already
-started (a killed sequential run, or a group killed while writing its members) resumes on
-its own. A group works in ``<workdir>/lockstep/<hash of its members' run directories>/``
-(its checkpoints, one per evaluation, deleted when it ends; ``member_<i>/metrics.jsonl``;
-``config.json``): a killed group forms again with the same members and resumes there.
-A member that goes non-finite is left unwritten and named; the sequential path then
-trains it on its own and stops with the library's ``NonFiniteLossError``.
+Runs of one *program* (:func:`program`) are trained together by
+:func:`jaxkd.training.train_lockstep`, one vmapped step for the group; each member keeps
+its own seed (subset, batch order, initialisation, step RNG) and term weights, so a
+weight search's candidates x seeds of one method form one group. :func:`run`, the
+driver's pre-pass, trains the runs not started yet (no ``result.json``, no checkpoint)
+and writes in each member's run directory what ``_fit.fit`` writes there, so the
+sequential sweep then finds them finished; a run already started resumes on its own. A
+group works in ``<workdir>/lockstep/<hash of its members' run directories>/``
+(checkpoints, one per evaluation, deleted at its end; ``member_<i>/metrics.jsonl``): a
+killed group forms again with the same members and resumes there. A member that goes
+non-finite is not written; the sequential sweep then trains it and stops with the
+library's ``NonFiniteLossError``.
 """
 
 from __future__ import annotations
@@ -89,6 +86,12 @@ def groups(members: Sequence[Member], key: Callable[[Member], Any], *,
     return [ms[i:i + limit] for ms in by_key.values() for i in range(0, len(ms), limit)]
 
 
+def member_weights(study, config, group: Sequence[Member]) -> dict[str, list[float]]:
+    """``{term name: each member's weight}`` of a group of one program."""
+    terms = [_objective(study, config, m).terms for m in group]
+    return {t.name: [float(ts[j].weight) for ts in terms] for j, t in enumerate(terms[0])}
+
+
 def memory_limit(session, member: Member, objective, optimizer, batch_size: int) -> int:
     """The group size bound of :func:`groups` for ``member``'s program."""
     device = session.mesh.devices.flat[0]
@@ -132,11 +135,10 @@ def run(trainer, members: Sequence[Member], *, desc: str) -> None:
 
 def train(group: Sequence[Member], trainer, objective, optimizer, cfg) -> None:
     """Trains ``group`` (one program) with ``train_lockstep`` and writes every member."""
-    s, m_ = trainer.s, len(group)
+    s, size = trainer.s, len(group)
     config, prepared, mesh = s.config, s.data.student, s.mesh
     _fit.check_batch_size(cfg, mesh)
-    terms = [_objective(s.study, config, m).terms for m in group]
-    weights = {t.name: [ts[j].weight for ts in terms] for j, t in enumerate(objective.terms)}
+    weights = member_weights(s.study, config, group)
     subsets = [_data.subset(prepared.splits.train, m.examples_per_class, m.seed) for m in group]
     streams = [_data.train_batches(d, batch_size=cfg.batch_size, seed=m.seed,
                                    augment=config.augment, flip=config.flip,
@@ -167,34 +169,36 @@ def train(group: Sequence[Member], trainer, objective, optimizer, cfg) -> None:
             mesh=mesh, checkpoint_every=every, log_every=every,
             max_to_keep=None,  # type: ignore[arg-type]  # the best step is restored
             config={"members": names, "weights": weights, "objective": repr(objective)})
-    share = (time.perf_counter() - t0) / m_
+    share = (time.perf_counter() - t0) / size
+    done = [i for i in range(size) if not out.failed_step[i]]
+    for i in sorted(set(range(size)) - set(done)):
+        print(f"note: {names[i]} went non-finite at step {out.failed_step[i]} in its "
+              f"lockstep group; it trains on its own next.", file=sys.stderr)
     best: dict[int, Any] = {}
     with training.Checkpointer(os.path.join(group_dir, _runs.CHECKPOINTS),
                                max_to_keep=None) as ckpt:
-        for i, m in enumerate(group):
-            if out.failed_step[i]:
-                print(f"note: {names[i]} went non-finite at step {out.failed_step[i]} in its "
-                      f"lockstep group; it trains on its own next.", file=sys.stderr)
-                continue
-            started = time.perf_counter() - share
-            curve = {int(r["step"]): float(r["accuracy"]) for r in
-                     training.read_metrics(training.member_dir(group_dir, i), "eval")}
+        for i in done:  # every member's files first: a kill now leaves them to resume alone
+            run_dir = group[i].run_dir
+            shutil.copyfile(os.path.join(training.member_dir(group_dir, i),
+                                         training.METRICS_FILE),
+                            os.path.join(run_dir, training.METRICS_FILE))
+            curve = {int(r["step"]): float(r["accuracy"])
+                     for r in training.read_metrics(run_dir, "eval")}
             step = max(sorted(curve), key=lambda k: curve[k])
-            with training.Checkpointer(_runs.checkpoint_dir(m.run_dir)) as own:
-                if step != cfg.num_steps:  # what _fit.score restores
+            with training.Checkpointer(_runs.checkpoint_dir(run_dir)) as own:
+                if step != cfg.num_steps:  # the best step, which _fit.score restores
                     if step not in best:
                         best[step] = ckpt.restore(out.state.members, step=step)
                     state, data_state = best[step]
                     own.save(jax.tree.map(lambda a: a[i], state),
                              data_state["members"][i], step=step)
                 own.save(out.state.member(i), streams[i].get_state(), step=cfg.num_steps)
-            shutil.copyfile(os.path.join(training.member_dir(group_dir, i),
-                                         training.METRICS_FILE),
-                            os.path.join(m.run_dir, training.METRICS_FILE))
-            _fit.score(m.run_dir, out.state.member(i), train_cfg=cfg, test=prepared.splits.test,
-                       mesh=mesh, train_examples=len(subsets[i]), started=started,
-                       describe={**describe[i], "lockstep": {"group": os.path.relpath(
-                           group_dir, s.workdir), "members": m_, "member": i}})
+    for i in done:
+        _fit.score(group[i].run_dir, out.state.member(i), train_cfg=cfg,
+                   test=prepared.splits.test, mesh=mesh, train_examples=len(subsets[i]),
+                   started=time.perf_counter() - share,
+                   describe={**describe[i], "lockstep": {"group": os.path.relpath(
+                       group_dir, s.workdir), "members": size, "member": i}})
     _runs.write_json(os.path.join(group_dir, "members.json"),
-                     {"members": names, "failed_step": out.failed_step, "seconds": share * m_})
+                     {"members": names, "failed_step": out.failed_step, "seconds": share * size})
     shutil.rmtree(os.path.join(group_dir, _runs.CHECKPOINTS), ignore_errors=True)
