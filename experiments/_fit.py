@@ -82,14 +82,10 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
                 **({_runs.RUN_CONFIG: _runs.canonical(dict(run_config))}
                    if run_config is not None else {})}
     num_steps, mesh = train_cfg.num_steps, step.mesh
-    devices = mesh.shape[training.DATA_AXIS]
-    if train_cfg.batch_size % devices:
-        raise ConfigError(f"batch_size={train_cfg.batch_size} does not divide by the {devices} "
-                          f"devices of the data mesh; change the batch size or set "
-                          f"--config.num_devices.")
-    every = max(1, num_steps // max(1, train_cfg.num_evals))
-    size = train_cfg.eval_batch_size
-    val_batches = _data.eval_batches(validation.images, validation.labels, size)
+    check_batch_size(train_cfg, mesh)
+    every = eval_every(train_cfg)
+    val_batches = _data.eval_batches(validation.images, validation.labels,
+                                     train_cfg.eval_batch_size)
     t0 = time.perf_counter()
     batches = _data.train_batches(train_set, batch_size=train_cfg.batch_size, seed=seed,
                                   augment=augment, flip=flip, pad_value=pad_value)
@@ -98,24 +94,52 @@ def fit(run_dir: str, *, student: nnx.Module, step: training.TrainStep,
         workdir=run_dir, num_steps=num_steps, eval_data=val_batches, seed=seed,
         checkpoint_every=every, eval_every=every, log_every=every, max_to_keep=None,
         progress=progress, tensorboard=tensorboard, config=describe, train_step=step)
+    return score(run_dir, out.state, train_cfg=train_cfg, test=test, mesh=mesh,
+                 train_examples=len(train_set), started=t0, describe=describe)
+
+
+def check_batch_size(train_cfg: ConfigDict, mesh) -> None:
+    """Refuses a batch that does not divide over the data mesh's devices."""
+    devices = mesh.shape[training.DATA_AXIS]
+    if train_cfg.batch_size % devices:
+        raise ConfigError(f"batch_size={train_cfg.batch_size} does not divide by the {devices} "
+                          f"devices of the data mesh; change the batch size or set "
+                          f"--config.num_devices.")
+
+
+def eval_every(train_cfg: ConfigDict) -> int:
+    """The steps between evaluations (and checkpoints) of a run trained with ``train_cfg``."""
+    return max(1, train_cfg.num_steps // max(1, train_cfg.num_evals))
+
+
+def score(run_dir: str, state: training.TrainState, *, train_cfg: ConfigDict,
+          test: data.Dataset, mesh, train_examples: int, started: float,
+          describe: Mapping[str, Any]) -> dict[str, Any]:
+    """Scores the trained ``state`` of ``run_dir`` and writes its ``result.json``.
+
+    The validation curve is read from ``run_dir``'s ``metrics.jsonl``; the last state and
+    the best-on-validation checkpoint (ties: the earlier step) are evaluated on ``test``;
+    then only the last checkpoint is kept. ``seconds`` counts from ``started``.
+    """
+    num_steps = train_cfg.num_steps
     curve = {}
     for record in training.read_metrics(run_dir, "eval"):
         curve[int(record["step"])] = float(record["accuracy"])  # a resume rewrites a step
     best_step = max(sorted(curve), key=lambda s: curve[s])
-    test_batches = _data.eval_batches(test.images, test.labels, size)
-    last_test = evaluate(out.state, test_batches, mesh)
+    test_batches = _data.eval_batches(test.images, test.labels, train_cfg.eval_batch_size)
+    last_test = evaluate(state, test_batches, mesh)
     if best_step == num_steps:
         best_test = last_test
     else:
-        best_test = evaluate(restore_state(run_dir, out.state, step=best_step),
+        best_test = evaluate(restore_state(run_dir, state, step=best_step),
                              test_batches, mesh)
     result = {
         "last": {"step": num_steps, "validation": curve[num_steps], "test": last_test},
         "best": {"step": best_step, "validation": curve[best_step], "test": best_test},
         "validation_curve": {str(k): v for k, v in sorted(curve.items())},
-        "train_examples": len(train_set),
-        "seconds": time.perf_counter() - t0,
-        "devices": devices,
+        "train_examples": train_examples,
+        "seconds": time.perf_counter() - started,
+        "devices": mesh.shape[training.DATA_AXIS],
         **describe,
     }
     _runs.write_json(_runs.result_path(run_dir), result)

@@ -23,10 +23,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 from ml_collections import ConfigDict
 
-from experiments import (_budget, _data, _fit, _plan, _report, _runs, _runtime, _search,
-                         _targets, _workdir)
+from experiments import (_budget, _data, _fit, _lockstep, _plan, _report, _runs, _runtime,
+                         _search, _targets, _workdir)
 from experiments._plan import (DATA_KEYS, AUGMENT_PADDING, Study, StudyData,  # noqa: F401
                                cell_config, cells, check, check_runs, run_configs,
                                search_plan, teacher_config, teacher_dir)
@@ -142,10 +143,15 @@ class Trainer:
             augment=config.augment, flip=config.flip, pad_value=s.data.student.background,
             progress=os.path.relpath(run_dir, s.workdir) if config.run_progress else False,
             tensorboard=config.tensorboard,
-            describe={"method": method, "examples_per_class": examples_per_class,
-                      "seed": seed, "loss_weights": dict(weights),
-                      "num_steps": cfg.num_steps},
+            describe=self.describe(method, examples_per_class, seed, weights),
             run_config=s.runs.get(run_dir))
+
+    def describe(self, method: str, examples_per_class, seed: int,
+                 weights: Mapping[str, Any]) -> dict[str, Any]:
+        """What a cell's ``config.json`` and ``result.json`` say of it (with its run config)."""
+        cfg = self.train_cfg(self.s.study.train_key(method), examples_per_class)
+        return {"method": method, "examples_per_class": examples_per_class, "seed": seed,
+                "loss_weights": dict(weights), "num_steps": cfg.num_steps}
 
 
 @dataclasses.dataclass
@@ -160,6 +166,7 @@ class Outcome:
 def sweep(session: Session) -> Outcome:
     """Trains (or skips) the weight search and every selected cell."""
     s, trainer = session, Trainer(session)
+    lockstep = _lockstep.enabled(s.config, jax.default_backend())
     methods = list(dict.fromkeys(c.method for c in s.selected))
     search_dir = os.path.join(s.workdir, _search.SEARCH_DIR)
     # Bases first: a method that adds terms to another trains its own candidates only
@@ -175,6 +182,10 @@ def sweep(session: Session) -> Outcome:
             return trainer.fit(_runs.cell_dir(search_dir, cell), method,
                                cell.examples_per_class, cell.seed, weights)
 
+        if lockstep:  # the runs not started, in groups; the sweep finds them done
+            _lockstep.run(trainer, [_lockstep.Member(_runs.cell_dir(search_dir, c), m,
+                                                     c.examples_per_class, c.seed, w)
+                                    for c, (m, w) in plan.items()], desc="weight search")
         searched.update(_runs.run_sweep(list(plan), run_search, workdir=search_dir,
                                         desc="weight search"))
         done += level
@@ -189,6 +200,14 @@ def sweep(session: Session) -> Outcome:
         _search.reuse_run(s.config, s.workdir, cell, weights, s.runs.get(run_dir))
         return trainer.fit(run_dir, cell.method, cell.examples_per_class, cell.seed, weights)
 
+    if lockstep:
+        members = []
+        for cell in s.selected:
+            weights, run_dir = _search.chosen(search, cell.method), _runs.cell_dir(s.workdir, cell)
+            _search.reuse_run(s.config, s.workdir, cell, weights, s.runs.get(run_dir))
+            members.append(_lockstep.Member(run_dir, cell.method, cell.examples_per_class,
+                                            cell.seed, weights))
+        _lockstep.run(trainer, members, desc=s.study.name)
     results = _runs.run_sweep(s.selected, run_cell, workdir=s.workdir, desc=s.study.name)
     _search.add_gains(search, s.study.pairs, {**searched, **results})
     _runs.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)

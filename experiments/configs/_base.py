@@ -143,7 +143,7 @@ def execution(config: ConfigDict) -> ConfigDict:
     ``teacher_only``) and how it runs (devices, caches, progress, logs)."""
     config.update(teacher_dir="", teacher_only=False, num_devices=0, num_cpu_devices=0,
                   compilation_cache=True, run_progress=False, tensorboard=False,
-                  on_change="refuse", share_teacher_targets=True)
+                  on_change="refuse", share_teacher_targets=True, lockstep="auto")
     return config
 
 
@@ -229,6 +229,9 @@ HELP = {
                              "products of a batch once for every student of its size and "
                              "seed (False: each student's step runs the teacher; the same "
                              "runs up to float round-off, for timing)",
+    "lockstep": "train the cells that share one program (method, budget, student) as "
+                "one vmapped group of students (experiments/_lockstep.py): 'on', 'off', "
+                "or 'auto' (on on a GPU or TPU only; the same runs up to float round-off)",
 }
 MODEL_HELP = {
     "name": "model of jaxkd.models.create: mlp, small_cnn, vgg4, vgg9, wrn, resnet18, "

@@ -20,6 +20,7 @@ from experiments.configs._base import LOSS_TERMS, ConfigError, flat_keys, get, r
 MAX_SEEDS = 1000
 MAX_CELLS = 10_000
 ON_CHANGE = ("refuse", "retrain")
+LOCKSTEP = ("auto", "on", "off")
 # The values the library accepts (jaxkd.losses); kept here so that reading a config
 # never imports JAX. tests/experiments/test_checks.py checks they agree.
 JACOBIAN_OUTPUTS = ("teacher_top1", "label", "top_k", "all")
@@ -114,6 +115,8 @@ def validate(config: ConfigDict) -> None:
             raise bad(key, "a non-negative integer (0 = all)")
     if has("on_change") and config.on_change not in ON_CHANGE:
         raise bad("on_change", f"one of {ON_CHANGE}")
+    if has("lockstep") and config.lockstep not in LOCKSTEP:
+        raise bad("lockstep", f"one of {LOCKSTEP}")
     if has("teacher_seed") and (not _int(config.teacher_seed) or config.teacher_seed < 0):
         raise bad("teacher_seed", "a non-negative integer")
     for name in ("train", "teacher_train", "finetune_train"):
