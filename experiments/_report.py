@@ -175,12 +175,37 @@ def header(summary: dict[str, Any]) -> list[str]:
                      f"{summary.get('num_cells', 0)} cells, each run's own wall time summed "
                      f"(kept when a re-run skips finished cells); this invocation "
                      f"{summary.get('invocation_seconds', 0):.0f} s.")
+    lines += seed_lines(summary)
     if v:
         lines.append(f"Versions: Python {v.get('python')}, jax {v.get('jax')}, flax "
                      f"{v.get('flax')}, optax {v.get('optax')}. Devices: {v.get('devices')} x "
                      f"{v.get('device_kind')} (backend {v.get('backend')}, data parallel; "
                      f"{v.get('cpu_cores')} CPU cores).")
     return lines
+
+
+def _span(seeds: Sequence[int]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+
+
+def seed_lines(summary: dict[str, Any]) -> list[str]:
+    """Which seeds report and which chose the weights, and whether they overlap."""
+    cfg = summary.get("config", {})
+    if not cfg.get("num_seeds"):
+        return []
+    first = int(cfg.get("first_seed", 0))
+    report = list(range(first, first + int(cfg["num_seeds"])))
+    line = f"Report seeds: {_span(report)} ({len(report)})"
+    searched = summary.get("weight_search") and cfg.get("search", {}).get("seeds")
+    if not searched:
+        return [line + "."]
+    chose = list(range(int(searched)))
+    line += f"; the weight search chose on seeds {_span(chose)}"
+    if set(chose) & set(report):
+        line += (": the reported gains include seeds that chose the weights, so they are "
+                 "not a fresh estimate (`--config.first_seed="
+                 f"{len(chose)}` or more keeps them apart)")
+    return [line + "."]
 
 
 def _checkpoint_table(rows: list[dict[str, Any]], which: str, title: str) -> list[str]:

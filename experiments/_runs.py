@@ -63,7 +63,11 @@ class ConfigChanged(ConfigError):
 
 
 def seeds(config: ConfigDict) -> list[int]:
-    return list(range(config.num_seeds))
+    """The report seeds: ``first_seed .. first_seed + num_seeds - 1``. The weight search
+    chooses on its own seeds ``0 .. search.seeds - 1``; a ``first_seed`` at or above
+    ``search.seeds`` keeps the seeds that report apart from those that chose."""
+    first = int(config.get("first_seed", 0))
+    return list(range(first, first + config.num_seeds))
 
 
 def sizes(config: ConfigDict) -> list[int | str]:

@@ -139,10 +139,11 @@ def noise(config: ConfigDict, *, sigmas: tuple[float, ...],
 
 
 def execution(config: ConfigDict) -> ConfigDict:
-    """Adds the keys every study has: where its teacher comes from (``teacher_dir``,
-    ``teacher_only``) and how it runs (devices, caches, progress, logs)."""
-    config.update(teacher_dir="", teacher_only=False, num_devices=0, num_cpu_devices=0,
-                  compilation_cache=True, run_progress=False, tensorboard=False,
+    """Adds the keys every study has: its first report seed (``first_seed``), where its
+    teacher comes from (``teacher_dir``, ``teacher_only``) and how it runs (devices,
+    caches, progress, logs)."""
+    config.update(first_seed=0, teacher_dir="", teacher_only=False, num_devices=0,
+                  num_cpu_devices=0, compilation_cache=True, run_progress=False, tensorboard=False,
                   on_change="refuse", share_teacher_targets=True, lockstep="auto")
     return config
 
@@ -182,6 +183,8 @@ HELP = {
     "flip": "random left-right flips too (off for digits: not mirror-symmetric)",
     "examples_per_class": "training examples per class of each cell: integers and/or 'all'",
     "num_seeds": "seeds per method and size (subset, initialisation, batch order, RNG)",
+    "first_seed": "the first of the num_seeds report seeds; at or above search.seeds, the "
+                  "seeds that report are not those the weight search chose on",
     "methods": "the rows of the sweep (the study's method table: docs/experiments.md)",
     "teacher": "the teacher network",
     "teacher_train": "how the teacher is trained (cross-entropy on the whole train split)",

@@ -96,6 +96,9 @@ def validate(config: ConfigDict) -> None:
         raise bad("examples_per_class", "each size once")
     if not _positive_int(config.num_seeds) or config.num_seeds > MAX_SEEDS:
         raise bad("num_seeds", f"a positive integer at most {MAX_SEEDS}")
+    first = config.get("first_seed", 0)
+    if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < 2**31 - MAX_SEEDS:
+        raise bad("first_seed", f"an integer from 0 to {2**31 - MAX_SEEDS - 1}")
     methods = list(config.methods)
     if not methods or not all(isinstance(m, str) and m.strip() for m in methods):
         raise bad("methods", "at least one method name (the study's method table: "

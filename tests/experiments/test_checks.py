@@ -69,6 +69,8 @@ LIMITED = [
      "search.jvp.weight"),
     (["--config.noise_sigmas=-0.5"],
      "config key 'noise_sigmas' = (-0.5,): expected one or more finite noise levels >= 0."),
+    (["--config.first_seed=-1"],
+     "config key 'first_seed' = -1: expected an integer from 0 to 2147482647."),
     (["--config.num_seeds=0"],
      "config key 'num_seeds' = 0: expected a positive integer at most 1000."),
     (["--config.num_seeds=-1"],

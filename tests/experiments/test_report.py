@@ -249,3 +249,16 @@ def test_csv_has_study_2_measures_and_every_search_candidate(tmp_path):
     assert search == [("kd.weight1", "validation", "70.01"), ("kd.weight1", "test", "0.5"),
                       ("kd.weight3", "validation", "60.01"), ("kd.weight3", "test", "0.5")]
     assert _report.fmt(summary["sensitivity"][0]) == "0.25 ± 0"
+
+
+def test_the_header_says_which_seeds_report_and_whether_they_chose():
+    config = {"num_seeds": 3, "search": {"seeds": 3}}
+    searched = {"config": config, "weight_search": {"methods": {}}}
+    (line,) = _report.seed_lines(searched)
+    assert line.startswith("Report seeds: 0-2 (3); the weight search chose on seeds 0-2: ")
+    assert "not a fresh estimate (`--config.first_seed=3` or more" in line
+    config["first_seed"] = 100
+    assert _report.seed_lines(searched) == [
+        "Report seeds: 100-102 (3); the weight search chose on seeds 0-2."]
+    assert _report.seed_lines({"config": {"num_seeds": 1}}) == ["Report seeds: 0 (1)."]
+    assert _report.seed_lines({"config": {}}) == []

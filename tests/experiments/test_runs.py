@@ -42,3 +42,11 @@ def test_a_damaged_result_of_a_pruned_run_starts_over(tmp_path):
     _runs.discard_damaged_result(run_dir)
     assert _runs.checkpoint_steps(run_dir) == []
     assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+
+
+def test_report_seeds_start_at_first_seed_apart_from_the_searchs(smoke):
+    config = smoke("limited_data_digits", num_seeds=3)
+    assert _runs.seeds(config) == [0, 1, 2]  # the default: the search's seeds too
+    config.first_seed = 100
+    assert _runs.seeds(config) == [100, 101, 102]
+    assert {c.seed for c in _runs.cells(config)} == {100, 101, 102}
