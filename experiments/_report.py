@@ -47,20 +47,39 @@ def stats(values: Sequence[float]) -> dict[str, Any]:
             "values": values}
 
 
+# A run whose validation accuracy falls more than this many points below its own best so
+# far, at any evaluation, trained unstably: its row is marked, not reported silently.
+UNSTABLE_POINTS = 5.0
+
+
+def fall(result: dict[str, Any]) -> float:
+    """The largest fall (points) of a run's validation accuracy below its best so far."""
+    curve = result.get("validation_curve") or {}
+    best, worst = -math.inf, 0.0
+    for step in sorted(curve, key=int):
+        best = max(best, 100.0 * curve[step])
+        worst = max(worst, best - 100.0 * curve[step])
+    return worst
+
+
 def accuracy_rows(results, methods: Sequence[str], sizes: Sequence[Any],
                   label: Callable[[str], str],
                   paper: Callable[[str, Any], float | None]) -> list[dict[str, Any]]:
-    """Test accuracy (%) per method x size x checkpoint (last, best), stats over seeds."""
+    """Test accuracy (%) per method x size x checkpoint (last, best), stats over seeds;
+    ``unstable_seeds``: the seeds whose validation fell more than :data:`UNSTABLE_POINTS`
+    below its own best during training."""
     rows = []
     for method in methods:
         for n in sizes:
-            runs = [r for c, r in results.items()
-                    if c.method == method and c.examples_per_class == n]
+            cells = [(c, r) for c, r in results.items()
+                     if c.method == method and c.examples_per_class == n]
+            runs = [r for _, r in cells]
+            unstable = sorted(c.seed for c, r in cells if fall(r) > UNSTABLE_POINTS)
             for which in ("last", "best"):
                 rows.append({"method": method, "label": label(method),
                              "examples_per_class": n, "checkpoint": which,
                              **stats([100.0 * r[which]["test"] for r in runs]),
-                             "paper": paper(method, n)})
+                             "paper": paper(method, n), "unstable_seeds": unstable})
     return rows
 
 
@@ -142,6 +161,8 @@ def fmt(row: dict[str, Any], *, signed: bool = False) -> str:
     text = f"{row['mean']:{'+' if signed else ''}{spec}} ± {row['std']:{spec}}"
     if row.get("paper") is not None:
         text += f" (paper {row['paper']:.1f})"
+    if row.get("unstable_seeds"):
+        text += f" ‡{len(row['unstable_seeds'])}"
     return text
 
 
@@ -209,9 +230,14 @@ def seed_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _checkpoint_table(rows: list[dict[str, Any]], which: str, title: str) -> list[str]:
-    return ["", f"### {title}", "",
-            table([r for r in rows if r["checkpoint"] == which],
-                  col_key="examples_per_class", col_title="method \\ examples/class")]
+    shown = [r for r in rows if r["checkpoint"] == which]
+    out = ["", f"### {title}", "",
+           table(shown, col_key="examples_per_class", col_title="method \\ examples/class")]
+    if any(r.get("unstable_seeds") for r in shown):
+        out += ["", f"‡k: k of the cell's runs trained unstably, their validation accuracy "
+                    f"falling more than {UNSTABLE_POINTS:.0f} points below its own best "
+                    "during training (their seeds: `unstable_seeds` in results.json)."]
+    return out
 
 
 GAINS_TEXT = ("in points: the mean, its 95 % paired t-interval [low, high] (none with one "
@@ -280,7 +306,7 @@ def json_safe(value):
 CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma",
                "checkpoint", "mean", "std", "num_seeds", "paper", "values", "reading",
                "quantity", "candidate", "split", "ci95_low", "ci95_high", "positive",
-               "p_value", "holm", "seeds")
+               "p_value", "holm", "seeds", "unstable_seeds")
 # The lists of rows of a section that go to results.csv, and their ``kind``.
 CSV_KINDS = (("rows", "accuracy"), ("paired_gains", "paired_gain"),
              ("other_rows", "accuracy"), ("other_gains", "paired_gain"),
@@ -302,7 +328,8 @@ def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
             row["values"] = " ".join(f"{v:.4g}" for v in r.get("values", [])
                                      if v is not None)
             row["ci95_low"], row["ci95_high"] = r.get("ci95") or ("", "")
-            row["seeds"] = " ".join(str(seed) for seed in r.get("seeds") or [])
+            for key in ("seeds", "unstable_seeds"):
+                row[key] = " ".join(str(seed) for seed in r.get(key) or [])
             row = {k: "" if v is None else v for k, v in row.items()}
             row["paper"] = "" if r.get("paper") is None else r["paper"]
             yield row

@@ -262,3 +262,23 @@ def test_the_header_says_which_seeds_report_and_whether_they_chose():
         "Report seeds: 100-102 (3); the weight search chose on seeds 0-2."]
     assert _report.seed_lines({"config": {"num_seeds": 1}}) == ["Report seeds: 0 (1)."]
     assert _report.seed_lines({"config": {}}) == []
+
+
+def test_a_run_whose_validation_fell_more_than_5_points_is_marked():
+    curve = {"100": 0.50, "200": 0.57, "300": 0.515, "400": 0.56}  # fell 5.5 from 57
+    assert _report.fall({"validation_curve": curve}) == pytest.approx(5.5)
+    assert _report.fall({"validation_curve": {"10": 0.2, "2": 0.6}}) == pytest.approx(40.0)
+    assert _report.fall({"validation_curve": {"1": 0.5, "2": 0.6}}) == 0.0
+    dip = {"1": 0.60, "2": 0.551, "3": 0.61}  # 4.9 points: within the bound
+    results = {Cell("ce", 5, seed): {"last": {"test": 0.5}, "best": {"test": 0.5},
+                                     "validation_curve": c}
+               for seed, c in enumerate([curve, dip, curve])}
+    rows = _report.accuracy_rows(results, ["ce"], [5], str, lambda m, n: None)
+    assert [r["unstable_seeds"] for r in rows] == [[0, 2], [0, 2]]
+    assert _report.fmt(rows[0]) == "50.0 ± 0.0 ‡2"
+    text = "\n".join(_report._checkpoint_table(rows, "last", "Test accuracy"))
+    assert "‡k: k of the cell's runs trained unstably" in text and "5 points" in text
+    steady = {c: {**r, "validation_curve": dip} for c, r in results.items()}
+    rows = _report.accuracy_rows(steady, ["ce"], [5], str, lambda m, n: None)
+    assert rows[0]["unstable_seeds"] == [] and "‡" not in "\n".join(
+        _report._checkpoint_table(rows, "last", "Test accuracy"))
