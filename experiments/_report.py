@@ -117,7 +117,8 @@ def paired_gains(results, pairs, *, methods, sizes, seeds, label,
 
 
 # The gains a study's Holm family holds: those its gains tables show.
-HOLM_KEYS, HOLM_CHECKPOINT = ("paired_gains", "other_gains"), "last"
+HOLM_KEYS = ("paired_gains", "other_gains", "drop_gains", "other_drop_gains")
+HOLM_CHECKPOINT = "last"
 
 
 def holm(section: dict[str, Any]) -> None:
@@ -310,6 +311,7 @@ CSV_COLUMNS = ("study", "kind", "method", "label", "examples_per_class", "sigma"
 # The lists of rows of a section that go to results.csv, and their ``kind``.
 CSV_KINDS = (("rows", "accuracy"), ("paired_gains", "paired_gain"),
              ("other_rows", "accuracy"), ("other_gains", "paired_gain"),
+             ("drop_gains", "drop_gain"), ("other_drop_gains", "drop_gain"),
              ("sensitivity", "sensitivity"), ("other_sensitivity", "sensitivity"),
              ("teacher_probe", "teacher_probe"))
 

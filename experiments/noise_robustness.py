@@ -52,6 +52,24 @@ def noisy_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[st
         reading=reading)
 
 
+def drop_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[str],
+               sizes: Sequence[Any], sigmas: Sequence[float], seeds: Sequence[int], *,
+               reading: str = _noise.CLIPPED) -> list[dict[str, Any]]:
+    """Robustness itself: per seed, each student's accuracy drop from clean (its noisy
+    minus its clean accuracy), the Jacobian method's minus its base's, in points, per size
+    and sigma > 0 (positive: the term lost less). A gain in noisy accuracy holds the clean
+    gain too; this one does not. None without sigma 0 among ``sigmas``."""
+    clean = [s for s in sigmas if s == 0]
+    if not clean:
+        return []
+    return _report.paired_gains(
+        per_cell, _methods.JACOBIAN_PAIRS, methods=methods, sizes=sizes, seeds=seeds,
+        label=_methods.method_label, columns=[s for s in sigmas if s > 0],
+        column_key="sigma", value=lambda m, sigma: (m["accuracy"][reading][sigma]
+                                                    - m["accuracy"][reading][clean[0]]),
+        checkpoint="last", reading=reading, quantity="drop")
+
+
 def accuracy_rows(measured: dict[str, list[dict[str, Any]]], sizes: Sequence[Any],
                   sigmas: Sequence[float], reading: str) -> list[dict[str, Any]]:
     """Test accuracy (%) under noise per method ("teacher" first) x size x sigma.
@@ -161,6 +179,8 @@ def evaluate(session: _study.Session, outcome: _study.Outcome
         return {f"{prefix}rows": accuracy_rows(measured, sizes, sigmas, reading),
                 f"{prefix}gains" if prefix else "paired_gains": noisy_gains(
                     per_cell, config.methods, sizes, sigmas, seeds, reading=reading),
+                f"{prefix}drop_gains": drop_gains(
+                    per_cell, config.methods, sizes, sigmas, seeds, reading=reading),
                 f"{prefix}sensitivity": sensitivity_rows(measured, sizes, sigmas, reading)}
 
     summary = {
@@ -180,7 +200,7 @@ def _reading_text(reading: str) -> str:
             "noisy pixels not clipped (they leave [0, 1])")
 
 
-def _reading_tables(s: dict[str, Any], n, rows, gains, sensitivity, reading: str,
+def _reading_tables(s: dict[str, Any], n, rows, gains, drops, sensitivity, reading: str,
                     heading: str) -> list[str]:
     out = ["", f"#### {heading}", "",
            f"Test accuracy (%), {_reading_text(reading)}; each seed's accuracy is the "
@@ -193,6 +213,13 @@ def _reading_tables(s: dict[str, Any], n, rows, gains, sensitivity, reading: str
                 "subset, initial weights and noise draws), " + _report.GAINS_TEXT + ":", "",
                 _report.table(gains, col_key="sigma", col_title="comparison \\ sigma",
                               signed=True), *_report.holm_line(s, gains)]
+    drops = [r for r in drops if r["examples_per_class"] == n]
+    if drops:
+        out += ["", "Robustness from the Jacobian term: each seed's drop from clean accuracy "
+                "(noisy minus clean), the first method's minus the second's (positive: it "
+                "lost less; the clean gain taken out), " + _report.GAINS_TEXT + ":", "",
+                _report.table(drops, col_key="sigma", col_title="comparison \\ sigma",
+                              signed=True), *_report.holm_line(s, drops)]
     sens = [r for r in sensitivity if r["examples_per_class"] == n]
     if sens:
         out += ["", "Where the Jacobian term acts, mean ± std over seeds: the input-"
@@ -217,10 +244,12 @@ def markdown(s: dict[str, Any]) -> str:
     for n in s["examples_per_class"]:
         out += ["", f"### {n} examples per class"]
         out += _reading_tables(s, n, s["rows"], s.get("paired_gains") or [],
-                               s.get("sensitivity") or [], main, main)
+                               s.get("drop_gains") or [], s.get("sensitivity") or [], main,
+                               main)
         if other:
             out += _reading_tables(s, n, s.get("other_rows") or [],
                                    s.get("other_gains") or [],
+                                   s.get("other_drop_gains") or [],
                                    s.get("other_sensitivity") or [], other,
                                    f"{other} (for comparison)")
     return "\n".join(out)

@@ -76,6 +76,24 @@ def test_noise_gains_are_paired_by_seed_per_size_and_sigma():
     assert {r["label"] for r in rows} == {"KD + Jacobians + CE vs KD + CE"}
 
 
+def test_robustness_is_the_paired_difference_in_drop_from_clean():
+    """The noisy-accuracy gain above (-5, +1 at sigma 0.1) holds the clean gain (+2, +4);
+    the drop gain takes it out: (35 - 72) - (40 - 70) = -7 and (31 - 64) - (30 - 60) = -3."""
+    acc = {("kd+ce", 0): {0.0: 0.70, 0.1: 0.40}, ("kd+jacobian+ce", 0): {0.0: 0.72, 0.1: 0.35},
+           ("kd+ce", 1): {0.0: 0.60, 0.1: 0.30}, ("kd+jacobian+ce", 1): {0.0: 0.64, 0.1: 0.31}}
+    per_cell = {Cell(m, 10, s): _measure(a) for (m, s), a in acc.items()}
+    rows = noise_robustness.drop_gains(per_cell, ("kd+ce", "kd+jacobian+ce"), [10],
+                                       [0.0, 0.1], [0, 1], reading="clipped")
+    assert [r["sigma"] for r in rows] == [0.1]  # sigma 0 drops nothing
+    (row,) = rows
+    assert row["values"] == pytest.approx([-7.0, -3.0]) and row["quantity"] == "drop"
+    # Two seeds: mean -5, paired sd 2*sqrt(2), so -5 -/+ t(0.975, 1) * 2 = -5 -/+ 25.41.
+    assert row["mean"] == pytest.approx(-5.0)
+    assert row["ci95"] == pytest.approx([-5.0 - 12.7062 * 2, -5.0 + 12.7062 * 2], abs=1e-3)
+    assert noise_robustness.drop_gains(per_cell, ("kd+ce", "kd+jacobian+ce"), [10], [0.1],
+                                       [0, 1]) == []  # no clean column to drop from
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A smoke study 1 and 2 with both readings (one method, one size)."""
