@@ -45,11 +45,16 @@ def noisy_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[st
     """The paired gains (``_methods.JACOBIAN_PAIRS``) of accuracy under noise, in points,
     per size and sigma, for one ``reading``: a seed's students share their subset,
     initial weights and noise draws, so the difference is the Jacobian term's alone."""
+    return _gains(per_cell, methods, sizes, sigmas, seeds,
+                  lambda m, sigma: m["accuracy"][reading][sigma], reading=reading)
+
+
+def _gains(per_cell, methods, sizes, sigmas, seeds, value, **tags) -> list[dict[str, Any]]:
+    """``_report.paired_gains`` of the Jacobian pairs over sigma, of ``value(measure, sigma)``."""
     return _report.paired_gains(
         per_cell, _methods.JACOBIAN_PAIRS, methods=methods, sizes=sizes, seeds=seeds,
-        label=_methods.method_label, columns=sigmas, column_key="sigma",
-        value=lambda m, sigma: m["accuracy"][reading][sigma], checkpoint="last",
-        reading=reading)
+        label=_methods.method_label, columns=sigmas, column_key="sigma", value=value,
+        checkpoint="last", **tags)
 
 
 def drop_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[str],
@@ -62,12 +67,10 @@ def drop_gains(per_cell: dict[_runs.Cell, dict[str, Any]], methods: Sequence[str
     clean = [s for s in sigmas if s == 0]
     if not clean:
         return []
-    return _report.paired_gains(
-        per_cell, _methods.JACOBIAN_PAIRS, methods=methods, sizes=sizes, seeds=seeds,
-        label=_methods.method_label, columns=[s for s in sigmas if s > 0],
-        column_key="sigma", value=lambda m, sigma: (m["accuracy"][reading][sigma]
-                                                    - m["accuracy"][reading][clean[0]]),
-        checkpoint="last", reading=reading, quantity="drop")
+    return _gains(per_cell, methods, sizes, [s for s in sigmas if s > 0], seeds,
+                  lambda m, sigma: (m["accuracy"][reading][sigma]
+                                    - m["accuracy"][reading][clean[0]]),
+                  reading=reading, quantity="drop")
 
 
 def accuracy_rows(measured: dict[str, list[dict[str, Any]]], sizes: Sequence[Any],
