@@ -1,8 +1,13 @@
 """The data of a study: loaded, class-restricted, normalised, subset, batched, augmented.
 
-The validation split is carved with seed 0 whatever the experiment seed, so every cell
-selects its best step on the same validation set. Augmentation happens here, on the
-host side of the train step (``jaxkd.training.train`` places what the iterator yields).
+The validation split is held out of the training split with seed 0 whatever the
+experiment seed: the teacher trains on the rest and selects on all of it, so no student's
+validation image was ever trained on by the teacher. Each student seed then selects its
+best step on its own draw from that split (:func:`seed_validation`, ``validation_per_seed``
+of each class), so the validation noise varies between seeds as the subsets and the
+initialisations do, and an interval over seeds includes it. Augmentation happens here,
+on the host side of the train step (``jaxkd.training.train`` places what the iterator
+yields).
 """
 
 from __future__ import annotations
@@ -112,6 +117,25 @@ def subset(dataset: data.Dataset, examples_per_class: int | str, seed: int) -> d
     if examples_per_class == "all":
         return dataset
     return data.few_shot_subset(dataset, int(examples_per_class), seed=seed)
+
+
+def validation_share(config: Any) -> float:
+    """``validation_per_seed``: the share of the validation split each seed draws."""
+    return float(config.get("validation_per_seed", 1.0))
+
+
+def seed_validation(validation: data.Dataset, seed: int, fraction: float) -> data.Dataset:
+    """The validation set of the cells of ``seed``: ``round(fraction * count)`` (at least
+    one) of each class of the held-out ``validation`` split, drawn with ``seed``, in
+    their original order; ``fraction >= 1``: the whole split, the same for every seed."""
+    if fraction >= 1.0:
+        return validation
+    kept = []
+    for cls in range(validation.num_classes):
+        positions = np.flatnonzero(validation.labels == cls)
+        order = np.random.default_rng([7, seed, cls]).permutation(positions.size)
+        kept.append(positions[order[:max(1, round(fraction * positions.size))]])
+    return validation.take(np.sort(np.concatenate(kept)))
 
 
 def check_sizes(dataset: data.Dataset, sizes: Sequence[int | str], *, name: str,

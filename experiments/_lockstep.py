@@ -157,15 +157,19 @@ def train(group: Sequence[Member], trainer, objective, optimizer, cfg) -> None:
     group_dir = os.path.join(s.workdir, GROUPS_DIR,
                              hashlib.sha256("\n".join(names).encode()).hexdigest()[:16])
     every = _fit.eval_every(cfg)
-    validation = _data.eval_batches(prepared.splits.validation.images,
-                                    prepared.splits.validation.labels, cfg.eval_batch_size)
+    validation = []  # each member its seed's draw (``_data.seed_validation``)
+    for m in group:
+        own = _data.seed_validation(prepared.splits.validation, m.seed,
+                                    _data.validation_share(config))
+        validation.append(_data.eval_batches(own.images, own.labels, cfg.eval_batch_size))
     t0 = time.perf_counter()
     for end in sorted({*range(every, cfg.num_steps + 1, every), cfg.num_steps}):
         # One call per evaluation: train_lockstep evaluates once, at its num_steps.
         out = training.train_lockstep(
             students, objective, optimizer, streams, workdir=group_dir, num_steps=end,
             seeds=[m.seed for m in group], weights=weights,
-            teacher=s.teacher if objective.needs_teacher else None, eval_data=validation,
+            teacher=s.teacher if objective.needs_teacher else None,
+            member_eval_data=validation,
             mesh=mesh, checkpoint_every=every, log_every=every,
             max_to_keep=None,  # type: ignore[arg-type]  # the best step is restored
             config={"members": names, "weights": weights, "objective": repr(objective)})

@@ -137,6 +137,8 @@ def cell_config(study: Study, config: ConfigDict, cell: _runs.Cell,
     """
     terms = list(dict.fromkeys(study.terms(cell.method)))
     out = {**_pick(config, study.cell_keys(cell.method)), **_padding(config)}
+    if _data.validation_share(config) < 1.0:  # absent: the shared split of older runs
+        out["validation_per_seed"] = _data.validation_share(config)
     out["loss"] = {t: config.loss[t].to_dict() for t in terms}
     if search and _search.candidates(config, terms):
         out["search"] = _search.identity(config, terms)

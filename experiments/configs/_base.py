@@ -139,11 +139,13 @@ def noise(config: ConfigDict, *, sigmas: tuple[float, ...],
 
 
 def execution(config: ConfigDict) -> ConfigDict:
-    """Adds the keys every study has: its first report seed (``first_seed``), where its
+    """Adds the keys every study has: its first report seed (``first_seed``), the share of
+    the validation split each seed draws (``validation_per_seed``), where its
     teacher comes from (``teacher_dir``, ``teacher_only``) and how it runs (devices,
     caches, progress, logs)."""
-    config.update(first_seed=0, teacher_dir="", teacher_only=False, num_devices=0,
-                  num_cpu_devices=0, compilation_cache=True, run_progress=False, tensorboard=False,
+    config.update(first_seed=0, validation_per_seed=0.5, teacher_dir="", teacher_only=False,
+                  num_devices=0, num_cpu_devices=0, compilation_cache=True, run_progress=False,
+                  tensorboard=False,
                   on_change="refuse", share_teacher_targets=True, lockstep="auto")
     return config
 
@@ -177,8 +179,12 @@ HELP = {
                 "before /usr/share/datasets/fashion-mnist, and tfds' data directory "
                 "('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     "image_size": "(height, width) to resize every image to; () keeps the native size",
-    "validation_fraction": "share of the training split held out (stratified, seed 0) to "
-                           "choose the best step",
+    "validation_fraction": "share of the training split held out (stratified, seed 0): "
+                           "the teacher never trains on it; each seed's cells choose "
+                           "their best step and weights on their draw from it",
+    "validation_per_seed": "share of each class of that held-out split each seed draws "
+                           "(with the seed) as its validation set; 1.0 = all of it, the "
+                           "same for every seed (work directories made before 0.2.0)",
     "augment": "random crops (4-pixel padding) of the training batches",
     "flip": "random left-right flips too (off for digits: not mirror-symmetric)",
     "examples_per_class": "training examples per class of each cell: integers and/or 'all'",

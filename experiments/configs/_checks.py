@@ -112,6 +112,9 @@ def validate(config: ConfigDict) -> None:
                           f"at most {MAX_CELLS} per work directory.")
     if not _number(config.validation_fraction) or not 0.0 < config.validation_fraction < 1.0:
         raise bad("validation_fraction", "a fraction in (0, 1)")
+    share = config.get("validation_per_seed", 1.0)
+    if not _number(share) or not 0.0 < share <= 1.0:
+        raise bad("validation_per_seed", "a fraction in (0, 1]")
     for key in ("num_devices", "num_cpu_devices"):
         value = get(config, key)
         if not _int(value) or value < 0:

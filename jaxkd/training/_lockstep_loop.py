@@ -70,16 +70,19 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
                    weights: Mapping[str, Sequence[float]] | None = None,
                    learning_rates: Sequence[float] | None = None,
                    teacher: nnx.Module | models.Split | None = None,
-                   eval_data: EvalData | None = None, mesh: Mesh | None = None,
-                   checkpoint_every: int = 1000, log_every: int = 50, max_to_keep: int = 3,
+                   eval_data: EvalData | None = None,
+                   member_eval_data: Sequence[EvalData] | None = None,
+                   mesh: Mesh | None = None, checkpoint_every: int = 1000,
+                   log_every: int = 50, max_to_keep: int = 3,
                    config: Mapping[str, Any] | None = None) -> LockstepResult:
     """Trains M students in lockstep on ``objective``; resumes if it can.
 
     Member ``i`` is the run ``train(students[i], objective_i, optimizer_i,
     train_data[i], seed=seeds[i])`` would be, ``objective_i`` with member ``i``'s
     weights and ``optimizer_i`` with its learning rate, up to the round-off described in
-    docs/training.md (Students in lockstep). Without ``eval_data`` no evaluation runs; with it,
-    each member is evaluated once, at the end.
+    docs/training.md (Students in lockstep). Without ``eval_data`` or
+    ``member_eval_data`` no evaluation runs; with either, each member is evaluated once,
+    at the end.
 
     Args:
       students: M NNX models of one architecture; their parameters are the start.
@@ -96,7 +99,10 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
       weights: ``{term name: M weights}`` (see :func:`init_lockstep_state`).
       learning_rates: M learning rates (see :func:`init_lockstep_state`).
       teacher: the frozen teacher shared by the members.
-      eval_data: evaluation batches as for :func:`jaxkd.training.evaluate`.
+      eval_data: evaluation batches as for :func:`jaxkd.training.evaluate`, the same
+        for every member.
+      member_eval_data: instead of ``eval_data``, M evaluation sets, one per member
+        (members whose seeds carve their own validation split).
       mesh: a ``("data",)`` mesh (default: all devices).
       checkpoint_every: save every this many steps (and at the end).
       log_every: write the members' metrics every this many steps (and at the end).
@@ -114,9 +120,15 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
       ValueError: argument lengths that are not M, or a malformed batch.
     """
     m = len(students)
-    for name, value in (("train_data", train_data), ("seeds", seeds)):
-        if len(value) != m:
-            raise ValueError(f"{name} has {len(value)} entries for {m} students; pass one "
+    if eval_data is not None and member_eval_data is not None:
+        raise ValueError("pass eval_data (one set for every member) or member_eval_data "
+                         "(one per member), not both.")
+    lengths = {"train_data": len(train_data), "seeds": len(seeds)}
+    if member_eval_data is not None:
+        lengths["member_eval_data"] = len(member_eval_data)
+    for name, length in lengths.items():
+        if length != m:
+            raise ValueError(f"{name} has {length} entries for {m} students; pass one "
                              f"per member.")
     workdir = os.fspath(workdir)
     if not workdir:
@@ -197,10 +209,12 @@ def train_lockstep(students: Sequence[nnx.Module], objective: Objective,
             if step % checkpoint_every == 0 or step == num_steps:
                 save(state, step)
         eval_metrics: list[dict[str, float]] = [{} for _ in range(m)]
-        if eval_data is not None:
+        sets = (list(member_eval_data) if member_eval_data is not None
+                else [eval_data] * m if eval_data is not None else [])
+        if sets:
             eval_step = make_eval_step(mesh)
             for i in range(m):
-                eval_metrics[i] = evaluate(eval_step, state.member(i), eval_data, mesh,
+                eval_metrics[i] = evaluate(eval_step, state.member(i), sets[i], mesh,
                                            num_classes=num_classes)
                 if step > start:
                     writers[i].write(step, eval_metrics[i], split="eval")

@@ -98,6 +98,8 @@ LIMITED = [
      "config key 'student.hidden' = (0,): expected one or more positive integers."),
     (["--config.validation_fraction=1"],
      "config key 'validation_fraction' = 1.0: expected a fraction in (0, 1)."),
+    (["--config.validation_per_seed=0"],
+     "config key 'validation_per_seed' = 0.0: expected a fraction in (0, 1]."),
     (["--config.noise_examples_per_class=7"],
      "config key 'noise_examples_per_class' = (7,): expected () or sizes of "
      "examples_per_class (5, 'all')."),

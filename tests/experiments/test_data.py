@@ -1,4 +1,5 @@
-"""experiments._data: the crops of a study pad with the normalised black, not 0."""
+"""experiments._data: the crops of a study pad with the normalised black, not 0; each
+seed's cells choose on their own draw from the held-out validation split."""
 
 import numpy as np
 import pytest
@@ -45,3 +46,41 @@ def test_the_study_pads_teacher_and_cells_with_the_background(smoke, tmp_path,
     assert len(seen) == 2
     for pad_value in seen:
         np.testing.assert_allclose(pad_value, background)
+
+
+def test_each_seed_draws_its_own_stratified_share_of_the_validation_split():
+    validation = _data.load_data("digits").splits.validation
+    counts = validation.class_counts()
+    draws = {s: _data.seed_validation(validation, s, 0.5) for s in (0, 1, 100)}
+    for seed, own in draws.items():
+        np.testing.assert_array_equal(own.class_counts(),
+                                      np.maximum(1, np.round(0.5 * counts)))
+        assert set(own.source_index) <= set(validation.source_index)
+        assert list(own.source_index) == sorted(own.source_index, key=list(
+            validation.source_index).index)  # in the split's order
+        again = _data.seed_validation(validation, seed, 0.5)
+        np.testing.assert_array_equal(again.source_index, own.source_index)
+    sets = [set(d.source_index) for d in draws.values()]
+    assert len({frozenset(x) for x in sets}) == 3  # every seed its own
+    assert _data.seed_validation(validation, 3, 1.0) is validation
+
+
+def test_a_cell_selects_on_its_seeds_draw(smoke, tmp_path, monkeypatch):
+    from experiments import _fit
+    config = smoke("limited_data_digits", methods=("ce",), examples_per_class=(5,),
+                   first_seed=7)
+    seen, real = [], _fit.fit
+
+    def recording(run_dir, **kw):
+        seen.append(kw["validation"])
+        if len(seen) == 2:
+            raise Stop  # the teacher trained on its split; the first cell asks for its own
+        return real(run_dir, **kw)
+    monkeypatch.setattr(_fit, "fit", recording)
+    with pytest.raises(Stop):
+        limited_data.run(config, str(tmp_path / "w"))
+    validation = _data.load_data(
+        "digits", validation_fraction=config.validation_fraction).splits.validation
+    assert seen[0] is not seen[1] and len(seen[1]) < len(seen[0]) == len(validation)
+    np.testing.assert_array_equal(seen[1].source_index,
+                                  _data.seed_validation(validation, 7, 0.5).source_index)

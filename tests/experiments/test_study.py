@@ -63,6 +63,7 @@ def test_each_run_records_its_config(finished):
     assert cell["teacher_run"] == teacher  # the teacher's identity: its own run config
     assert set(cell["loss"]) == {"logits", "ce"}  # its method's terms only
     assert cell["loss"]["logits"] == {"weight": 0.1}
+    assert cell["validation_per_seed"] == 0.5 and "validation_per_seed" not in teacher
     for key in ("run_progress", "tensorboard", "compilation_cache", "num_devices",
                 "num_cpu_devices", "on_change", "num_seeds", "methods", "teacher"):
         assert key not in cell
@@ -102,6 +103,10 @@ def test_a_changed_config_is_refused_before_anything_trains(smoke, workdir, no_t
     with pytest.raises(_runs.ConfigChanged, match=r"teacher: validation_fraction: "
                                                   r"0.1 -> 0.2"):
         limited_data.run(_config(smoke, validation_fraction=0.2), workdir)
+    # Runs that chose on the shared split (before validation_per_seed) are not reused.
+    with pytest.raises(_runs.ConfigChanged, match=r"seed0 \(and 1 more\): "
+                                                  r"validation_per_seed: 0.5 -> "):
+        limited_data.run(_config(smoke, validation_per_seed=1.0), workdir)
     with pytest.raises(_runs.ConfigChanged, match=r"teacher_run.teacher_seed: 0 -> 1"):
         limited_data.run(_config(smoke, teacher_seed=1), workdir)
     # The report was not touched: it still shows the config of its numbers.

@@ -262,6 +262,22 @@ def test_killed_group_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
         assert records[0] == records[1]
 
 
+def test_each_member_is_evaluated_on_its_own_set(tmp_path):
+    x, y = h.images(32, seed=1)
+    sets = [[{"image": x[:16], "label": y[:16]}], [{"image": x[16:], "label": y[16:]}]]
+    with pytest.raises(ValueError, match="member_eval_data has 1 entries for 2 students"):
+        _train(tmp_path / "short", _data(), member_eval_data=sets[:1])
+    with pytest.raises(ValueError, match="not both"):
+        _train(tmp_path / "both", _data(), eval_data=sets[0], member_eval_data=sets)
+    out = _train(tmp_path / "own", _data(), member_eval_data=sets)
+    step = training.make_eval_step(MESH)
+    for i in range(2):
+        mine = training.evaluate(step, out.state.member(i), sets[i], MESH)
+        theirs = training.evaluate(step, out.state.member(i), sets[1 - i], MESH)
+        assert out.eval_metrics[i]["accuracy"] == mine["accuracy"]
+        assert out.eval_metrics[i]["loss"] == mine["loss"] != theirs["loss"]
+
+
 def test_resume_with_other_weights_is_refused(tmp_path):
     _train(tmp_path, _data())
     with pytest.raises(training.CheckpointError, match="holds a group of weights"):
