@@ -163,16 +163,22 @@ def train(group: Sequence[Member], trainer, objective, optimizer, cfg) -> None:
                                     _data.validation_share(config))
         validation.append(_data.eval_batches(own.images, own.labels, cfg.eval_batch_size))
     t0 = time.perf_counter()
-    for end in sorted({*range(every, cfg.num_steps + 1, every), cfg.num_steps}):
-        # One call per evaluation: train_lockstep evaluates once, at its num_steps.
-        out = training.train_lockstep(
-            students, objective, optimizer, streams, workdir=group_dir, num_steps=end,
-            seeds=[m.seed for m in group], weights=weights,
-            teacher=s.teacher if objective.needs_teacher else None,
-            member_eval_data=validation,
-            mesh=mesh, checkpoint_every=every, log_every=every,
-            max_to_keep=None,  # type: ignore[arg-type]  # the best step is restored
-            config={"members": names, "weights": weights, "objective": repr(objective)})
+    try:
+        for end in sorted({*range(every, cfg.num_steps + 1, every), cfg.num_steps}):
+            # One call per evaluation: train_lockstep evaluates once, at its num_steps.
+            out = training.train_lockstep(
+                students, objective, optimizer, streams, workdir=group_dir, num_steps=end,
+                seeds=[m.seed for m in group], weights=weights,
+                teacher=s.teacher if objective.needs_teacher else None,
+                member_eval_data=validation, mesh=mesh, checkpoint_every=every,
+                log_every=every,
+                max_to_keep=None,  # type: ignore[arg-type]  # the best step is restored
+                config={"members": names, "weights": weights, "objective": repr(objective)})
+    except training.NonFiniteLossError as e:  # every member did: each trains alone next
+        print(f"note: {' '.join(str(e).split())}; its members train on their own next.",
+              file=sys.stderr)
+        shutil.rmtree(group_dir, ignore_errors=True)
+        return
     share = (time.perf_counter() - t0) / size
     done = [i for i in range(size) if not out.failed_step[i]]
     for i in sorted(set(range(size)) - set(done)):

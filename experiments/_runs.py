@@ -128,11 +128,14 @@ def result_path(run_dir: str) -> str:
 
 def read_result(run_dir: str) -> dict[str, Any] | None:
     """The finished run's ``result.json``; None when it is missing or cannot be read (a
-    damaged file counts as not finished: the run is recomputed)."""
+    damaged file counts as not finished: the run is recomputed). A search run that
+    diverged is finished too (``{"diverged": why}``, ``_search.diverged``)."""
     try:
         result = read_json(result_path(run_dir))
     except (OSError, ValueError):
         return None
+    if isinstance(result, dict) and isinstance(result.get("diverged"), str):
+        return result
     if not isinstance(result, dict) or not all(
             isinstance(result.get(k), dict) and "test" in result[k] for k in ("last", "best")):
         return None

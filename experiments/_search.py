@@ -4,10 +4,14 @@
 method with a searched term trains every candidate (the product, for several arguments)
 at ``search.sizes`` and seeds ``0..search.seeds-1`` under ``<workdir>/weight_search/``,
 and the candidate of best mean best-step **validation** accuracy wins (a tie: the first
-listed). A method that adds terms to another keeps that method's choice and chooses
-among its own candidates only, in rounds (:func:`levels`, :func:`to_train`). The run
-with the chosen weights *is* the method's cell at the search's sizes and seeds, so
-:func:`reuse_run` copies it instead of training it again. The test split chooses
+listed). A choice on its grid's edge extends the grid outward, one geometric step at a
+time (``_grid.extensions``), until it is interior, ``search.extend`` steps were taken on
+that side, or the next value diverged (a run that goes non-finite is recorded as
+diverged, never chosen); the table says which. A method that adds terms to another
+keeps that method's choice and chooses among its own candidates only, in rounds
+(:func:`levels`, :func:`to_train`). The run with the chosen weights *is* the method's
+cell at the search's sizes and seeds, so :func:`reuse_run` copies it instead of training
+it again. The test split chooses
 nothing (docs/experiments.md, "The weight search").
 """
 
@@ -16,13 +20,15 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments import _runs
+from experiments import _grid, _runs
+from experiments.configs._base import ConfigError
 
 SEARCH_DIR = "weight_search"
 SEARCH_FILE = "weight_search.json"
@@ -71,9 +77,12 @@ def candidates(config: ConfigDict, terms: Sequence[str]) -> list[dict[str, Any]]
 def identity(config: ConfigDict, terms: Sequence[str]) -> dict[str, Any]:
     """What of the search chooses the weights of a method of loss ``terms``: its sizes,
     seeds and those terms' candidates (part of its cells' run config)."""
-    return {"sizes": sizes(config), "seeds": int(config.search.seeds),
-            "candidates": {axis[0][0]: [v for _, v in axis]
-                           for axis in _axes(config, terms)}}
+    out = {"sizes": sizes(config), "seeds": int(config.search.seeds),
+           "candidates": {axis[0][0]: [v for _, v in axis]
+                          for axis in _axes(config, terms)}}
+    if _grid.extend_limit(config):  # absent: the fixed grids of older runs
+        out["extend"] = _grid.extend_limit(config)
+    return out
 
 
 def candidate_name(weights: Mapping[str, Any]) -> str:
@@ -133,7 +142,7 @@ def to_train(config: ConfigDict, method: str, methods: Sequence[str], terms: Ter
              search: dict[str, Any]) -> list[dict[str, Any]]:
     """The candidates of ``method`` the search trains, given the choices in ``search``:
     those with its base method's chosen values (every candidate if it has no base)."""
-    tried = candidates(config, terms(method))
+    tried = candidates(config, terms(method)) + added(search, method)
     base = base_method(method, methods, terms, config)
     if base is None:
         return tried
@@ -150,6 +159,11 @@ def base_values(tried: Sequence[dict[str, Any]], base_choice: dict[str, Any]
     return {k: v for k, v in base_choice.items() if tried and k in tried[0]}
 
 
+def added(search: Mapping[str, Any] | None, method: str) -> list[dict[str, Any]]:
+    """The candidates :func:`extensions` added to ``method``'s grid so far."""
+    return [dict(w) for w in ((search or {}).get("added") or {}).get(method, ())]
+
+
 def _per_seed(results, method, weights, sizes_, seeds_, split: str):
     """Per size, the accuracy (%) of each search seed; and per seed, the mean over sizes."""
     per_size = {str(n): [100.0 * results[search_cell(method, weights, n, s)]["best"][split]
@@ -164,19 +178,27 @@ def _spread(values: Sequence[float]) -> float:
 
 
 def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
-           results: dict[_runs.Cell, dict[str, Any]]) -> dict[str, Any]:
+           results: dict[_runs.Cell, dict[str, Any]],
+           extra: Mapping[str, Sequence[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Per method, the candidate of best mean best-step validation accuracy over the
     search's sizes and seeds (a tie: the first listed); the test split never chooses.
 
     A method with a base (:func:`base_method`) keeps the base's chosen values and chooses
     among its own candidates only (runs at other base values are shown, marked not
     eligible). Each entry says whether its two best candidates tie within their spread.
+    ``extra``: per method, the candidates added beyond its grid (``_grid.extensions``); a
+    candidate with a diverged run is shown, never chosen.
+
+    Raises:
+      ConfigError: every eligible candidate of a method diverged.
     """
-    out = {"sizes": sizes(config), "seeds": seeds(config), "methods": {}}
+    out: dict[str, Any] = {"sizes": sizes(config), "seeds": seeds(config), "methods": {},
+                           "added": {m: [dict(w) for w in ws] for m, ws in (extra or {}).items()
+                                     if ws}}
     # Bases first: fewer terms first, in the listed order otherwise.
     order = sorted(methods, key=lambda m: (len(set(terms(m))), list(methods).index(m)))
     for method in order:
-        tried = candidates(config, terms(method))
+        tried = candidates(config, terms(method)) + added(out, method)
         if not tried:
             continue
         base = base_method(method, methods, terms, config)
@@ -187,6 +209,11 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
             if not all(search_cell(method, weights, n, s) in results
                        for n in out["sizes"] for s in out["seeds"]):
                 continue  # not trained: it does not have the base's choice
+            eligible = all(weights[k] == v for k, v in fixed.items())
+            if any(results[search_cell(method, weights, n, s)].get("diverged")
+                   for n in out["sizes"] for s in out["seeds"]):
+                rows.append({"weights": weights, "diverged": True, "eligible": eligible})
+                continue
             validation, val_seeds = _per_seed(results, method, weights, out["sizes"],
                                               out["seeds"], "validation")
             test, test_seeds = _per_seed(results, method, weights, out["sizes"],
@@ -195,8 +222,12 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
                          "mean": float(np.mean(val_seeds)), "std": _spread(val_seeds),
                          "test_mean": float(np.mean(test_seeds)),
                          "test_std": _spread(test_seeds),
-                         "eligible": all(weights[k] == v for k, v in fixed.items())})
-        eligible = [r for r in rows if r["eligible"]]
+                         "eligible": eligible})
+        eligible = [r for r in rows if r["eligible"] and not r.get("diverged")]
+        if not eligible:
+            raise ConfigError(f"every candidate of the weight search of {method!r} diverged "
+                              f"({', '.join(candidate_name(r['weights']) for r in rows)}); "
+                              f"give smaller search.* candidates or a lower learning rate.")
         ranked = sorted(eligible, key=lambda r: -r["mean"])  # stable: ties keep the order
         best = ranked[0]
         tie = None
@@ -233,6 +264,8 @@ def add_gains(search: dict[str, Any] | None, pairs: Sequence[tuple[str, str]],
         if not all(c in results for c in bases.values()):
             continue
         for row in methods[with_]["candidates"]:
+            if row.get("diverged"):
+                continue
             mine = {(n, s): cell(with_, row["weights"], n, s) for n in sizes_ for s in seeds_}
             if not all(c in results for c in mine.values()):
                 continue
@@ -249,6 +282,8 @@ def rows(search: dict[str, Any] | None, label: Callable[[str], str] = str
     out = []
     for method, entry in ((search or {}).get("methods") or {}).items():
         for row in entry["candidates"]:
+            if row.get("diverged"):
+                continue  # no accuracy: the table says it diverged
             for split in ("validation", "test"):
                 per_seed = [float(np.mean(v)) for v in zip(*row[split].values())]
                 out.append({"method": method, "label": label(method),
@@ -258,6 +293,20 @@ def rows(search: dict[str, Any] | None, label: Callable[[str], str] = str
                             "mean": float(np.mean(per_seed)), "std": _spread(per_seed),
                             "num_seeds": len(per_seed), "values": per_seed})
     return out
+
+
+def diverged(run_dir: str, error: Exception, run_config: Mapping[str, Any] | None
+             ) -> dict[str, Any]:
+    """Records that the search's run in ``run_dir`` went non-finite (``error``) as its
+    finished result: the candidate is shown as diverged and never chosen (:func:`choose`),
+    and a resumed search does not train it again. Its checkpoints are removed."""
+    print(f"note: {run_dir} diverged: {' '.join(str(error).split())}", file=sys.stderr)
+    result = {"diverged": " ".join(str(error).split()), "seconds": 0.0,
+              **({_runs.RUN_CONFIG: _runs.canonical(dict(run_config))}
+                 if run_config is not None else {})}
+    shutil.rmtree(_runs.checkpoint_dir(run_dir), ignore_errors=True)
+    _runs.write_json(_runs.result_path(run_dir), result)
+    return result
 
 
 def chosen(search: dict[str, Any] | None, method: str) -> dict[str, float]:
@@ -325,6 +374,10 @@ def markdown(search: dict[str, Any] | None, label: Callable[[str], str]) -> list
             name = candidate_name(row["weights"])
             if not row.get("eligible", True):
                 name = f"({name})"
+            if row.get("diverged"):
+                out.append(f"| {label(method)} | {name} | "
+                           + " | ".join(["diverged"] * len(sizes_)) + " | - | - | - |")
+                continue
             vals = [float(np.mean(row["validation"][n])) for n in sizes_]
             test = (f"{row['test_mean']:.2f} ± {row['test_std']:.2f}"
                     if "test_mean" in row else "-")
@@ -347,6 +400,7 @@ def markdown(search: dict[str, Any] | None, label: Callable[[str], str]) -> list
                          f"over the search seeds ({', '.join(entry['tie'])}): the choice "
                          f"among them is not decided by validation"
                          + (f"; the paired test gain at each: {at}." if at else "."))
+    notes += _grid.edge_notes(search, label)
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     return out

@@ -26,8 +26,8 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from experiments import (_budget, _data, _fit, _lockstep, _plan, _report, _runs, _runtime,
-                         _search, _targets, _workdir)
+from experiments import (_budget, _data, _fit, _grid, _lockstep, _plan, _report, _runs,
+                         _runtime, _search, _targets, _workdir)
 from experiments._plan import (DATA_KEYS, AUGMENT_PADDING, Study, StudyData,  # noqa: F401
                                cell_config, cells, check, check_runs, run_configs,
                                search_plan, teacher_config, teacher_dir)
@@ -176,23 +176,37 @@ def sweep(session: Session) -> Outcome:
     searched: dict[_runs.Cell, dict[str, Any]] = {}
     search: dict[str, Any] = {"methods": {}}
     done: list[str] = []
+    added: dict[str, list[dict[str, Any]]] = {}  # candidates beyond the grids' edges
     for level in _search.levels(s.config, methods, s.study.terms):
-        plan = _plan.search_plan(s.study, s.config, level, search)
+        while True:  # a round more while a choice of this level sits on an edge (_grid)
+            plan = _plan.search_plan(s.study, s.config, level, search)
+            _add_search_runs(s, search_dir, plan)
 
-        def run_search(cell: _runs.Cell, plan=plan) -> dict[str, Any]:
-            method, weights = plan[cell]
-            return trainer.fit(_runs.cell_dir(search_dir, cell), method,
-                               cell.examples_per_class, cell.seed, weights)
+            def run_search(cell: _runs.Cell, plan=plan) -> dict[str, Any]:
+                method, weights = plan[cell]
+                run_dir = _runs.cell_dir(search_dir, cell)
+                try:
+                    return trainer.fit(run_dir, method, cell.examples_per_class, cell.seed,
+                                       weights)
+                except training.NonFiniteLossError as e:  # a candidate, not the study, fails
+                    return _search.diverged(run_dir, e, s.runs.get(run_dir))
 
-        if lockstep:  # the runs not started, in groups; the sweep finds them done
-            _lockstep.run(trainer, [_lockstep.Member(_runs.cell_dir(search_dir, c), m,
-                                                     c.examples_per_class, c.seed, w)
-                                    for c, (m, w) in plan.items()], desc="weight search")
-        searched.update(_runs.run_sweep(list(plan), run_search, workdir=search_dir,
-                                        desc="weight search"))
+            if lockstep:  # the runs not started, in groups; the sweep finds them done
+                _lockstep.run(trainer, [_lockstep.Member(_runs.cell_dir(search_dir, c), m,
+                                                         c.examples_per_class, c.seed, w)
+                                        for c, (m, w) in plan.items()], desc="weight search")
+            searched.update(_runs.run_sweep(list(plan), run_search, workdir=search_dir,
+                                            desc="weight search"))
+            search = _search.choose(s.config, [m for m in methods if m in done + level],
+                                    s.study.terms, searched, added)
+            more = _grid.extensions(s.config, search, level)
+            if not more:
+                break
+            for method, weights in more.items():
+                added.setdefault(method, []).extend(weights)
+            search["added"] = {m: list(ws) for m, ws in added.items()}
         done += level
-        search = _search.choose(s.config, [m for m in methods if m in done],
-                                s.study.terms, searched)
+    _grid.extensions(s.config, search, methods)  # every entry's edges (nothing is added)
     search["seconds"] = sum(float(r["seconds"]) for r in searched.values())
     _runs.write_json(os.path.join(s.workdir, _search.SEARCH_FILE), search)
 
@@ -218,6 +232,24 @@ def sweep(session: Session) -> Outcome:
               for key in keys for n in dict.fromkeys(c.examples_per_class for c in s.selected)}
     seconds = float(s.teacher_result["seconds"]) + _search.seconds(search, results)
     return Outcome(results, search, budget, seconds)
+
+
+def _add_search_runs(s: Session, search_dir: str,
+                     plan: Mapping[_runs.Cell, tuple[str, Mapping[str, Any]]]) -> None:
+    """Adds to ``s.runs`` the run configs of the search's candidates beyond the grid
+    (``_grid``): those of a grid candidate's run of the same method, size and seed, with
+    their own ``search_weights``; refuses those started with another (``check_runs``)."""
+    new = {}
+    for cell, (method, weights) in plan.items():
+        run_dir = _runs.cell_dir(search_dir, cell)
+        if run_dir in s.runs:
+            continue
+        grid = _search.candidates(s.config, s.study.terms(method))[0]
+        sibling = _search.search_cell(method, grid, cell.examples_per_class, cell.seed)
+        new[run_dir] = {**s.runs[_runs.cell_dir(search_dir, sibling)],
+                        "search_weights": dict(weights)}
+    _plan.check_runs(s.config, s.workdir, new)
+    s.runs.update(new)
 
 
 def summarize(session: Session, outcome: Outcome) -> dict[str, Any]:

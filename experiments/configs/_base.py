@@ -86,16 +86,17 @@ def loss_config(**terms: dict[str, Any]) -> ConfigDict:
     return config
 
 
-def search_config(*, sizes: tuple = (), seeds: int = 1, **terms: dict[str, tuple]
-                  ) -> ConfigDict:
+def search_config(*, sizes: tuple = (), seeds: int = 1, extend: int = 2,
+                  **terms: dict[str, tuple]) -> ConfigDict:
     """The loss-weight search (``_search``): its sizes, seeds and candidates.
 
     ``search.<term>.<argument>`` holds candidates for ``loss.<term>.<argument>``; every
     term has ``weight = ()`` (not searched) unless ``terms`` sets it, e.g.
     ``search_config(sizes=(10,), jacobian=dict(weight=(1.0, 3.0, 10.0)))``.
-    ``sizes = ()`` turns the search off.
+    ``sizes = ()`` turns the search off. ``extend``: the most values added beyond each
+    edge of a grid when the choice sits on it (``experiments/_grid.py``).
     """
-    config = ConfigDict(dict(sizes=tuple(sizes), seeds=seeds,
+    config = ConfigDict(dict(sizes=tuple(sizes), seeds=seeds, extend=extend,
                              **{name: dict(weight=()) for name in LOSS_TERMS}))
     for name, values in terms.items():
         if name not in LOSS_TERMS:
@@ -159,6 +160,8 @@ def smoke(config: ConfigDict) -> ConfigDict:
             config[name].update(num_steps=12, batch_size=10, num_evals=2, warmup_steps=0,
                                 eval_batch_size=500)
     config.teacher_train.update(num_steps=10, batch_size=32, num_evals=1)
+    if "search" in config:
+        config.search.extend = 0  # the grids as given: a test turns it on
     if "noise_draws" in config:
         config.update(noise_draws=2, noise_gradient_examples=50)
     return config
@@ -211,6 +214,8 @@ HELP = {
     "search.sizes": "examples per class at which each method's searched arguments are "
                     "chosen; () = no search (the loss.* values as set)",
     "search.seeds": "seeds 0..k-1 of that search",
+    "search.extend": "a choice on its grid's edge adds a value one grid step beyond it, "
+                     "at most this many per edge (0 = the grids as given)",
     "finetune_train": "how the fine-tuning oracle is trained",
     "loss": "the loss terms: loss.<term> holds the arguments of its constructor",
     "paper_table": "'mit_indoor' shows the paper's transfer numbers beside ours",

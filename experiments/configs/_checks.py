@@ -243,8 +243,10 @@ def _validate_budget_and_search(config: ConfigDict, bad) -> None:
         raise bad("search.sizes", "() or positive integers and/or 'all'")
     if not _positive_int(search.seeds):
         raise bad("search.seeds", "a positive integer")
+    if not _int(search.get("extend", 0)) or search.get("extend", 0) < 0:
+        raise bad("search.extend", "a non-negative integer")
     for term, args in search.items():
-        if term in ("sizes", "seeds"):
+        if term in ("sizes", "seeds", "extend"):
             continue
         for arg, values in args.items():
             key = f"search.{term}.{arg}"

@@ -147,7 +147,7 @@ def test_base_methods_of_the_fashion_configs():
                     "logits": None, "logits+jacobian": "logits", "kd+ce": None,
                     "kd+jacobian+ce": "kd+ce", "kd+vjp+ce": "kd+ce", "kd+jvp+ce": "kd+ce"}
     assert config.search.seeds >= 3
-    lengths = {len(v) for t in config.search.keys() if t not in ("sizes", "seeds")
+    lengths = {len(v) for t in config.search.keys() if t not in ("sizes", "seeds", "extend")
                for v in [config.search[t].weight] if v}
     assert lengths == {3}  # every searched weight has as many candidates
     config = _cli.load_config("transfer_fashion")
