@@ -88,7 +88,12 @@ def main(coordinator: str, num_processes: int, process_id: int, workdir: str,
     jax.config.update("jax_num_cpu_devices", 1)
     assert training.initialize_distributed(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-        initialization_timeout=60, heartbeat_timeout_seconds=heartbeat_s)
+        initialization_timeout=60, heartbeat_timeout_seconds=heartbeat_s,
+        # JAX's own timeout is the backstop that aborts with a C++ stack. The library's
+        # default (twice the watchdog's: 60 s for 30) leaves 30 s of margin; for the
+        # test's 3 s it would leave 3, which a loaded CI machine has eaten (JAX aborted
+        # first, stop 33). The watchdog's bound is what the test measures.
+        jax_heartbeat_timeout_seconds=heartbeat_s + 30)
     if kill_process not in (-1, process_id):
         kill_at = -1
     mesh = training.data_mesh()
