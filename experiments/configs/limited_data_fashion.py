@@ -33,7 +33,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # 20 epochs; all 57,000 images (--config.examples_per_class=10,50,500,all) get the
     # cap, 1.8 epochs: a short-budget reading, left out of the committed run.
     c.examples_per_class = (10, 50, 500)
-    c.num_seeds = 3
+    # Report seeds 100-102, apart from the search's 0-2 (each seed carves its own
+    # validation split): the search chooses, the report seeds only report. The evidence
+    # runs raise num_seeds (results/fashion_mnist/README.md).
+    c.first_seed, c.num_seeds = 100, 3
     c.methods = (
         "ce",                     # the paper's five rows ...
         "logits+ce",
@@ -44,6 +47,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         "kd+jacobian+ce",
         "kd+vjp+ce",              # one output-space probe of ||J_T - J_S||_F^2
         "kd+jvp+ce",              # one input-space (forward-mode) probe
+        "kd+fd+ce",               # one central finite difference along an input probe
     )
     c.teacher = _base.model_spec("vgg9", width=16)
     c.teacher_train = _base.train_config(num_steps=1000, batch_size=128, learning_rate=3e-3,
@@ -52,8 +56,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.student = _base.model_spec("vgg4", width=16)
     c.train = _base.train_config(num_steps=300, batch_size=64, learning_rate=3e-3,
                                  weight_decay=1e-4, num_evals=4, eval_batch_size=1000)
-    c.train_epochs = 20.0         # 500 per class: 1,563 steps = 20 epochs
-    c.train_max_steps = 1600      # all the data: 1,600 steps = 1.8 epochs
+    # Where cross-entropy's validation accuracy stops rising (seeds 100-104, docs/
+    # experiments.md): 300 steps at 10 per class (the floor: 240 by the epochs), 1,200 at
+    # 50 (153.6 epochs of 500), the cap 1,600 at 500 per class (20.5 epochs) and on all
+    # the data (1.8 epochs).
+    c.train_epochs = 153.6
+    c.train_max_steps = 1600
     c.loss = _base.loss_config()  # logits 0.1, KD tau = 4; Jacobian weights: the search
     # Every method's own weights, three candidates each, at the scarcest size (where the
     # claim lives), averaged over 3 seeds. A method that adds a term keeps its base
@@ -63,13 +71,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
         logits=dict(weight=(0.03, 0.1, 0.3)),
         kd=dict(weight=(0.3, 1.0, 3.0)),
         jacobian=dict(weight=(1.0, 3.0, 10.0)),
-        vjp=dict(weight=(0.01, 0.03, 0.1)), jvp=dict(weight=(0.01, 0.03, 0.1)))
+        vjp=dict(weight=(0.01, 0.03, 0.1)), jvp=dict(weight=(0.01, 0.03, 0.1)),
+        fd=dict(weight=(0.01, 0.03, 0.1)))
     # Study 2: every student of study 1 under test-time noise (the teacher: 90 % -> 58 %
     # at sigma 0.1 in the first run, so the grid is fine below 0.1).
     c.noise_sigmas = (0.0, 0.025, 0.05, 0.1, 0.2)
     c.noise_examples_per_class = (10, 500)
     if mode == "smoke":
         _base.smoke(c)
+        c.first_seed = 0          # the search's seed reports too: its run is reused
         c.validation_fraction = 0.2
         c.examples_per_class = (2, "all")
         c.methods = ("ce", "kd+jacobian+ce", "kd+vjp+ce")
@@ -80,7 +90,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.search.seeds = 1
         c.search.logits.weight = c.search.kd.weight = ()
         c.search.jacobian.weight = (1.0, 10.0)
-        c.search.vjp.weight = c.search.jvp.weight = (0.01,)
+        c.search.vjp.weight = c.search.jvp.weight = c.search.fd.weight = (0.01,)
         c.noise_sigmas = (0.0, 0.5)
         c.noise_examples_per_class = (2,)
     return c

@@ -145,7 +145,8 @@ def test_base_methods_of_the_fashion_configs():
     # logits+ce searches what logits searches: nothing of its own would be left.
     assert base == {"ce": None, "logits+ce": None, "logits+jacobian+ce": "logits+ce",
                     "logits": None, "logits+jacobian": "logits", "kd+ce": None,
-                    "kd+jacobian+ce": "kd+ce", "kd+vjp+ce": "kd+ce", "kd+jvp+ce": "kd+ce"}
+                    "kd+jacobian+ce": "kd+ce", "kd+vjp+ce": "kd+ce", "kd+jvp+ce": "kd+ce",
+                    "kd+fd+ce": "kd+ce"}
     assert config.search.seeds >= 3
     lengths = {len(v) for t in config.search.keys() if t not in ("sizes", "seeds", "extend")
                for v in [config.search[t].weight] if v}
@@ -197,7 +198,7 @@ def test_the_search_runs_bases_first_and_trains_added_terms_at_the_bases_choice_
     rounds = _search.levels(config, methods, terms)
     assert rounds == [["logits+ce", "logits", "kd+ce"],
                       ["logits+jacobian+ce", "logits+jacobian", "kd+jacobian+ce",
-                       "kd+vjp+ce", "kd+jvp+ce"]]  # CE searches nothing
+                       "kd+vjp+ce", "kd+jvp+ce", "kd+fd+ce"]]  # CE searches nothing
     with pytest.raises(ValueError, match="needs 'kd\\+ce'"):
         _search.to_train(config, "kd+jacobian+ce", methods, terms, {"methods": {}})
     search = {"methods": {"kd+ce": {"chosen": {"kd.weight": 3.0}},
@@ -207,8 +208,9 @@ def test_the_search_runs_bases_first_and_trains_added_terms_at_the_bases_choice_
     assert [r["logits.weight"] for r in _search.to_train(
         config, "logits+jacobian", methods, terms, search)] == [0.03] * 3
     assert len(_search.to_train(config, "kd+ce", methods, terms, search)) == 3
-    # Every method chooses among 3: 8 searched methods x 3 candidates per seed, not 54.
-    assert sum(len(_search.candidates(config, terms(m))) for m in methods) == 54
+    # Every method chooses among 3: 9 searched methods x 3 candidates = 27 runs per seed,
+    # not the 63 of every method's full product.
+    assert sum(len(_search.candidates(config, terms(m))) for m in methods) == 63
     # The driver's plan of a round: 3 runs per method and seed, at the base's choice.
     from experiments import _study
     plan = _study.search_plan(limited_data.STUDY, config, ["kd+jacobian+ce"], search)
