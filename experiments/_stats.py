@@ -31,7 +31,9 @@ def _finite(name: str, values: Sequence[float]) -> list[float]:
 
 
 def _beta_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    """The continued fraction of the incomplete beta function I_x(a, b), evaluated by
+    the modified Lentz method (Press et al., Numerical Recipes, section 6.4, "Incomplete
+    Beta Function", its continued fraction and routine betacf)."""
     tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
