@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 from experiments import _data, _runs, _search, _study, limited_data
 from experiments import noise_robustness
 from jaxkd import training
-from tests.experiments.conftest import write_fashion
+from tests.experiments import test_commands
 
 pytestmark = pytest.mark.slow
 
@@ -199,9 +199,12 @@ def _result(run_dir: str) -> dict:
     return json.loads(Path(_runs.result_path(run_dir)).read_text())
 
 
-def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path):
-    data_dir = write_fashion(tmp_path / "data")
-    workdir = str(tmp_path / "run")
+def test_limited_data_fashion_search_budget_and_noise(smoke, tmp_path, monkeypatch, capsys):
+    # The config's documented commands (test_commands.py) make the work directory checked
+    # here, so the smoke study trains once in the suite; the run below reuses every run.
+    monkeypatch.chdir(tmp_path)
+    data_dir = test_commands.run_group("runs/limited_data_fashion", tmp_path, capsys)
+    workdir = str(tmp_path / "runs" / "limited_data_fashion")
     config = smoke("limited_data_fashion", data_dir=data_dir)
     summary = limited_data.run(config, workdir)
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from experiments import _data, _fit, _probe, _runs, _study, transfer
 from jaxkd import data, models, training
-from tests.experiments.conftest import write_fashion
+from tests.experiments import test_commands
 
 
 @pytest.mark.slow
@@ -110,10 +110,13 @@ def test_finetune_oracle_starts_from_the_teacher(smoke):
 
 
 @pytest.mark.slow
-def test_transfer_fashion_smoke(smoke, tmp_path):
-    data_dir = write_fashion(tmp_path / "data")
+def test_transfer_fashion_smoke(smoke, tmp_path, monkeypatch, capsys):
+    # The config's documented command (test_commands.py) makes the work directory checked
+    # here, so the smoke study trains once in the suite; the run below reuses every run.
+    monkeypatch.chdir(tmp_path)
+    data_dir = test_commands.run_group("runs/transfer_fashion", tmp_path, capsys)
     config = smoke("transfer_fashion", data_dir=data_dir)
-    workdir = str(tmp_path / "run")
+    workdir = str(tmp_path / "runs" / "transfer_fashion")
     summary = transfer.run(config, workdir)
     assert {r["method"] for r in summary["rows"]} == set(config.methods)
     assert all(0 <= r["mean"] <= 100 for r in summary["rows"])
