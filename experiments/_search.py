@@ -148,8 +148,20 @@ def to_train(config: ConfigDict, method: str, methods: Sequence[str], terms: Ter
         return tried
     if base not in (search.get("methods") or {}):
         raise ValueError(f"the search of {method!r} needs {base!r}'s choice first.")
-    fixed = base_values(tried, chosen(search, base))
-    return [w for w in tried if all(w[k] == v for k, v in fixed.items())]
+    return at_base(tried, base_values(tried, chosen(search, base)))
+
+
+def at_base(tried: Sequence[dict[str, Any]], fixed: Mapping[str, Any]
+            ) -> list[dict[str, Any]]:
+    """``tried`` with the base's chosen values ``fixed`` put in, duplicates dropped, in
+    order: the method's own candidates at the base's choice, also when that choice lies
+    beyond the base's grid (a value ``_grid`` added)."""
+    out: list[dict[str, Any]] = []
+    for weights in tried:
+        row = {**weights, **fixed}
+        if row not in out:
+            out.append(row)
+    return out
 
 
 def base_values(tried: Sequence[dict[str, Any]], base_choice: dict[str, Any]
@@ -204,6 +216,7 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
         base = base_method(method, methods, terms, config)
         fixed = (base_values(tried, out["methods"][base]["chosen"])
                  if base in out["methods"] else {})
+        tried += [w for w in at_base(tried, fixed) if w not in tried]
         rows = []
         for weights in tried:
             if not all(search_cell(method, weights, n, s) in results
@@ -224,6 +237,9 @@ def choose(config: ConfigDict, methods: Sequence[str], terms: Terms,
                          "test_std": _spread(test_seeds),
                          "eligible": eligible})
         eligible = [r for r in rows if r["eligible"] and not r.get("diverged")]
+        if not any(r["eligible"] for r in rows):  # the driver trains them first
+            raise RuntimeError(f"the weight search of {method!r} has no finished run of a "
+                               f"candidate at its base's choice {fixed}.")
         if not eligible:
             raise ConfigError(f"every candidate of the weight search of {method!r} diverged "
                               f"({', '.join(candidate_name(r['weights']) for r in rows)}); "

@@ -125,3 +125,32 @@ def test_the_driver_trains_the_added_candidates_and_a_diverged_one_does_not_stop
     limited_data.run(config, workdir)
     again = json.loads(Path(workdir, _search.SEARCH_FILE).read_text())
     assert again["methods"][M]["chosen"] == entry["chosen"] and again["added"] == search["added"]
+
+
+def test_a_method_trains_its_own_candidates_at_its_bases_choice_beyond_the_grid(
+        smoke, tmp_path, monkeypatch):
+    # KD + CE's validation rises with the KD weight, so its choice leaves the grid (1, 2
+    # -> 4); KD + Jacobians + CE keeps that choice and trains its own candidate there.
+    # (The first Fashion-MNIST evidence run stopped here: its candidates were looked up
+    # in the base's grid only, and none was left.)
+    config = smoke("limited_data_digits", methods=("kd+ce", M), examples_per_class=(5,),
+                   **{"search.sizes": (5,), "search.kd.weight": (1.0, 2.0),
+                      "search.jacobian.weight": (1.0,), "search.extend": 1})
+    real = _study.Trainer.fit
+
+    def fit(self, run_dir, method, n, seed, weights):
+        result = real(self, run_dir, method, n, seed, weights)
+        if method == "kd+ce" and weights:  # a search run: validation rises with the weight
+            result["best"]["validation"] = weights["kd.weight"] / 10
+        return result
+    monkeypatch.setattr(_study.Trainer, "fit", fit)
+    workdir = str(tmp_path / "w")
+    limited_data.run(config, workdir)
+    search = json.loads(Path(workdir, _search.SEARCH_FILE).read_text())
+    assert search["added"] == {"kd+ce": [{"kd.weight": 4.0}]}
+    assert search["methods"]["kd+ce"]["chosen"] == {"kd.weight": 4.0}
+    entry = search["methods"][M]
+    assert entry["chosen"] == {"kd.weight": 4.0, "jacobian.weight": 1.0}
+    assert [r["weights"] for r in entry["candidates"] if r["eligible"]] == [entry["chosen"]]
+    cell = _runs.read_result(_runs.cell_dir(workdir, _runs.Cell(M, 5, 0)))
+    assert cell["loss_weights"] == entry["chosen"]

@@ -208,6 +208,12 @@ def test_the_search_runs_bases_first_and_trains_added_terms_at_the_bases_choice_
     assert [r["logits.weight"] for r in _search.to_train(
         config, "logits+jacobian", methods, terms, search)] == [0.03] * 3
     assert len(_search.to_train(config, "kd+ce", methods, terms, search)) == 3
+    # A base's choice beyond its grid (a value the edge search added, kd 27 after 3 and
+    # 9): the method still trains its own three candidates, at that value.
+    beyond = {"methods": {"kd+ce": {"chosen": {"kd.weight": 27.0}}},
+              "added": {"kd+ce": [{"kd.weight": 9.0}, {"kd.weight": 27.0}]}}
+    assert _search.to_train(config, "kd+jacobian+ce", methods, terms, beyond) == [
+        {"kd.weight": 27.0, "jacobian.weight": w} for w in (1.0, 3.0, 10.0)]
     # Every method chooses among 3: 9 searched methods x 3 candidates = 27 runs per seed,
     # not the 63 of every method's full product.
     assert sum(len(_search.candidates(config, terms(m))) for m in methods) == 63
