@@ -44,3 +44,14 @@ def test_fashion_budget_is_where_cross_entropys_validation_stops_rising():
              for n in (10, 50, 500, 5700)}
     assert steps == {10: 300, 50: 1200, 500: 1600, 5700: 1600}
     assert steps[500] * config.train.batch_size >= 20 * 5000  # at least 20 epochs
+
+
+def test_transfer_fashion_budget_is_where_no_transfers_validation_stops_rising():
+    """Study 3 (5 target classes): 100 steps at 10 per class, 400 at 50, the 800 cap on
+    all the target data (docs/experiments.md: no-transfer training's validation is flat
+    from 100 steps at 10 per class and from 400 at 50)."""
+    from experiments import _cli
+    config = _cli.load_config("transfer_fashion")
+    steps = {n: _budget.num_steps(config.train, 5 * n, **_budget.settings(config))
+             for n in (10, 50, 5700)}
+    assert steps == {10: 100, 50: 400, 5700: 800}
