@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.augment = True              # random crops of 4-padded 28x28 images and flips
     c.flip = True                 # garments, shoes and bags are left-right symmetric
     # 500 per class is the paper's full column (CIFAR-100's whole training set), trained
-    # 20 epochs; all 57,000 images (--config.examples_per_class=10,50,500,all) get the
+    # 20.5 epochs; all 57,000 images (--config.examples_per_class=10,50,500,all) get the
     # cap, 1.8 epochs: a short-budget reading, left out of the committed run.
     c.examples_per_class = (10, 50, 500)
     # Report seeds 100-102, apart from the search's 0-2 (each seed carves its own
